@@ -1,0 +1,151 @@
+"""The four-stage STR model: Transformation → FeatureExtraction → SequenceModeling → Prediction."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from modules.feature_extraction import FEATURE_EXTRACTORS
+from modules.prediction import PREDICTIONS
+from modules.sequence_modeling import SEQUENCE_MODELS
+from modules.transformation import TRANSFORMATIONS
+from utils import DEFAULT_CHARACTER
+
+STAGES = {
+    "Transformation": TRANSFORMATIONS,
+    "FeatureExtraction": FEATURE_EXTRACTORS,
+    "SequenceModeling": SEQUENCE_MODELS,
+    "Prediction": PREDICTIONS,
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a model's architecture and its input; stored in checkpoints as plain types."""
+
+    Transformation: str
+    FeatureExtraction: str
+    SequenceModeling: str
+    Prediction: str
+    num_fiducial: int = 20
+    imgH: int = 32
+    imgW: int = 100
+    input_channel: int = 1
+    output_channel: int = 512
+    hidden_size: int = 256
+    batch_max_length: int = 25
+    character: str = DEFAULT_CHARACTER
+    sensitive: bool = False  # labels keep their case (else they are lower-cased before encoding)
+    PAD: bool = False  # keep-ratio resize with replicate padding (else plain resize to imgW × imgH)
+
+    def __post_init__(self):
+        for stage, table in STAGES.items():
+            value = getattr(self, stage)
+            if value not in table:
+                raise ValueError(f"--{stage} {value!r} is not one of {', '.join(table)}")
+
+    @property
+    def name(self) -> str:
+        return "-".join([self.Transformation, self.FeatureExtraction, self.SequenceModeling, self.Prediction])
+
+    @property
+    def num_class(self) -> int:
+        return len(self.character) + (1 if self.Prediction == "CTC" else 2)
+
+    @property
+    def rgb(self) -> bool:
+        return self.input_channel == 3
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model options in checkpoint: {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_opt(cls, opt) -> "ModelConfig":
+        """Build from parsed arguments (argparse namespace); missing attributes take the defaults."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        values = {f.name: getattr(opt, f.name, defaults.get(f.name)) for f in dataclasses.fields(cls)}
+        if getattr(opt, "rgb", False):
+            values["input_channel"] = 3
+        return cls(**values)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+class Model(nn.Module):
+    """The reference architecture; attribute names match its checkpoints (``spec/state_dict``)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        if c.Transformation == "TPS":
+            self.Transformation = TRANSFORMATIONS["TPS"](
+                F=c.num_fiducial, I_size=(c.imgH, c.imgW), I_r_size=(c.imgH, c.imgW), I_channel_num=c.input_channel)
+        else:
+            self.Transformation = nn.Identity()
+
+        self.FeatureExtraction = FEATURE_EXTRACTORS[c.FeatureExtraction](c.input_channel, c.output_channel)
+        self.FeatureExtraction_output = c.output_channel
+        self.AdaptiveAvgPool = nn.AdaptiveAvgPool2d((None, 1))  # mean over the feature map's height
+
+        if c.SequenceModeling == "BiLSTM":
+            self.SequenceModeling = SEQUENCE_MODELS["BiLSTM"](self.FeatureExtraction_output, c.hidden_size)
+            self.SequenceModeling_output = c.hidden_size
+        else:
+            self.SequenceModeling = nn.Identity()
+            self.SequenceModeling_output = self.FeatureExtraction_output
+
+        self.Prediction = PREDICTIONS[c.Prediction](self.SequenceModeling_output, c.hidden_size, c.num_class)
+
+    def forward(self, input: torch.Tensor, text: torch.Tensor | None = None, is_train: bool = True) -> torch.Tensor:
+        """input [B, C, imgH, W] → logits: CTC [B, T, num_class], Attn [B, batch_max_length + 1, num_class].
+
+        ``text`` (the encoded labels, [GO]-first) is used only by Attn in training (teacher forcing).
+        """
+        x = self.Transformation(input)
+        visual = self.FeatureExtraction(x)  # [B, C, H', T]
+        visual = self.AdaptiveAvgPool(visual.permute(0, 3, 1, 2)).squeeze(3)  # [B, T, C]
+        contextual = self.SequenceModeling(visual)  # [B, T, hidden or C]
+        if self.config.Prediction == "Attn":
+            return self.Prediction(contextual.contiguous(), text, is_train,
+                                   batch_max_length=self.config.batch_max_length)
+        return self.Prediction(contextual)
+
+
+def init_weights(model: nn.Module) -> None:
+    """The reference's initialisation: Kaiming-normal weights, zero biases, BN weights 1.
+
+    ``localization_fc2`` is skipped so that TPS starts from its initial fiducial points.
+    """
+    for name, param in model.named_parameters():
+        if "localization_fc2" in name:
+            continue
+        if "bias" in name:
+            nn.init.constant_(param, 0.0)
+        elif "weight" in name:
+            if param.dim() < 2:
+                nn.init.constant_(param, 1.0)  # BatchNorm weights (kaiming_normal_ needs 2-D)
+            else:
+                nn.init.kaiming_normal_(param)
+
+
+def build_model(config: ModelConfig, init: bool = True) -> Model:
+    model = Model(config)
+    if init:
+        init_weights(model)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

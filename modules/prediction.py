@@ -1,0 +1,88 @@
+"""Stage 4: Prediction. ``CTC`` (a linear head) or ``Attn`` (an LSTM attention decoder)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+GO_INDEX = 0  # '[GO]' in AttnLabelConverter
+EOS_INDEX = 1  # '[s]'
+
+
+def CTC(input_size: int, hidden_size: int, num_class: int) -> nn.Linear:
+    """Per-frame logits [B, T, num_class]; blank is class 0."""
+    return nn.Linear(input_size, num_class)
+
+
+class Attention(nn.Module):
+    """Bahdanau-style attention decoder with one-hot feedback of the previous character.
+
+    Training uses teacher forcing; inference decodes greedily and stops once every sequence
+    in the batch has emitted ``[s]`` (the remaining steps could not change any decoded string).
+    Output logits: [B, num_steps, num_class], num_steps = batch_max_length + 1.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_class: int):
+        super().__init__()
+        self.attention_cell = AttentionCell(input_size, hidden_size, num_class)
+        self.hidden_size = hidden_size
+        self.num_classes = num_class
+        self.generator = nn.Linear(hidden_size, num_class)
+
+    def forward(self, batch_H: torch.Tensor, text: torch.Tensor | None = None, is_train: bool = True,
+                batch_max_length: int = 25) -> torch.Tensor:
+        batch_size = batch_H.size(0)
+        num_steps = batch_max_length + 1  # +1 for [s]
+        h = batch_H.new_zeros(batch_size, self.hidden_size)
+        hidden = (h, h.clone())
+        # The encoder projection does not depend on the step: compute it once, not 26 times.
+        batch_H_proj = self.attention_cell.i2h(batch_H)  # [B, T, hidden]
+
+        if is_train:
+            onehots = F.one_hot(text[:, :num_steps], self.num_classes).to(batch_H.dtype)  # [B, steps, C]
+            output_hiddens = []
+            for i in range(num_steps):
+                hidden, _ = self.attention_cell(hidden, batch_H, batch_H_proj, onehots[:, i])
+                output_hiddens.append(hidden[0])
+            return self.generator(torch.stack(output_hiddens, dim=1))  # [B, steps, C]
+
+        targets = torch.full((batch_size,), GO_INDEX, dtype=torch.long, device=batch_H.device)
+        finished = torch.zeros(batch_size, dtype=torch.bool, device=batch_H.device)
+        probs = batch_H.new_zeros(batch_size, num_steps, self.num_classes)
+        for i in range(num_steps):
+            onehot = F.one_hot(targets, self.num_classes).to(batch_H.dtype)
+            hidden, _ = self.attention_cell(hidden, batch_H, batch_H_proj, onehot)
+            probs[:, i] = self.generator(hidden[0])
+            targets = probs[:, i].argmax(1)
+            finished |= targets == EOS_INDEX
+            if bool(finished.all()):
+                # Later steps only follow [s]: decoding cuts there. Mark them [s] as well.
+                probs[:, i + 1:, EOS_INDEX] = 1.0
+                break
+        return probs
+
+
+class AttentionCell(nn.Module):
+    def __init__(self, input_size: int, hidden_size: int, num_embeddings: int):
+        super().__init__()
+        self.i2h = nn.Linear(input_size, hidden_size, bias=False)
+        self.h2h = nn.Linear(hidden_size, hidden_size)
+        self.score = nn.Linear(hidden_size, 1, bias=False)
+        self.rnn = nn.LSTMCell(input_size + num_embeddings, hidden_size)
+        self.hidden_size = hidden_size
+
+    def forward(self, prev_hidden, batch_H, batch_H_proj, char_onehots):
+        # batch_H: [B, T, input_size]; batch_H_proj = i2h(batch_H): [B, T, hidden]
+        prev_hidden_proj = self.h2h(prev_hidden[0]).unsqueeze(1)  # [B, 1, hidden]
+        e = self.score(torch.tanh(batch_H_proj + prev_hidden_proj))  # [B, T, 1]
+        alpha = F.softmax(e, dim=1)
+        context = torch.bmm(alpha.transpose(1, 2), batch_H).squeeze(1)  # [B, input_size]
+        concat_context = torch.cat([context, char_onehots], 1)
+        cur_hidden = self.rnn(concat_context, prev_hidden)
+        return cur_hidden, alpha
+
+
+PREDICTIONS = {
+    "CTC": CTC,
+    "Attn": Attention,
+}

@@ -1,0 +1,129 @@
+"""Stage 1: Transformation. ``None`` (identity) or ``TPS`` (RARE's thin-plate-spline STN)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class TPS_SpatialTransformerNetwork(nn.Module):
+    """Rectifies the input with a thin-plate spline whose F fiducial points are regressed.
+
+    Attribute names (``LocalizationNetwork``, ``GridGenerator``) match the reference
+    checkpoints.
+    """
+
+    def __init__(self, F: int, I_size: tuple[int, int], I_r_size: tuple[int, int], I_channel_num: int = 1):
+        super().__init__()
+        if F < 4 or F % 2:
+            raise ValueError(f"--num_fiducial must be an even number >= 4, got {F}")
+        self.F = F
+        self.I_r_size = I_r_size
+        self.LocalizationNetwork = LocalizationNetwork(F, I_channel_num)
+        self.GridGenerator = GridGenerator(F, I_r_size)
+
+    def forward(self, batch_I: torch.Tensor) -> torch.Tensor:
+        batch_C_prime = self.LocalizationNetwork(batch_I)  # [B, F, 2]
+        build_P_prime = self.GridGenerator.build_P_prime(batch_C_prime)  # [B, H*W, 2]
+        grid = build_P_prime.reshape(-1, self.I_r_size[0], self.I_r_size[1], 2)
+        # align_corners=True is what the reference uses on every torch > 1.2.
+        return F.grid_sample(batch_I, grid.to(batch_I.dtype), padding_mode="border", align_corners=True)
+
+
+class LocalizationNetwork(nn.Module):
+    """Regresses the F fiducial points C' ([B, F, 2], normalised x, y) from the image."""
+
+    def __init__(self, F: int, I_channel_num: int):
+        super().__init__()
+        self.F = F
+        layers: list[nn.Module] = []
+        channels = [I_channel_num, 64, 128, 256, 512]
+        for i in range(4):
+            layers += [nn.Conv2d(channels[i], channels[i + 1], 3, 1, 1, bias=False),
+                       nn.BatchNorm2d(channels[i + 1]), nn.ReLU(True)]
+            layers.append(nn.MaxPool2d(2, 2) if i < 3 else nn.AdaptiveAvgPool2d(1))
+        self.conv = nn.Sequential(*layers)
+        self.localization_fc1 = nn.Sequential(nn.Linear(512, 256), nn.ReLU(True))
+        self.localization_fc2 = nn.Linear(256, F * 2)
+        # Start from RARE's initial fiducials (Fig. 6(a)): the weight is zero, the bias holds them.
+        self.localization_fc2.weight.data.fill_(0)
+        self.localization_fc2.bias.data = torch.from_numpy(initial_fiducials(F)).float().view(-1)
+
+    def forward(self, batch_I: torch.Tensor) -> torch.Tensor:
+        features = self.conv(batch_I).flatten(1)  # [B, 512]
+        return self.localization_fc2(self.localization_fc1(features)).view(-1, self.F, 2)
+
+
+def initial_fiducials(F: int) -> np.ndarray:
+    """The reference's initial C': top row y 0→-1, bottom row y 1→0, x evenly in [-1, 1]."""
+    x = np.linspace(-1.0, 1.0, F // 2)
+    top = np.stack([x, np.linspace(0.0, -1.0, F // 2)], axis=1)
+    bottom = np.stack([x, np.linspace(1.0, 0.0, F // 2)], axis=1)
+    return np.concatenate([top, bottom], axis=0)  # [F, 2]
+
+
+class GridGenerator(nn.Module):
+    """Maps fiducials C' to the sampling grid P'. Constants are float64 maths stored as float32 buffers."""
+
+    def __init__(self, F: int, I_r_size: tuple[int, int]):
+        super().__init__()
+        self.eps = 1e-6
+        self.I_r_height, self.I_r_width = I_r_size
+        self.F = F
+        C = self._build_C(F)  # [F, 2]
+        P = self._build_P(self.I_r_width, self.I_r_height)  # [n, 2]
+        self.register_buffer("inv_delta_C", torch.tensor(self._build_inv_delta_C(F, C)).float())  # [F+3, F+3]
+        self.register_buffer("P_hat", torch.tensor(self._build_P_hat(F, C, P)).float())  # [n, F+3]
+
+    @staticmethod
+    def _build_C(F: int) -> np.ndarray:
+        x = np.linspace(-1.0, 1.0, F // 2)
+        top = np.stack([x, -np.ones(F // 2)], axis=1)
+        bottom = np.stack([x, np.ones(F // 2)], axis=1)
+        return np.concatenate([top, bottom], axis=0)
+
+    @staticmethod
+    def _build_inv_delta_C(F: int, C: np.ndarray) -> np.ndarray:
+        hat_C = np.zeros((F, F), dtype=float)
+        for i in range(F):
+            for j in range(i, F):
+                r = np.linalg.norm(C[i] - C[j])
+                hat_C[i, j] = hat_C[j, i] = r
+        np.fill_diagonal(hat_C, 1)
+        hat_C = (hat_C ** 2) * np.log(hat_C)
+        delta_C = np.concatenate([
+            np.concatenate([np.ones((F, 1)), C, hat_C], axis=1),      # [F, F+3]
+            np.concatenate([np.zeros((2, 3)), C.T], axis=1),           # [2, F+3]
+            np.concatenate([np.zeros((1, 3)), np.ones((1, F))], axis=1),  # [1, F+3]
+        ], axis=0)
+        return np.linalg.inv(delta_C)
+
+    @staticmethod
+    def _build_P(I_r_width: int, I_r_height: int) -> np.ndarray:
+        grid_x = (np.arange(-I_r_width, I_r_width, 2) + 1.0) / I_r_width  # pixel centres
+        grid_y = (np.arange(-I_r_height, I_r_height, 2) + 1.0) / I_r_height
+        P = np.stack(np.meshgrid(grid_x, grid_y), axis=2)  # [H, W, 2] as (x, y)
+        return P.reshape([-1, 2])
+
+    def _build_P_hat(self, F: int, C: np.ndarray, P: np.ndarray) -> np.ndarray:
+        n = P.shape[0]
+        P_diff = np.tile(np.expand_dims(P, axis=1), (1, F, 1)) - np.expand_dims(C, axis=0)  # [n, F, 2]
+        rbf_norm = np.linalg.norm(P_diff, ord=2, axis=2)  # [n, F]
+        rbf = np.square(rbf_norm) * np.log(rbf_norm + self.eps)
+        return np.concatenate([np.ones((n, 1)), P, rbf], axis=1)
+
+    def build_P_prime(self, batch_C_prime: torch.Tensor) -> torch.Tensor:
+        """[B, F, 2] fiducials → [B, n, 2] sampling points."""
+        batch_size = batch_C_prime.size(0)
+        inv_delta_C = self.inv_delta_C.to(batch_C_prime.dtype)
+        P_hat = self.P_hat.to(batch_C_prime.dtype)
+        C_prime_with_zeros = torch.cat([batch_C_prime, batch_C_prime.new_zeros(batch_size, 3, 2)], dim=1)
+        batch_T = inv_delta_C @ C_prime_with_zeros  # [B, F+3, 2]
+        return P_hat @ batch_T  # [B, n, 2]
+
+
+TRANSFORMATIONS = {
+    "None": None,
+    "TPS": TPS_SpatialTransformerNetwork,
+}
