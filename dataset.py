@@ -1,0 +1,579 @@
+"""Datasets, label filtering, batching and image preprocessing.
+
+Training reads LMDB folders written by ``create_lmdb_dataset.py`` (keys ``num-samples``,
+``image-%09d``, ``label-%09d``, 1-based) or plain folders with a ``gt.txt``; ``demo.py``
+reads image files (``RawDataset``). Every loader collates with ``AlignCollate``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import lmdb
+import numpy as np
+import torch
+import torch.nn.functional as F
+from natsort import natsorted
+from PIL import Image
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
+
+from create_lmdb_dataset import parse_gt_file
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# What PIL raises on bad image data: OSError (incl. UnidentifiedImageError), SyntaxError
+# (some plugins, e.g. broken PNG chunks), ValueError, and DecompressionBombError.
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+CACHE_VERSION = 1
+
+
+# --- labels -------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class FilterStats:
+    """What filtering kept and dropped; ``unreadable`` grows as bad images are met."""
+    total: int = 0
+    kept: int = 0
+    too_long: int = 0
+    out_of_charset: int = 0
+    unreadable: int = 0
+    filtering: bool = True
+
+    def __str__(self) -> str:
+        if self.filtering:
+            dropped = (f"{self.too_long} too long, "
+                       f"{self.out_of_charset} with characters outside the set")
+        else:
+            # Too-long labels would crash the label converter (reference bug #12).
+            dropped = (f"{self.too_long} too long even with --data_filtering_off; "
+                       "characters outside the set are removed from the labels")
+        line = f"kept {self.kept} of {self.total} (dropped: {dropped})"
+        if self.unreadable:
+            line += f"; {self.unreadable} unreadable images skipped so far"
+        return line
+
+
+class LabelFilter:
+    """The reference's filtering and normalisation, with a set instead of a regex class.
+
+    The reference pasted the charset into ``[^...]`` (bug #13: ``\\``, ``]``, ``^``, ``-``
+    change the class). Membership in a Python set has no such trap.
+    """
+
+    def __init__(self, character: str, sensitive: bool, batch_max_length: int, filtering: bool = True):
+        self.character = character
+        self.charset = frozenset(character)
+        self.sensitive = sensitive
+        self.batch_max_length = batch_max_length
+        self.filtering = filtering
+
+    @classmethod
+    def from_opt(cls, opt) -> "LabelFilter":
+        return cls(opt.character, getattr(opt, "sensitive", False), opt.batch_max_length,
+                   not getattr(opt, "data_filtering_off", False))
+
+    def normalise(self, label: str) -> str:
+        """Lower-case unless sensitive, then delete every character outside the set."""
+        if not self.sensitive:
+            label = label.lower()
+        charset = self.charset
+        return "".join(c for c in label if c in charset)
+
+    def reason(self, label: str) -> str | None:
+        """``'too_long'``, ``'out_of_charset'`` or None (keep)."""
+        if self.filtering:
+            if len(label) > self.batch_max_length:
+                return "too_long"
+            # Reference semantics: the set test is on the lower-cased label unless sensitive,
+            # so uppercase letters pass with the default lowercase set.
+            text = label if self.sensitive else label.lower()
+            if not self.charset.issuperset(text):
+                return "out_of_charset"
+            if len(text) > self.batch_max_length:  # lower() can lengthen, e.g. 'İ'
+                return "too_long"
+            return None
+        # Filtering off: the label is kept after normalisation unless it is still too long.
+        if len(self.normalise(label)) > self.batch_max_length:
+            return "too_long"
+        return None
+
+    def filter(self, labels: Iterator[tuple[int, str]]) -> tuple[np.ndarray, FilterStats]:
+        """Keep the indices whose label passes; returns (int32 indices, stats)."""
+        stats = FilterStats(filtering=self.filtering)
+        kept: list[int] = []
+        for index, label in labels:
+            stats.total += 1
+            why = self.reason(label)
+            if why is None:
+                kept.append(index)
+            elif why == "too_long":
+                stats.too_long += 1
+            else:
+                stats.out_of_charset += 1
+        stats.kept = len(kept)
+        return np.asarray(kept, dtype=np.int32), stats
+
+    def check_not_empty(self, stats: FilterStats, source: str) -> None:
+        if stats.kept or not stats.total:
+            return
+        raise ValueError(
+            f"every sample of {source} was filtered out: {stats.too_long} labels longer than "
+            f"--batch_max_length {self.batch_max_length}, {stats.out_of_charset} with characters "
+            f"outside the set {self.character!r} (sensitive={self.sensitive}). Pass the right "
+            "--character, --sensitive for case-sensitive labels, a larger --batch_max_length, "
+            "or --data_filtering_off.")
+
+
+# --- LMDB ----------------------------------------------------------------------------------
+
+# One environment per LMDB file per process: lmdb refuses to open the same files twice in
+# a process (reference bug #3). After a fork the child closes what it inherited and
+# reopens, so DataLoader workers never share the parent's handle.
+_ENVS: dict[str, tuple[lmdb.Environment, int]] = {}  # realpath -> (env, inode of data.mdb)
+_ENVS_PID = os.getpid()
+
+
+def open_lmdb(root: str | os.PathLike, recheck: bool = False) -> lmdb.Environment:
+    """The read-only environment of ``root`` for this process, opened on first use.
+
+    ``recheck`` reopens it if data.mdb was replaced since (e.g. re-created with --overwrite).
+    """
+    global _ENVS_PID
+    if os.getpid() != _ENVS_PID:
+        for env, _ in _ENVS.values():
+            env.close()  # closes the child's copy only; the parent's stays usable
+        _ENVS.clear()
+        _ENVS_PID = os.getpid()
+    key = os.path.realpath(root)
+    cached = _ENVS.get(key)
+    if cached is not None and not recheck:
+        return cached[0]
+    data = os.path.join(key, "data.mdb")
+    try:
+        inode = os.stat(data).st_ino
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{root} is not an LMDB dataset (no data.mdb). Create one with create_lmdb_dataset.py, "
+            "or point at a folder holding LMDB folders or a gt.txt.") from None
+    if cached is not None:
+        if cached[1] == inode:
+            return cached[0]
+        cached[0].close()
+    env = lmdb.open(key, max_readers=32, readonly=True, lock=False, readahead=False, meminit=False)
+    _ENVS[key] = (env, inode)
+    return env
+
+
+def read_num_samples(txn: lmdb.Transaction, root: str | os.PathLike) -> int:
+    value = txn.get(b"num-samples")
+    if value is None:
+        raise ValueError(
+            f"{root} has no 'num-samples' key: the LMDB is incomplete (was create_lmdb_dataset.py "
+            "interrupted?). Re-create it: python create_lmdb_dataset.py <inputPath> <gtFile> "
+            f"{root} --overwrite")
+    return int(value)
+
+
+def iter_lmdb_labels(txn: lmdb.Transaction, num_samples: int) -> Iterator[tuple[int, str]]:
+    """(index, label) for every ``label-`` key, in order, with one cursor walk.
+
+    The label keys sort together, so this reads a few leaf pages instead of doing
+    ``num_samples`` separate B-tree look-ups.
+    """
+    cursor = txn.cursor()
+    if not cursor.set_range(b"label-"):
+        return
+    for key, value in cursor:
+        if not key.startswith(b"label-"):
+            break
+        index = int(key[6:])
+        if 1 <= index <= num_samples:
+            yield index, value.decode("utf-8")
+
+
+def filter_cache_path(root: str | os.PathLike, key: dict) -> Path:
+    base = os.environ.get("STR_CACHE_DIR") or Path.home() / ".cache" / "str_toolkit" / "filter"
+    digest = hashlib.sha1(f"{os.path.abspath(root)}\0{json.dumps(key, sort_keys=True)}".encode()).hexdigest()
+    return Path(base) / f"{digest}.npz"
+
+
+def load_filter_cache(path: Path, key: dict) -> tuple[np.ndarray, FilterStats] | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["key"]) != json.dumps(key, sort_keys=True):
+                return None
+            total, kept, too_long, out = (int(v) for v in data["stats"])
+            index = data["index"].astype(np.int32, copy=False)
+    except (OSError, KeyError, ValueError):
+        return None
+    return index, FilterStats(total, kept, too_long, out, filtering=key["filtering"])
+
+
+def save_filter_cache(path: Path, key: dict, index: np.ndarray, stats: FilterStats) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, key=np.array(json.dumps(key, sort_keys=True)), index=index,
+                 stats=np.array([stats.total, stats.kept, stats.too_long, stats.out_of_charset]))
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+    except OSError as e:
+        logger.warning("could not write the filter cache %s (%s); the next run rescans", path, e)
+
+
+class LmdbDataset(Dataset):
+    """One LMDB folder; items are ``(PIL image 'L'/'RGB', normalised label)`` or None.
+
+    Filtering (reference section 3.3) runs once per (LMDB file, charset, options) and is
+    cached as an index array, so a 1M-sample LMDB starts in milliseconds the second time.
+    The environment is opened lazily in each process and never pickled.
+    """
+
+    def __init__(self, root: str | os.PathLike, opt):
+        self.root = str(root)
+        self.rgb = getattr(opt, "rgb", False)
+        self.label_filter = LabelFilter.from_opt(opt)
+        self._env: lmdb.Environment | None = None
+        self.filtered_index_list, self.stats = self._filtered_index()
+        self.nSamples = len(self.filtered_index_list)
+        self.label_filter.check_not_empty(self.stats, self.root)
+
+    def _filtered_index(self) -> tuple[np.ndarray, FilterStats]:
+        env = open_lmdb(self.root, recheck=True)
+        with env.begin(write=False) as txn:
+            num_samples = read_num_samples(txn, self.root)
+            st = os.stat(os.path.join(self.root, "data.mdb"))
+            lf = self.label_filter
+            key = {"version": CACHE_VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                   "num_samples": num_samples, "character": lf.character, "sensitive": lf.sensitive,
+                   "batch_max_length": lf.batch_max_length, "filtering": lf.filtering}
+            cache = filter_cache_path(self.root, key)
+            cached = load_filter_cache(cache, key)
+            if cached is not None:
+                return cached
+            index, stats = lf.filter(iter_lmdb_labels(txn, num_samples))
+        save_filter_cache(cache, key, index, stats)
+        return index, stats
+
+    def __len__(self) -> int:
+        return self.nSamples
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_env"] = None  # lmdb environments cannot be pickled (spawn workers)
+        return state
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, str] | None:
+        lmdb_index = int(self.filtered_index_list[index])  # IndexError past the end
+        env = open_lmdb(self.root)
+        with env.begin(write=False) as txn:
+            label = txn.get(f"label-{lmdb_index:09d}".encode()).decode("utf-8")
+            imgbuf = txn.get(f"image-{lmdb_index:09d}".encode())
+        try:
+            if imgbuf is None:
+                raise OSError("no image stored under this key")
+            img = Image.open(io.BytesIO(imgbuf)).convert("RGB" if self.rgb else "L")
+        except IMAGE_ERRORS as e:
+            # The reference substituted a blank image labelled '[dummy_label]' (bug #17).
+            self.stats.unreadable += 1
+            logger.warning("unreadable image in %s at index %d (key image-%09d): %s; skipped",
+                           self.root, index, lmdb_index, e)
+            return None
+        return img, self.label_filter.normalise(label)
+
+
+class GtFolderDataset(Dataset):
+    """A folder with a ``gt.txt`` (``relative/path<TAB>label``) read without an LMDB."""
+
+    def __init__(self, root: str | os.PathLike, opt):
+        self.root = Path(root)
+        gt = self.root / "gt.txt"
+        if not gt.is_file():
+            raise FileNotFoundError(f"{gt} does not exist; a gt folder needs a gt.txt.")
+        self.rgb = getattr(opt, "rgb", False)
+        self.label_filter = LabelFilter.from_opt(opt)
+        samples, self.problems = parse_gt_file(gt)
+        for lineno, _, reason in self.problems[:5]:
+            logger.warning("%s line %d: %s; skipped", gt, lineno, reason)
+        index, self.stats = self.label_filter.filter((i, label) for i, (_, _, label) in enumerate(samples))
+        self.samples = [samples[i][1:] for i in index]  # [(relpath, label)]
+        self.nSamples = len(self.samples)
+        self.label_filter.check_not_empty(self.stats, str(gt))
+
+    def __len__(self) -> int:
+        return self.nSamples
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, str] | None:
+        relpath, label = self.samples[index]
+        path = self.root / relpath
+        try:
+            img = Image.open(path).convert("RGB" if self.rgb else "L")
+        except IMAGE_ERRORS as e:
+            self.stats.unreadable += 1
+            logger.warning("unreadable image %s (%s at index %d): %s; skipped", path, self.root, index, e)
+            return None
+        return img, self.label_filter.normalise(label)
+
+
+# --- discovery -----------------------------------------------------------------------------
+
+def hierarchical_dataset(root: str | os.PathLike, opt, select_data: str | Sequence[str] = "/",
+                         log: Callable[[str], None] | None = print) -> tuple[ConcatDataset, str]:
+    """Every LMDB leaf folder (or gt.txt folder) under ``root`` whose path relative to root,
+    e.g. ``/MJ/MJ_train``, contains an entry of ``select_data``; ``'/'`` selects all.
+
+    Returns ``(ConcatDataset, log text)``; each line also goes to ``log``. Folders are
+    visited in sorted order, so the concatenation is the same on every machine.
+    """
+    root = str(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"dataset root {root} does not exist or is not a folder.")
+    if isinstance(select_data, str):
+        select_data = [select_data]
+    lines = [f"dataset_root:    {root}\t dataset: {select_data[0]}"]
+    datasets, found = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = "/" + os.path.relpath(dirpath, root)
+        if "gt.txt" in filenames:
+            dirnames.clear()  # its sub-folders hold the images
+            make = GtFolderDataset
+        elif not dirnames and "data.mdb" in filenames:
+            make = LmdbDataset
+        else:
+            continue
+        found.append(rel)
+        # Matched against the relative path only: the reference also matched the root path (quirk #14).
+        if any(s in rel for s in select_data):
+            dataset = make(dirpath, opt)
+            lines += [f"sub-directory:\t{rel}\t num samples: {len(dataset)}", f"\t{dataset.stats}"]
+            datasets.append(dataset)
+    if not datasets:
+        raise FileNotFoundError(
+            f"no dataset under {root} matches select_data {list(select_data)}; found "
+            f"{found or 'no LMDB folder (data.mdb) and no gt.txt folder'}.")
+    if log is not None:
+        for line in lines:
+            log(line)
+    return ConcatDataset(datasets), "\n".join(lines) + "\n"
+
+
+# --- batching ------------------------------------------------------------------------------
+
+class InfiniteBatchSampler(Sampler[list[int]]):
+    """An endless, resumable, rank-sharded stream of batches over ``range(n)``.
+
+    The stream is the concatenation of epochs; epoch ``e`` is a permutation drawn from
+    ``torch.Generator().manual_seed(seed * 1000003 + e)``. Global batch ``j`` is stream
+    positions ``[(j * world_size + rank) * batch, ... + batch)``: every rank sees the same
+    stream, ranks never overlap, and ``start=k`` resumes at global batch ``k``.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 start: int = 0):
+        if n <= 0:
+            raise ValueError(f"cannot sample batches from an empty dataset (n={n}).")
+        if batch_size <= 0 or not 0 <= rank < world_size or start < 0:
+            raise ValueError(f"bad sampler arguments: batch_size={batch_size}, rank={rank}, "
+                             f"world_size={world_size}, start={start}.")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size, self.start = rank, world_size, start
+
+    def permutation(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
+        return torch.randperm(self.n, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, perm = -1, []
+        j = self.start
+        while True:
+            first = (j * self.world_size + self.rank) * self.batch_size
+            batch = []
+            for position in range(first, first + self.batch_size):
+                e, offset = divmod(position, self.n)
+                if e != epoch:
+                    epoch, perm = e, self.permutation(e)
+                batch.append(perm[offset])
+            yield batch
+            j += 1
+
+
+class BatchBalancedDataset:
+    """One DataLoader per ``select_data`` entry; ``get_batch()`` concatenates one batch of each.
+
+    Batch shares follow ``batch_ratio`` (reference section 3.6). The batch order is a
+    function of (seed, batches consumed), so ``state_dict()``/``load_state_dict()`` resume
+    exactly, and ``rank``/``world_size`` shard it for DDP. ``self.batch_size`` is the
+    summed batch size (the reference overwrote ``opt.batch_size`` instead).
+    """
+
+    def __init__(self, opt, log: Callable[[str], None] = print, rank: int = 0, world_size: int = 1):
+        select_data, batch_ratio = opt.select_data, opt.batch_ratio
+        if isinstance(select_data, str):
+            select_data = select_data.split("-")
+        if isinstance(batch_ratio, str):
+            batch_ratio = batch_ratio.split("-")
+        if len(select_data) != len(batch_ratio):
+            raise ValueError(f"--select_data {select_data} and --batch_ratio {batch_ratio} must have "
+                             "the same number of entries (e.g. --select_data MJ-ST --batch_ratio 0.5-0.5).")
+        self.opt, self.rank, self.world_size = opt, rank, world_size
+        self.seed = getattr(opt, "manualSeed", 1111)
+        self.collate = AlignCollate(opt.imgH, opt.imgW, keep_ratio_with_pad=getattr(opt, "PAD", False),
+                                    dynamic_width=getattr(opt, "dynamic_width", False))
+        dashed_line = "-" * 80
+        log(dashed_line)
+        log(f"dataset_root: {opt.train_data}\nopt.select_data: {select_data}\nopt.batch_ratio: {batch_ratio}")
+        self.datasets: list[Dataset] = []
+        self.batch_sizes: list[int] = []
+        ratio = getattr(opt, "total_data_usage_ratio", "1.0")
+        for name, share in zip(select_data, batch_ratio):
+            batch = max(round(opt.batch_size * float(share)), 1)
+            log(dashed_line)
+            dataset, dataset_log = hierarchical_dataset(opt.train_data, opt, select_data=[name], log=None)
+            log(dataset_log.rstrip("\n"))
+            total = len(dataset)
+            used = int(total * float(ratio))  # the first samples, as the reference (quirk #15)
+            if used == 0:
+                raise ValueError(f"--total_data_usage_ratio {ratio} leaves no sample of {name} ({total} in all).")
+            log(f"num total samples of {name}: {total} x {ratio} (total_data_usage_ratio) = {used}\n"
+                f"num samples of {name} per batch: {opt.batch_size} x {float(share)} (batch_ratio) = {batch}")
+            self.datasets.append(Subset(dataset, range(used)))
+            self.batch_sizes.append(batch)
+        self.batch_size = sum(self.batch_sizes)
+        log(f"{dashed_line}\nTotal_batch_size: {'+'.join(map(str, self.batch_sizes))} = {self.batch_size}\n{dashed_line}")
+        self._batches = 0
+        self._make_loaders()
+
+    def _make_loaders(self) -> None:
+        workers = getattr(self.opt, "workers", 0)
+        self.data_loader_list = [
+            DataLoader(dataset, num_workers=workers, collate_fn=self.collate,
+                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+                       batch_sampler=InfiniteBatchSampler(len(dataset), batch, self.seed + i,
+                                                          self.rank, self.world_size, start=self._batches))
+            for i, (dataset, batch) in enumerate(zip(self.datasets, self.batch_sizes))]
+        self.dataloader_iter_list = [iter(loader) for loader in self.data_loader_list]
+
+    def get_batch(self) -> tuple[torch.Tensor, list[str]]:
+        """``(images [B, C, H, W], labels)``; B may fall short by the unreadable images."""
+        images, labels = [], []
+        for iterator in self.dataloader_iter_list:
+            image, label = next(iterator)
+            if len(label):
+                images.append(image)
+                labels.extend(label)
+        self._batches += 1
+        width = max(image.shape[-1] for image in images)  # differs only with dynamic_width
+        images = [F.pad(x, (0, width - x.shape[-1]), mode="replicate") if x.shape[-1] < width else x
+                  for x in images]
+        return torch.cat(images), labels
+
+    def state_dict(self) -> dict:
+        return {"batches": self._batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._batches = int(state["batches"])
+        self.dataloader_iter_list = []  # shuts the old workers down before new ones start
+        self._make_loaders()
+
+
+# --- images --------------------------------------------------------------------------------
+
+def _to_uint8(img: Image.Image) -> np.ndarray:
+    """[H, W, C] uint8; C = 3 for 'RGB', else 1 (other modes are converted to 'L')."""
+    if img.mode not in ("L", "RGB"):
+        img = img.convert("L")
+    array = np.asarray(img, dtype=np.uint8)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def _resize_pad(img: Image.Image, imgH: int, width: int) -> np.ndarray:
+    """Reference NormalizePAD: keep the ratio, left-align, replicate the last column."""
+    w, h = img.size
+    resized_w = min(width, math.ceil(imgH * w / h))
+    array = _to_uint8(img.resize((resized_w, imgH), Image.BICUBIC))
+    return np.pad(array, ((0, 0), (0, width - resized_w), (0, 0)), mode="edge")
+
+
+class AlignCollate:
+    """Collate ``(PIL image, label)`` items into ``(images [B, C, imgH, W] in [-1, 1], labels)``.
+
+    Default: BICUBIC resize to (imgW, imgH). ``keep_ratio_with_pad``: the reference's
+    NormalizePAD. ``dynamic_width`` (with pad, EasyOCR style): the batch width is
+    ``ceil(max(max w/h, 1)) * imgH`` capped at imgW. None items (unreadable images) are dropped.
+    """
+
+    def __init__(self, imgH: int = 32, imgW: int = 100, keep_ratio_with_pad: bool = False,
+                 dynamic_width: bool = False):
+        self.imgH, self.imgW = imgH, imgW
+        self.keep_ratio_with_pad = keep_ratio_with_pad
+        self.dynamic_width = dynamic_width
+
+    def __call__(self, batch: Sequence[tuple[Image.Image, str] | None]) -> tuple[torch.Tensor, tuple]:
+        batch = [item for item in batch if item is not None]
+        if not batch:
+            return torch.empty(0, 1, self.imgH, self.imgW), ()
+        images, labels = zip(*batch)
+        if self.keep_ratio_with_pad:
+            width = self.imgW
+            if self.dynamic_width:
+                max_ratio = max(w / h for w, h in (img.size for img in images))
+                width = min(self.imgW, math.ceil(max(max_ratio, 1)) * self.imgH)
+            arrays = [_resize_pad(img, self.imgH, width) for img in images]
+        else:
+            arrays = [_to_uint8(img.resize((self.imgW, self.imgH), Image.BICUBIC)) for img in images]
+        stacked = np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))  # [B, C, H, W] uint8
+        # Same float ops as ToTensor then (x - 0.5) / 0.5, so results are bit-identical.
+        return torch.from_numpy(stacked).to(torch.float32).div_(255).sub_(0.5).div_(0.5), labels
+
+
+# --- demo input ----------------------------------------------------------------------------
+
+def list_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Image files of the given folders (recursive, natsorted) and files, in argument order."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[str] = []
+    for path in map(str, paths):
+        if os.path.isfile(path):
+            files.append(path)
+        elif os.path.isdir(path):
+            found = [os.path.join(dirpath, name) for dirpath, _, names in os.walk(path)
+                     for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
+            if not found:
+                raise ValueError(f"no image ({', '.join(IMAGE_EXTENSIONS)}) found in {path}.")
+            files += natsorted(found)
+        else:
+            raise FileNotFoundError(f"{path} does not exist.")
+    if not files:
+        raise ValueError("no image paths given.")
+    return files
+
+
+class RawDataset(Dataset):
+    """Image files for demo.py; items are ``(PIL image 'L'/'RGB', path)`` or None if unreadable."""
+
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], opt):
+        self.rgb = getattr(opt, "rgb", False)
+        self.image_path_list = list_images(paths)
+        self.nSamples = len(self.image_path_list)
+        self.unreadable: list[str] = []
+
+    def __len__(self) -> int:
+        return self.nSamples
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, str] | None:
+        path = self.image_path_list[index]
+        try:
+            return Image.open(path).convert("RGB" if self.rgb else "L"), path
+        except IMAGE_ERRORS as e:
+            self.unreadable.append(path)
+            logger.warning("unreadable image %s: %s; skipped", path, e)
+            return None
