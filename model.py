@@ -149,3 +149,68 @@ def build_model(config: ModelConfig, init: bool = True) -> Model:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# Architecture flags; None means "not given" so that a self-describing checkpoint can supply them.
+ARCHITECTURE_DEFAULTS = {
+    "num_fiducial": 20, "imgH": 32, "imgW": 100, "input_channel": 1, "output_channel": 512,
+    "hidden_size": 256, "batch_max_length": 25,
+}
+# Options that may differ from the checkpoint's at test/demo time (they change the input, not the weights).
+INPUT_OPTIONS = ("imgH", "imgW", "PAD", "batch_max_length")
+
+
+def add_model_arguments(parser) -> None:
+    """The stage and size flags shared by train.py, test.py and demo.py (reference names and defaults)."""
+    g = parser.add_argument_group("model (not needed with a checkpoint written by this toolkit)")
+    for stage, table in STAGES.items():
+        g.add_argument(f"--{stage}", choices=list(table), default=None, help=f"stage: {' | '.join(table)}")
+    for name, default in ARCHITECTURE_DEFAULTS.items():
+        g.add_argument(f"--{name}", type=int, default=None, help=f"default {default}")
+    g.add_argument("--rgb", action="store_true", default=None, help="use 3-channel input (sets input_channel 3)")
+    g.add_argument("--character", type=str, default=None,
+                   help=f"character set, or a UTF-8 file of it (one per line or all on one line); default "
+                        f"{DEFAULT_CHARACTER!r}")
+    g.add_argument("--sensitive", action="store_true", default=None,
+                   help="case-sensitive: the 94 printable characters (unless --character is given), labels keep case")
+    g.add_argument("--PAD", action="store_true", default=None, help="keep aspect ratio, replicate-pad to imgW")
+
+
+def config_from_args(opt, base: ModelConfig | None = None, allow_character_change: bool = False) -> ModelConfig:
+    """The model config: ``base`` (from a checkpoint) with the flags the user gave, or the flags alone.
+
+    Flags that would change the weights' shapes conflict with a checkpoint: that is an error naming
+    the flag, not a silent override.
+    """
+    from utils import resolve_character  # local: utils imports nothing from here, keep it that way
+
+    given = {k: getattr(opt, k, None) for k in ("Transformation", "FeatureExtraction", "SequenceModeling",
+                                                 "Prediction", *ARCHITECTURE_DEFAULTS, "PAD", "sensitive")}
+    given = {k: v for k, v in given.items() if v is not None}
+    if getattr(opt, "rgb", None):
+        given["input_channel"] = 3
+    character = getattr(opt, "character", None)
+    if character is not None or given.get("sensitive"):
+        given["character"] = resolve_character(character or DEFAULT_CHARACTER, bool(given.get("sensitive")))
+
+    if base is None:
+        missing = [s for s in STAGES if s not in given]
+        if missing:
+            raise ValueError("these flags are required (or use a checkpoint written by this toolkit): "
+                             + " ".join(f"--{s} {{{','.join(STAGES[s])}}}" for s in missing))
+        return ModelConfig(**{**ARCHITECTURE_DEFAULTS, **given})
+
+    conflicts = []
+    for key, value in given.items():
+        current = getattr(base, key)
+        if value == current or key in INPUT_OPTIONS or (key == "sensitive"):
+            continue
+        if key == "character" and allow_character_change:
+            continue
+        shown = "(a different set)" if key == "character" else value
+        conflicts.append(f"--{key} {shown} (the checkpoint has {current!r})")
+    if conflicts:
+        raise ValueError("the checkpoint was trained with other options than the flags ask for: "
+                         + "; ".join(conflicts) + ". Drop these flags: the checkpoint describes its model"
+                         + (", or add --FT to fine-tune to a new character set" if not allow_character_change else ""))
+    return base.replace(**given)

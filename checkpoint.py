@@ -1,0 +1,224 @@
+"""Checkpoints: self-describing files, the reference's bare state_dicts, and clear mismatch errors.
+
+A checkpoint written by this toolkit is a plain dict (loadable with ``weights_only=True``)::
+
+    {"format": "str-toolkit", "version": 1, "config": ModelConfig.to_dict(),
+     "model": state_dict (no "module." prefix), ...training state for last.pth...}
+
+The reference (and EasyOCR) save ``DataParallel(model).state_dict()``: a bare dict of tensors whose
+keys start with ``module.``. Both load here; ``export_reference`` writes the bare form back out.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from model import Model, ModelConfig, build_model
+
+FORMAT = "str-toolkit"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked; the message says why and what to do."""
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash (or a full disk) during the write leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, model: Model, **extra) -> None:
+    model = unwrap(model)
+    atomic_save({"format": FORMAT, "version": VERSION, "config": model.config.to_dict(),
+                 "model": model.state_dict(), **extra}, path)
+
+
+def export_reference(path: str | os.PathLike, model: Model) -> None:
+    """Write a bare reference-format state_dict (``module.`` prefix), as the original train.py saves."""
+    atomic_save(to_reference_state_dict(unwrap(model).state_dict()), path)
+
+
+def to_reference_state_dict(state_dict: dict) -> dict:
+    return {"module." + k: v for k, v in state_dict.items()}
+
+
+def unwrap(model: torch.nn.Module) -> Model:
+    while hasattr(model, "module"):  # DataParallel / DistributedDataParallel
+        model = model.module
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint file safely (``weights_only=True``) and normalise it.
+
+    Returns ``{"config": dict | None, "model": state_dict without 'module.', ...}``; ``config`` is None
+    for a bare reference state_dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check --saved_model "
+                              "(a file path, or a pretrained model name listed by `python pretrained.py`)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the reason
+        raise CheckpointError(f"cannot load {path} as a PyTorch checkpoint with weights_only=True ({e}). "
+                              "Only state_dicts and this toolkit's checkpoints are accepted; pickled "
+                              "model objects are refused because they can run arbitrary code.") from e
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return obj
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"config": None, "model": strip_prefix(obj)}
+    raise CheckpointError(f"{path} is neither a state_dict nor a {FORMAT} checkpoint")
+
+
+def strip_prefix(state_dict: dict, prefix: str = "module.") -> dict:
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+
+
+def infer_architecture(state_dict: dict) -> dict:
+    """Read the stage choices and sizes off a bare state_dict, to explain a mismatch in user terms."""
+    keys = state_dict.keys()
+    info: dict = {}
+    info["Transformation"] = "TPS" if any(k.startswith("Transformation.") for k in keys) else "None"
+    if "FeatureExtraction.ConvNet.conv0_1.weight" in state_dict:
+        info["FeatureExtraction"] = "ResNet"
+        first = state_dict["FeatureExtraction.ConvNet.conv0_1.weight"]
+    elif any(".wgf_u." in k for k in keys):
+        info["FeatureExtraction"] = "RCNN"
+        first = state_dict.get("FeatureExtraction.ConvNet.0.weight")
+    else:
+        info["FeatureExtraction"] = "VGG"
+        first = state_dict.get("FeatureExtraction.ConvNet.0.weight")
+    if first is not None:
+        info["input_channel"] = first.shape[1]
+    info["SequenceModeling"] = "BiLSTM" if any(k.startswith("SequenceModeling.") for k in keys) else "None"
+    if "Prediction.generator.weight" in state_dict:
+        info["Prediction"] = "Attn"
+        info["num_class"] = state_dict["Prediction.generator.weight"].shape[0]
+        info["hidden_size"] = state_dict["Prediction.generator.weight"].shape[1]
+    elif "Prediction.weight" in state_dict:
+        info["Prediction"] = "CTC"
+        info["num_class"] = state_dict["Prediction.weight"].shape[0]
+    if "SequenceModeling.0.rnn.weight_hh_l0" in state_dict:
+        info["hidden_size"] = state_dict["SequenceModeling.0.rnn.weight_hh_l0"].shape[1]
+        info["output_channel"] = state_dict["SequenceModeling.0.rnn.weight_ih_l0"].shape[1]
+    if "Transformation.LocalizationNetwork.localization_fc2.bias" in state_dict:
+        info["num_fiducial"] = state_dict["Transformation.LocalizationNetwork.localization_fc2.bias"].shape[0] // 2
+        info["imgH*imgW"] = state_dict["Transformation.GridGenerator.P_hat"].shape[0]
+    return info
+
+
+def explain_mismatch(config: ModelConfig, state_dict: dict) -> str | None:
+    """None when the state_dict fits a model built from ``config``; else a message in the user's terms."""
+    expected = {k: tuple(v.shape) for k, v in Model(config).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if expected == got:
+        return None
+    found = infer_architecture(state_dict)
+    problems = []
+    for stage in ("Transformation", "FeatureExtraction", "SequenceModeling", "Prediction"):
+        if stage in found and found[stage] != getattr(config, stage):
+            problems.append(f"it was trained with --{stage} {found[stage]}, not {getattr(config, stage)}")
+    if not problems:
+        for opt in ("input_channel", "output_channel", "hidden_size", "num_fiducial"):
+            if opt in found and found[opt] != getattr(config, opt):
+                hint = " (grey is 1, --rgb is 3)" if opt == "input_channel" else ""
+                problems.append(f"it has --{opt} {found[opt]}, not {getattr(config, opt)}{hint}")
+        if "num_class" in found and found["num_class"] != config.num_class:
+            extra = 1 if config.Prediction == "CTC" else 2
+            n_chars = found["num_class"] - extra
+            hint = ""
+            if n_chars == 94:
+                hint = " Was it trained with --sensitive?"
+            elif len(config.character) == 94 and n_chars == 36:
+                hint = " It looks case-insensitive: drop --sensitive."
+            problems.append(f"the checkpoint predicts {found['num_class']} classes ({n_chars} characters) but the "
+                            f"character set gives {config.num_class} ({len(config.character)} characters).{hint} "
+                            "Pass the character set it was trained with via --character (a string or a file)")
+        if "imgH*imgW" in found and found["imgH*imgW"] != config.imgH * config.imgW:
+            problems.append(f"its TPS grid has {found['imgH*imgW']} points, but --imgH {config.imgH} × --imgW "
+                            f"{config.imgW} = {config.imgH * config.imgW}: use the image size it was trained with")
+    if not problems:
+        missing = sorted(set(expected) - set(got))[:3]
+        unexpected = sorted(set(got) - set(expected))[:3]
+        shapes = [f"{k}: checkpoint {got[k]} vs model {expected[k]}" for k in expected
+                  if k in got and got[k] != expected[k]][:3]
+        problems.append(f"state_dict differs (missing {missing}, unexpected {unexpected}, shapes {shapes})")
+    return "the checkpoint does not fit the model options: " + "; ".join(problems) + "."
+
+
+def load_state(model: Model, state_dict: dict) -> None:
+    problem = explain_mismatch(model.config, state_dict)
+    if problem:
+        raise CheckpointError(problem)
+    model.load_state_dict(state_dict)
+
+
+def remap_characters(state_dict: dict, old_config: ModelConfig, new_config: ModelConfig,
+                     fresh: Model) -> tuple[dict, dict]:
+    """Carry prediction weights across character sets, by character rather than by index.
+
+    Rows of the classifier (CTC: ``Prediction``; Attn: ``Prediction.generator``) and the one-hot
+    input columns of the attention LSTM are copied for every character both sets share (and for
+    the special tokens); new characters keep ``fresh``'s initial weights. Returns
+    ``(state_dict for new_config, report)`` where report lists kept / added / dropped characters.
+    """
+    old_chars, new_chars = old_config.character, new_config.character
+    special = 1 if new_config.Prediction == "CTC" else 2
+    old_index = {c: i + special for i, c in enumerate(old_chars)}
+    pairs = [(i, i) for i in range(special)]  # [CTCblank] / [GO], [s]
+    pairs += [(old_index[c], j + special) for j, c in enumerate(new_chars) if c in old_index]
+    new_state = dict(state_dict)
+    fresh_state = fresh.state_dict()
+    src = torch.tensor([p[0] for p in pairs])
+    dst = torch.tensor([p[1] for p in pairs])
+    head = "Prediction.generator" if new_config.Prediction == "Attn" else "Prediction"
+    for name in (f"{head}.weight", f"{head}.bias"):
+        out = fresh_state[name].clone()
+        out[dst] = state_dict[name][src].to(out.dtype)
+        new_state[name] = out
+    if new_config.Prediction == "Attn":
+        name = "Prediction.attention_cell.rnn.weight_ih"
+        width = fresh_state[name].shape[1] - new_config.num_class  # context part of the LSTM input
+        out = fresh_state[name].clone()
+        out[:, :width] = state_dict[name][:, :width]
+        out[:, width + dst] = state_dict[name][:, width + src].to(out.dtype)
+        new_state[name] = out
+    new_set = set(new_chars)
+    report = {
+        "kept": "".join(c for c in new_chars if c in old_index),
+        "added": "".join(c for c in new_chars if c not in old_index),
+        "dropped": "".join(c for c in old_chars if c not in new_set),
+    }
+    return new_state, report
+
+
+def model_from_checkpoint(ckpt: dict, config: ModelConfig | None = None) -> Model:
+    """Build the model a checkpoint describes (or ``config`` for a bare state_dict) and load it."""
+    if config is None:
+        if ckpt.get("config") is None:
+            raise CheckpointError("this checkpoint is a bare state_dict, which does not say its architecture: "
+                                  "pass --Transformation --FeatureExtraction --SequenceModeling --Prediction "
+                                  "(and --character / --sensitive, --imgH, --imgW as it was trained)")
+        config = ModelConfig.from_dict(ckpt["config"])
+    model = build_model(config, init=False)
+    load_state(model, ckpt["model"])
+    return model
