@@ -168,25 +168,29 @@ def checked_samples(input_path: Path, samples: list[GtSample], check_valid: bool
 
 def write_dataset(output_path: Path, samples: list[GtSample], input_path: Path, check_valid: bool,
                   overwrite: bool) -> tuple[int, list[str]]:
-    """Write the good samples; returns (count, image problem lines), logged as they are met."""
+    """Write the good samples; returns (count, image problem lines).
+
+    Each image problem is printed and appended to ``error_image_log.txt`` as it is met,
+    so the log survives an interrupted run.
+    """
     image_problems: list[str] = []
+    error_log = output_path / "error_image_log.txt"
     with LmdbWriter(output_path, overwrite=overwrite) as writer:
-        error_log = open(output_path / "error_image_log.txt", "a", encoding="utf-8")
-        with error_log:
-            for lineno, path, label, data, problem in checked_samples(input_path, samples, check_valid):
-                if problem:
-                    message = f"line {lineno}: {path} {problem}"
-                    print(message)
-                    error_log.write(message + "\n")
-                    image_problems.append(message)
-                    continue
-                count = writer.add(data, label)
-                if count % 1000 == 0:
-                    print(f"Written {count} / {len(samples)}")
+        for lineno, path, label, data, problem in checked_samples(input_path, samples, check_valid):
+            if problem:
+                message = f"line {lineno}: {path} {problem}"
+                print(message)
+                with open(error_log, "a", encoding="utf-8") as log:
+                    log.write(message + "\n")
+                image_problems.append(message)
+                continue
+            count = writer.add(data, label)
+            if count % 1000 == 0:
+                print(f"Written {count} / {len(samples)}")
         if writer.count == 0:
             # Raising inside the writer leaves num-samples unwritten: never a usable empty dataset.
             raise SystemExit(f"no valid image among the {len(samples)} samples; nothing usable was "
-                             f"written to {output_path} (see {output_path / 'error_image_log.txt'}).")
+                             f"written to {output_path} (see {error_log}).")
     return writer.count, image_problems
 
 

@@ -463,13 +463,18 @@ class BatchBalancedDataset:
 
     def get_batch(self) -> tuple[torch.Tensor, list[str]]:
         """``(images [B, C, H, W], labels)``; B may fall short by the unreadable images."""
-        images, labels = [], []
-        for iterator in self.dataloader_iter_list:
-            image, label = next(iterator)
-            if len(label):
-                images.append(image)
-                labels.extend(label)
-        self._batches += 1
+        for _ in range(100):
+            images, labels = [], []
+            for iterator in self.dataloader_iter_list:
+                image, label = next(iterator)
+                if len(label):
+                    images.append(image)
+                    labels.extend(label)
+            self._batches += 1
+            if images:
+                break
+        else:
+            raise RuntimeError("100 consecutive batches held only unreadable images; see the warnings above.")
         width = max(image.shape[-1] for image in images)  # differs only with dynamic_width
         images = [F.pad(x, (0, width - x.shape[-1]), mode="replicate") if x.shape[-1] < width else x
                   for x in images]

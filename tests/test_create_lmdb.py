@@ -111,6 +111,7 @@ def test_strict_clean_input_writes(source, tmp_path):
     gt.write_text("images/word_0.png\tabc\nimages/word_1.png\tdef\n")
     createDataset(str(input_path), str(gt), str(tmp_path / "out"), strict=True)
     assert read_lmdb(tmp_path / "out")[:2] == (2, ["abc", "def"])
+    assert not (tmp_path / "out" / "error_image_log.txt").exists()
 
 
 def test_user_errors(source, tmp_path):
