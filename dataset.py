@@ -325,11 +325,12 @@ class GtFolderDataset(Dataset):
 # --- discovery -----------------------------------------------------------------------------
 
 def hierarchical_dataset(root: str | os.PathLike, opt, select_data: str | Sequence[str] = "/",
-                         log: Callable[[str], None] | None = print) -> tuple[ConcatDataset, str]:
+                         log: Callable[[str], None] | None = None) -> tuple[ConcatDataset, str]:
     """Every LMDB leaf folder (or gt.txt folder) under ``root`` whose path relative to root,
     e.g. ``/MJ/MJ_train``, contains an entry of ``select_data``; ``'/'`` selects all.
 
-    Returns ``(ConcatDataset, log text)``; each line also goes to ``log``. Folders are
+    Returns ``(ConcatDataset, log text)``; each line also goes to ``log`` if given (the
+    reference printed them; callers here log the returned text once). Folders are
     visited in sorted order, so the concatenation is the same on every machine.
     """
     root = str(root)
@@ -436,7 +437,7 @@ class BatchBalancedDataset:
         for name, share in zip(select_data, batch_ratio):
             batch = max(round(opt.batch_size * float(share)), 1)
             log(dashed_line)
-            dataset, dataset_log = hierarchical_dataset(opt.train_data, opt, select_data=[name], log=None)
+            dataset, dataset_log = hierarchical_dataset(opt.train_data, opt, select_data=[name])
             log(dataset_log.rstrip("\n"))
             total = len(dataset)
             used = int(total * float(ratio))  # the first samples, as the reference (quirk #15)
