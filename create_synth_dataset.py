@@ -1,0 +1,135 @@
+"""Render MJSynth-like synthetic word images straight into LMDB datasets.
+
+One LMDB::
+
+    python create_synth_dataset.py --output_dir data/synth --num_samples 10000 --seed 0 --workers 2
+
+A data_lmdb_release-like tree (training on train fonts, validation on train fonts with
+another stream of the seed, evaluation on held-out font families)::
+
+    python create_synth_dataset.py --output_dir data/synth_tree --layout tree \\
+        --num_train 100000 --num_valid 2000 --num_eval 2000
+
+    data/synth_tree/training/synth/
+    data/synth_tree/validation/synth_val/
+    data/synth_tree/evaluation/synth_heldout_fonts/
+
+The same ``--seed`` gives byte-identical datasets, whatever ``--workers`` is.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+import synth
+from create_lmdb_dataset import DatasetExistsError, LmdbWriter, lmdb_is_dataset
+from utils import DEFAULT_CHARACTER, load_character
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthSplit:
+    """One LMDB of a tree layout: where it goes, which fonts, which RNG stream, how many."""
+
+    subdir: str
+    fonts: str
+    stream: int
+    num_samples: int
+
+
+def tree_splits(opt: argparse.Namespace) -> list[SynthSplit]:
+    return [
+        SynthSplit("training/synth", "train", 0, opt.num_train),
+        SynthSplit("validation/synth_val", "train", 1, opt.num_valid),
+        SynthSplit("evaluation/synth_heldout_fonts", "heldout", 2, opt.num_eval),
+    ]
+
+
+def make_generator(opt: argparse.Namespace, character: str, font_split: str) -> synth.SynthGenerator:
+    fonts = synth.discover_fonts(character, tuple(synth.DEFAULT_FONT_DIRS) + tuple(opt.font_dir))
+    chosen = synth.split_fonts(fonts, font_split)
+    if not chosen:
+        raise ValueError(f"no {font_split!r} fonts can render {character!r}: run scripts/install_fonts.sh as root, "
+                         "or pass --font_dir with fonts that cover the character set")
+    texts = synth.TextSource(character, opt.batch_max_length)
+    return synth.SynthGenerator(chosen, texts, opt.imgH, opt.image_format)
+
+
+def write_lmdb(output_path: Path, generator: synth.SynthGenerator, num_samples: int, seed: int, stream: int,
+               workers: int, overwrite: bool) -> None:
+    with LmdbWriter(output_path, overwrite=overwrite) as writer:
+        samples = synth.generate(generator, num_samples, seed, stream, workers)
+        for image_bytes, label in tqdm(samples, total=num_samples, desc=str(output_path), unit="img"):
+            writer.add(image_bytes, label)
+
+
+def check_outputs_free(paths: list[Path], overwrite: bool) -> None:
+    """Refuse before rendering anything, not after the first of several datasets."""
+    taken = [str(p) for p in paths if lmdb_is_dataset(p)]
+    if taken and not overwrite:
+        raise DatasetExistsError(f"{', '.join(taken)} already hold an LMDB dataset; choose another --output_dir "
+                         "or pass --overwrite to replace them")
+
+
+def main(opt: argparse.Namespace) -> None:
+    """Write one LMDB (``--layout single``) or the training/validation/evaluation tree."""
+    character = load_character(opt.character)
+    root = Path(opt.output_dir)
+    if opt.layout == "single":
+        jobs = [SynthSplit("", opt.fonts, 0, opt.num_samples)]
+    else:
+        jobs = tree_splits(opt)
+    check_outputs_free([root / job.subdir for job in jobs], opt.overwrite)
+
+    all_fonts = synth.discover_fonts(character, tuple(synth.DEFAULT_FONT_DIRS) + tuple(opt.font_dir))
+    print(f"{len(all_fonts)} fonts render every character of {synth.render_characters(character)!r}")
+    print(synth.describe_split(all_fonts))
+    for job in jobs:
+        generator = make_generator(opt, character, job.fonts)
+        print(f"{root / job.subdir}: {job.num_samples} samples, {job.fonts} fonts "
+              f"({len(generator.fonts)} fonts, {len(generator.designs)} design families), stream {job.stream}")
+        write_lmdb(root / job.subdir, generator, job.num_samples, opt.seed, job.stream, opt.workers, opt.overwrite)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", required=True, help="LMDB folder (single) or root of the tree (tree)")
+    parser.add_argument("--layout", choices=("single", "tree"), default="single",
+                        help="single: one LMDB at output_dir; tree: training/, validation/, evaluation/")
+    parser.add_argument("--num_samples", type=int, default=1000, help="samples in a single LMDB")
+    parser.add_argument("--num_train", type=int, default=100000, help="tree: samples in training/synth")
+    parser.add_argument("--num_valid", type=int, default=2000, help="tree: samples in validation/synth_val")
+    parser.add_argument("--num_eval", type=int, default=2000, help="tree: samples in evaluation/synth_heldout_fonts")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
+    parser.add_argument("--fonts", choices=synth.FONT_SPLITS, default="train",
+                        help="single: font split to render with (heldout = families never used by train)")
+    parser.add_argument("--font_dir", action="append", default=[],
+                        help=f"extra font folder, scanned after {', '.join(synth.DEFAULT_FONT_DIRS)} (repeatable)")
+    parser.add_argument("--character", default=DEFAULT_CHARACTER,
+                        help="label characters, or a file of them; a lower-case-only set still renders "
+                             "upper and title case and stores lower-case labels")
+    parser.add_argument("--batch_max_length", type=int, default=25, help="longest label")
+    parser.add_argument("--imgH", type=int, default=32, help="image height; the width follows the text")
+    parser.add_argument("--image_format", choices=tuple(synth.IMAGE_FORMATS), default="jpeg")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing LMDB datasets")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = get_parser()
+    opt = parser.parse_args(argv)
+    for name in ("num_samples", "num_train", "num_valid", "num_eval"):
+        if getattr(opt, name) < 0:
+            parser.error(f"--{name} must be >= 0, got {getattr(opt, name)}")
+    for name in ("batch_max_length", "imgH", "workers"):
+        if getattr(opt, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(opt, name)}")
+    return opt
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,76 @@
+"""A contact sheet of the first samples of an LMDB dataset, each with its label under it.
+
+    python scripts/make_contact_sheet.py --lmdb data/synth_sheet --output docs/synth_samples.png
+
+Works on any dataset in the reference LMDB layout (synthetic or real).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import lmdb
+from PIL import Image, ImageDraw, ImageFont
+
+LABEL_FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf"
+
+
+def read_samples(root: str, count: int) -> list[tuple[Image.Image, str]]:
+    env = lmdb.open(root, readonly=True, lock=False, readahead=False, meminit=False)
+    samples = []
+    with env.begin() as txn:
+        num_samples = int(txn.get(b"num-samples"))
+        for index in range(1, min(count, num_samples) + 1):
+            image = Image.open(io.BytesIO(txn.get(f"image-{index:09d}".encode()))).convert("RGB")
+            samples.append((image, txn.get(f"label-{index:09d}".encode()).decode("utf-8")))
+    env.close()
+    return samples
+
+
+def label_font(size: int) -> ImageFont.ImageFont:
+    if Path(LABEL_FONT).is_file():
+        return ImageFont.truetype(LABEL_FONT, size)
+    return ImageFont.load_default(size)
+
+
+def contact_sheet(samples: list[tuple[Image.Image, str]], columns: int, cell_w: int, cell_h: int) -> Image.Image:
+    """Each cell: the image scaled to fit ``cell_w x cell_h`` (aspect kept), its label below."""
+    font = label_font(14)
+    label_h = 20
+    rows = (len(samples) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * (cell_w + 8) + 8, rows * (cell_h + label_h + 8) + 8), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (image, label) in enumerate(samples):
+        scale = min(cell_w / image.width, cell_h / image.height)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BICUBIC)
+        x = 8 + (i % columns) * (cell_w + 8)
+        y = 8 + (i // columns) * (cell_h + label_h + 8)
+        sheet.paste(image, (x + (cell_w - image.width) // 2, y + (cell_h - image.height) // 2))
+        draw.text((x + cell_w // 2, y + cell_h + 2), label, fill="black", font=font, anchor="mt")
+    return sheet
+
+
+def main(opt: argparse.Namespace) -> None:
+    """Write the contact sheet of ``--lmdb`` to ``--output``."""
+    samples = read_samples(opt.lmdb, opt.columns * opt.rows)
+    sheet = contact_sheet(samples, opt.columns, opt.cell_width, opt.cell_height)
+    Path(opt.output).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(opt.output, optimize=True)
+    print(f"wrote {opt.output}: {len(samples)} samples, {sheet.width}x{sheet.height}")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lmdb", required=True, help="LMDB dataset folder")
+    parser.add_argument("--output", default="docs/synth_samples.png")
+    parser.add_argument("--columns", type=int, default=6)
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--cell_width", type=int, default=200, help="pixels; images are scaled to fit")
+    parser.add_argument("--cell_height", type=int, default=64)
+    return parser
+
+
+if __name__ == "__main__":
+    main(get_parser().parse_args())
