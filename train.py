@@ -1,0 +1,505 @@
+"""Train a four-stage STR model on LMDB data.
+
+    python train.py --train_data data_lmdb_release/training --valid_data data_lmdb_release/validation \\
+        --select_data MJ-ST --batch_ratio 0.5-0.5 \\
+        --Transformation None --FeatureExtraction VGG --SequenceModeling BiLSTM --Prediction CTC
+
+Several GPUs or processes: ``torchrun --nproc_per_node N train.py ...`` (DistributedDataParallel).
+Interrupted runs continue exactly with ``--resume auto`` (or a path to ``last.pth``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import random
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from checkpoint import (CheckpointError, atomic_save, load_state, read_checkpoint, remap_characters,
+                        save_checkpoint, unwrap)
+from model import ModelConfig, add_model_arguments, build_model, config_from_args, count_parameters
+from pretrained import resolve_saved_model
+from test import amp_dtype, data_options, make_criterion, make_loader, validation
+from utils import Averager, get_logger, make_converter, resolve_device
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp_name", help="folder under ./saved_models/ (default <Trans>-<Feat>-<Seq>-<Pred>-Seed<seed>)")
+    p.add_argument("--train_data", required=True, help="root folder of the training LMDBs")
+    p.add_argument("--valid_data", required=True, help="root folder of the validation LMDB(s)")
+    p.add_argument("--manualSeed", type=int, default=1111, help="random seed")
+    p.add_argument("--workers", type=int, default=4, help="data loading workers per process")
+    p.add_argument("--batch_size", type=int, default=192, help="batch size per process")
+    p.add_argument("--num_iter", type=int, default=300000, help="number of iterations to train for")
+    p.add_argument("--valInterval", type=int, default=2000, help="validate (and write last.pth) every N iterations")
+    p.add_argument("--saveInterval", type=int, default=100000, help="also keep iter_N.pth every N iterations")
+    p.add_argument("--saved_model", default="", help="checkpoint (path or pretrained name) to continue from")
+    p.add_argument("--FT", action="store_true", help="fine-tune --saved_model (a new --character set is remapped)")
+    p.add_argument("--resume", default="", help="exact resume from last.pth: a path, or 'auto' for the experiment's")
+    p.add_argument("--adam", action="store_true", help="Adam instead of Adadelta")
+    p.add_argument("--lr", type=float, default=1, help="learning rate (1.0 for Adadelta)")
+    p.add_argument("--beta1", type=float, default=0.9, help="Adam beta1")
+    p.add_argument("--rho", type=float, default=0.95, help="Adadelta rho")
+    p.add_argument("--eps", type=float, default=1e-8, help="Adadelta eps")
+    p.add_argument("--grad_clip", type=float, default=5, help="gradient clipping (max L2 norm)")
+    p.add_argument("--schedule", choices=["constant", "cosine", "onecycle"], default="constant",
+                   help="learning-rate schedule (the reference's is constant)")
+    p.add_argument("--warmup_iters", type=int, default=0, help="linear warm-up for --schedule cosine")
+    p.add_argument("--accum_steps", type=int, default=1, help="gradient accumulation: batches per optimizer step")
+    p.add_argument("--baiduCTC", action="store_true", help=argparse.SUPPRESS)  # dropped: torch's CTC is used
+    p.add_argument("--select_data", default="MJ-ST", help="'-'-separated dataset name fragments")
+    p.add_argument("--batch_ratio", default="0.5-0.5", help="'-'-separated share of the batch for each dataset")
+    p.add_argument("--total_data_usage_ratio", default="1.0", help="fraction of each dataset to use")
+    p.add_argument("--data_filtering_off", action="store_true", help="keep samples with out-of-set characters")
+    p.add_argument("--case_insensitive", action="store_true", help="validate with case-insensitive alphanumeric scoring")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
+                   help="mixed precision (fp16 needs CUDA; bf16 works on CPU and recent GPUs)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exactly repeatable on CPU)")
+    p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                   help="progress bar (auto: only when the output is a terminal)")
+    p.add_argument("--log_interval", type=int, default=0, help="also print a loss line every N iterations")
+    p.add_argument("--tensorboard", action="store_true", help="log to saved_models/<exp>/tensorboard")
+    add_model_arguments(p)
+    opt = p.parse_args(argv)
+    if opt.baiduCTC:
+        print("--baiduCTC is not supported: warp-ctc is replaced by torch.nn.CTCLoss (same model, same checkpoints)")
+    return opt
+
+
+# ---------------------------------------------------------------- set-up
+
+def setup_distributed(opt):
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; → (rank, world_size, device)."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size == 1:
+        return 0, 1, resolve_device(opt.device)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    use_cuda = opt.device != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return dist.get_rank(), world_size, device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {k: (torch.from_numpy(v.astype(np.int64)) if isinstance(v, np.ndarray) else v)
+                       for k, v in zip(("name", "key", "pos", "has_gauss", "cached"), np.random.get_state())}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build_config_and_model(opt, log):
+    """The model to train: fresh, continued from --saved_model, or fine-tuned (--FT) to a new charset."""
+    if not opt.saved_model:
+        config = config_from_args(opt)
+        return config, build_model(config), None
+    path, registered = resolve_saved_model(opt.saved_model)
+    log(f"loading pretrained model from {path}")
+    ckpt = read_checkpoint(path)
+    old = ModelConfig.from_dict(ckpt["config"] or registered) if (ckpt["config"] or registered) else None
+    config = config_from_args(opt, old, allow_character_change=opt.FT)
+    model = build_model(config)  # initialised: new characters get fresh weights
+    state = ckpt["model"]
+    if old is not None and old.character != config.character:
+        state, report = remap_characters(state, old, config, model)
+        log(f"character set remapped by character: kept {len(report['kept'])}, added {len(report['added'])} "
+            f"{report['added']!r}, dropped {len(report['dropped'])} {report['dropped']!r}")
+    if opt.FT and old is None:
+        load_matching(model, state, log)  # reference --FT: strict=False, but tolerant of shape changes
+    else:
+        load_state(model, state)
+    return config, model, path
+
+
+def load_matching(model, state: dict, log) -> None:
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(state) - set(usable))
+    model.load_state_dict(usable, strict=False)
+    log(f"fine-tuning: loaded {len(usable)} of {len(own)} tensors" + (f"; skipped {skipped}" if skipped else ""))
+
+
+def start_iteration(opt) -> int:
+    """The reference's rule for --saved_model without --resume: the iteration in a name like iter_100000.pth."""
+    if not opt.saved_model or opt.FT:
+        return 0
+    match = re.search(r"_(\d+)\.pth$", opt.saved_model)
+    return int(match.group(1)) if match else 0
+
+
+def make_optimizer(opt, params):
+    if opt.adam:
+        return torch.optim.Adam(params, lr=opt.lr, betas=(opt.beta1, 0.999))
+    return torch.optim.Adadelta(params, lr=opt.lr, rho=opt.rho, eps=opt.eps)
+
+
+def make_scheduler(opt, optimizer):
+    steps = max(opt.num_iter, 1)
+    if opt.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opt.lr, total_steps=steps)
+    if opt.schedule == "cosine":
+        warm = max(opt.warmup_iters, 0)
+
+        def factor(step):
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def write_options(opt, config: ModelConfig, exp_dir: Path, extra: dict) -> str:
+    lines = ["------------ Options -------------"]
+    values = {**vars(opt), **config.to_dict(), **extra}
+    lines += [f"{k}: {v}" for k, v in values.items()]
+    lines.append("-" * 39)
+    text = "\n".join(lines) + "\n"
+    with open(exp_dir / "opt.txt", "a", encoding="utf-8") as f:
+        f.write(text)
+    return text
+
+
+# ---------------------------------------------------------------- the loop
+
+def compute_loss(model, image, labels, converter, criterion, config: ModelConfig, device, dtype):
+    text, length = converter.encode(labels, config.batch_max_length, device=device)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        if config.Prediction == "CTC":
+            preds = model(image, text)
+        else:
+            preds = model(image, text[:, :-1])  # teacher forcing: [GO] + label, without the last column
+    preds = preds.float()  # losses in fp32 (CTC in particular)
+    if config.Prediction == "CTC":
+        preds_size = torch.full((preds.size(0),), preds.size(1), dtype=torch.int32)
+        return criterion(preds.log_softmax(2).permute(1, 0, 2), text, preds_size, length)
+    target = text[:, 1:]  # without [GO]
+    return criterion(preds.view(-1, preds.shape[-1]), target.reshape(-1))
+
+
+def train_iteration(ctx) -> float:
+    """One optimizer step over --accum_steps batches; → the mean loss."""
+    model, opt = ctx["model"], ctx["opt"]
+    total = 0.0
+    for micro in range(opt.accum_steps):
+        image, labels = ctx["train_dataset"].get_batch()
+        image = image.to(ctx["device"], non_blocking=True)
+        last = micro == opt.accum_steps - 1
+        sync = model.no_sync() if (ctx["world_size"] > 1 and not last) else _nullcontext()
+        with sync:
+            loss = compute_loss(model, image, list(labels), ctx["converter"], ctx["criterion"], ctx["config"],
+                                ctx["device"], ctx["amp_dtype"])
+            ctx["scaler"].scale(loss / opt.accum_steps).backward()
+        total += float(loss.detach())
+    ctx["scaler"].unscale_(ctx["optimizer"])  # clip the real gradients, not the scaled ones
+    torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
+    ctx["scaler"].step(ctx["optimizer"])
+    ctx["scaler"].update()
+    ctx["optimizer"].zero_grad(set_to_none=True)
+    ctx["scheduler"].step()
+    return total / opt.accum_steps
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def validate_and_log(ctx, iteration: int) -> None:
+    """The reference's validation block, plus last.pth, the CSV history and the plot."""
+    opt, model, state = ctx["opt"], ctx["model"], ctx["state"]
+    elapsed = state["elapsed"] + time.time() - ctx["start_time"]
+    model.eval()
+    with torch.inference_mode():
+        r = validation(unwrap(model), ctx["criterion"], ctx["valid_loader"], ctx["converter"], ctx["config"],
+                       ctx["device"], case_insensitive=opt.case_insensitive, amp_dtype=ctx["amp_dtype"])
+    model.train()
+    train_loss = state["loss_avg"].val()
+    log = ctx["train_log"]
+    log(f"[{iteration + 1}/{opt.num_iter}] Train loss: {train_loss:0.5f}, Valid loss: {r.loss:0.5f}, "
+        f"Elapsed_time: {elapsed:0.5f}")
+    state["loss_avg"].reset()
+    exp_dir = ctx["exp_dir"]
+    if r.accuracy > state["best_accuracy"]:
+        state["best_accuracy"] = r.accuracy
+        save_checkpoint(exp_dir / "best_accuracy.pth", model, iteration=iteration + 1, accuracy=r.accuracy)
+    if r.norm_ED > state["best_norm_ED"]:
+        state["best_norm_ED"] = r.norm_ED
+        save_checkpoint(exp_dir / "best_norm_ED.pth", model, iteration=iteration + 1, norm_ED=r.norm_ED)
+    log(f"{'Current_accuracy':17s}: {r.accuracy:0.3f}, {'Current_norm_ED':17s}: {r.norm_ED:0.2f}")
+    log(f"{'Best_accuracy':17s}: {state['best_accuracy']:0.3f}, {'Best_norm_ED':17s}: {state['best_norm_ED']:0.2f}")
+    dashed = "-" * 80
+    lines = [dashed, f"{'Ground Truth':25s} | {'Prediction':25s} | Confidence Score & T/F", dashed]
+    for gt, pred, conf in list(zip(r.labels, r.preds, r.confidences))[:5]:
+        lines.append(f"{gt:25s} | {pred:25s} | {conf:0.4f}\t{pred == gt}")
+    lines.append(dashed)
+    log("\n".join(lines))
+    row = {"iteration": iteration + 1, "train_loss": train_loss, "valid_loss": r.loss, "accuracy": r.accuracy,
+           "norm_ED": r.norm_ED, "lr": ctx["optimizer"].param_groups[0]["lr"], "elapsed": elapsed}
+    append_history(exp_dir / "log_valid.csv", row)
+    plot_history(exp_dir / "log_valid.csv", exp_dir / "curves.png")
+    if ctx["tb"] is not None:
+        for k in ("train_loss", "valid_loss", "accuracy", "norm_ED", "lr"):
+            ctx["tb"].add_scalar(k, row[k], iteration + 1)
+    save_last(ctx, iteration + 1)
+
+
+def append_history(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def plot_history(csv_path: Path, png_path: Path) -> None:
+    """Loss and accuracy over iterations, rewritten at every validation."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    it = [int(r["iteration"]) for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot(it, [float(r["train_loss"]) for r in rows], label="train")
+    ax1.plot(it, [float(r["valid_loss"]) for r in rows], label="valid")
+    ax1.set_xlabel("iteration"), ax1.set_ylabel("loss"), ax1.legend()
+    ax2.plot(it, [float(r["accuracy"]) for r in rows], color="tab:green")
+    ax2.set_xlabel("iteration"), ax2.set_ylabel("validation accuracy (%)")
+    fig.tight_layout()
+    tmp = png_path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+
+
+def save_last(ctx, next_iteration: int) -> None:
+    """Everything needed to continue exactly where this run is (rank 0 only, atomic)."""
+    if ctx["rank"] != 0:
+        return
+    state = ctx["state"]
+    save_checkpoint(
+        ctx["exp_dir"] / "last.pth", ctx["model"], iteration=next_iteration,
+        optimizer=ctx["optimizer"].state_dict(), scheduler=ctx["scheduler"].state_dict(),
+        scaler=ctx["scaler"].state_dict(), data=ctx["train_dataset"].state_dict(), rng=rng_state(),
+        best_accuracy=state["best_accuracy"], best_norm_ED=state["best_norm_ED"],
+        loss_avg=[state["loss_avg"].sum, state["loss_avg"].n_count],
+        elapsed=state["elapsed"] + time.time() - ctx["start_time"])
+
+
+def restore(ctx, ckpt: dict) -> int:
+    load_state(unwrap(ctx["model"]), ckpt["model"])
+    ctx["optimizer"].load_state_dict(ckpt["optimizer"])
+    ctx["scheduler"].load_state_dict(ckpt["scheduler"])
+    ctx["scaler"].load_state_dict(ckpt["scaler"])
+    ctx["train_dataset"].load_state_dict(ckpt["data"])
+    set_rng_state(ckpt["rng"])
+    state = ctx["state"]
+    state["best_accuracy"], state["best_norm_ED"] = ckpt["best_accuracy"], ckpt["best_norm_ED"]
+    state["loss_avg"].sum, state["loss_avg"].n_count = ckpt["loss_avg"]
+    state["elapsed"] = ckpt["elapsed"]
+    return ckpt["iteration"]
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to save last.pth and stop after the current iteration."""
+
+    def __init__(self):
+        self.signum = 0
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def requested(self, world_size: int) -> bool:
+        if world_size == 1:
+            return bool(self.signum)
+        flag = torch.tensor([self.signum], dtype=torch.int64)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same iteration
+        return bool(flag.item())
+
+
+def progress_bar(opt, start: int, rank: int):
+    enabled = rank == 0 and (opt.progress == "on" or (opt.progress == "auto" and sys.stderr.isatty()))
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=opt.num_iter, initial=start, dynamic_ncols=True, unit="it")
+
+
+def train(opt) -> dict:
+    rank, world_size, device = setup_distributed(opt)
+    ctx = {"opt": opt, "rank": rank, "world_size": world_size, "device": device}
+    seed_everything(opt.manualSeed)
+    if opt.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not opt.deterministic
+    if opt.amp == "fp16" and device.type != "cuda":
+        raise ValueError("--amp fp16 needs a CUDA GPU; on CPU use --amp bf16")
+
+    quiet = (lambda *a: None)
+    console = get_logger("train.console").info if rank == 0 else quiet
+    config, model, _ = build_config_and_model(opt, console)
+    if not opt.exp_name:
+        opt.exp_name = f"{config.name}-Seed{opt.manualSeed}"
+    exp_dir = Path("saved_models") / opt.exp_name
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    ctx.update(config=config, exp_dir=exp_dir)
+    ctx["train_log"] = get_logger("train.log", exp_dir / "log_train.txt").info if rank == 0 else quiet
+    dataset_log = get_logger("train.dataset", exp_dir / "log_dataset.txt").info if rank == 0 else quiet
+
+    from dataset import BatchBalancedDataset, hierarchical_dataset
+    if not opt.data_filtering_off:
+        console("Filtering the images containing characters which are not in opt.character")
+        console("Filtering the images whose label is longer than opt.batch_max_length")
+    data_opt = data_options(config, opt)
+    data_opt.train_data = opt.train_data
+    data_opt.select_data = opt.select_data.split("-")
+    data_opt.batch_ratio = opt.batch_ratio.split("-")
+    data_opt.total_data_usage_ratio = opt.total_data_usage_ratio
+    ctx["train_dataset"] = BatchBalancedDataset(data_opt, log=dataset_log, rank=rank, world_size=world_size)
+    effective = ctx["train_dataset"].batch_size * world_size * opt.accum_steps
+    dataset_log(f"effective batch size: {ctx['train_dataset'].batch_size} per process x {world_size} "
+                f"process(es) x {opt.accum_steps} accumulation step(s) = {effective}")
+    if rank == 0:
+        valid_opt = data_options(config, opt)
+        valid_opt.batch_size = ctx["train_dataset"].batch_size
+        valid_dataset, valid_log = hierarchical_dataset(opt.valid_data, valid_opt)
+        dataset_log(valid_log.rstrip("\n"))
+        dataset_log("-" * 80)
+        ctx["valid_loader"] = make_loader(valid_dataset, valid_opt)
+
+    console(f"model input parameters {config.imgH} {config.imgW} {config.num_fiducial} {config.input_channel} "
+            f"{config.output_channel} {config.hidden_size} {config.num_class} {config.batch_max_length} "
+            f"{config.Transformation} {config.FeatureExtraction} {config.SequenceModeling} {config.Prediction}")
+    model = model.to(device).train()
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    ctx["model"] = model
+    ctx["converter"] = make_converter(config.Prediction, config.character)
+    ctx["criterion"] = make_criterion(config, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    console(f"Trainable params num :  {sum(p.numel() for p in params)}")
+    ctx["optimizer"] = make_optimizer(opt, params)
+    ctx["scheduler"] = make_scheduler(opt, ctx["optimizer"])
+    ctx["scaler"] = torch.amp.GradScaler(device.type, enabled=opt.amp == "fp16")
+    ctx["amp_dtype"] = amp_dtype(opt, device)
+    console(f"Optimizer:\n{ctx['optimizer']}")
+    ctx["state"] = {"best_accuracy": -1.0, "best_norm_ED": -1.0, "loss_avg": Averager(), "elapsed": 0.0}
+
+    start = start_iteration(opt)
+    resume_path = exp_dir / "last.pth" if opt.resume == "auto" else Path(opt.resume) if opt.resume else None
+    if resume_path is not None:
+        if resume_path.is_file():
+            start = restore(ctx, read_checkpoint(resume_path))
+            console(f"resumed from {resume_path} at iteration {start}")
+        elif opt.resume != "auto":
+            raise FileNotFoundError(f"--resume {resume_path} does not exist (use --resume auto to continue the "
+                                    f"experiment in {exp_dir} if there is one)")
+    elif start:
+        console(f"continue to train, start_iter: {start}")
+    if rank == 0:
+        console(write_options(opt, config, exp_dir, {"num_class": config.num_class, "world_size": world_size,
+                                                    "effective_batch_size": effective}).rstrip())
+    ctx["tb"] = make_tensorboard(opt, exp_dir) if rank == 0 else None
+    return run_loop(ctx, start)
+
+
+def make_tensorboard(opt, exp_dir: Path):
+    if not opt.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
+    return SummaryWriter(str(exp_dir / "tensorboard"))
+
+
+def run_loop(ctx, start: int) -> dict:
+    opt, state = ctx["opt"], ctx["state"]
+    console = get_logger("train.console").info if ctx["rank"] == 0 else (lambda *a: None)
+    if start >= opt.num_iter:
+        console(f"nothing to do: the run is already at iteration {start} of --num_iter {opt.num_iter} "
+                "(raise --num_iter to train further)")
+        return {"iteration": start, **{k: state[k] for k in ("best_accuracy", "best_norm_ED")}}
+    stop = StopRequest()
+    bar = progress_bar(opt, start, ctx["rank"])
+    ctx["start_time"] = time.time()
+    iteration = start
+    while iteration < opt.num_iter:
+        loss = train_iteration(ctx)
+        state["loss_avg"].add(torch.tensor(loss))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", best_acc=f"{max(state['best_accuracy'], 0):.2f}")
+        elif opt.log_interval and (iteration + 1) % opt.log_interval == 0:
+            console(f"[{iteration + 1}/{opt.num_iter}] loss {loss:.5f}, {time.time() - ctx['start_time']:.0f}s")
+        if ctx["rank"] == 0 and ((iteration + 1) % opt.valInterval == 0 or iteration == 0):
+            validate_and_log(ctx, iteration)
+        if ctx["rank"] == 0 and (iteration + 1) % opt.saveInterval == 0:
+            save_checkpoint(ctx["exp_dir"] / f"iter_{iteration + 1}.pth", ctx["model"], iteration=iteration + 1)
+        iteration += 1
+        if stop.requested(ctx["world_size"]):
+            save_last(ctx, iteration)
+            console(f"stopped by signal {stop.signum} after iteration {iteration}; {ctx['exp_dir'] / 'last.pth'} "
+                    "holds the full state: continue with --resume auto")
+            if bar is not None:
+                bar.close()
+            raise SystemExit(128 + stop.signum)
+    if bar is not None:
+        bar.close()
+    save_last(ctx, iteration)
+    console("end the training")
+    return {"iteration": iteration, "best_accuracy": state["best_accuracy"], "best_norm_ED": state["best_norm_ED"]}
+
+
+def main(argv=None):
+    opt = parse_args(argv)
+    try:
+        return train(opt)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
