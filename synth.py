@@ -32,6 +32,9 @@ DEFAULT_FONT_DIRS = ("/usr/share/fonts", "/usr/share/texmf/fonts/opentype", "/us
 FONT_SPLITS = ("train", "heldout", "all")
 HELDOUT_EVERY = 5  # one design family in five is held out of training
 IMAGE_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
+# Hairline, Thin and ExtraLight weights fade to nothing at 32 pixels once blurred or scaled.
+LIGHT_STYLES = re.compile(r"hairline|thin|(extra|ultra)[ -]?light", re.IGNORECASE)
+MIN_WEIGHT_CLASS = 300
 
 # Fonts whose cmap maps Latin letters to something else (Greek symbols, dingbats, key caps,
 # small capitals); the cmap check cannot tell, the family name can.
@@ -109,6 +112,12 @@ def load_font(path: str, size: int) -> ImageFont.FreeTypeFont:
 
 def font_cmap(path: str) -> tuple[set[str], str, str]:
     """(characters in the font's best cmap, family name, style name) via fontTools."""
+    cmap, family, style, _ = font_metadata(path)
+    return cmap, family, style
+
+
+def font_metadata(path: str) -> tuple[set[str], str, str, int]:
+    """(cmap characters, family name, style name, OS/2 weight class) via fontTools."""
     from fontTools.ttLib import TTFont
 
     with TTFont(path, lazy=True, fontNumber=0) as font:
@@ -116,7 +125,8 @@ def font_cmap(path: str) -> tuple[set[str], str, str]:
         names = font["name"]
         family = names.getDebugName(16) or names.getDebugName(1) or Path(path).stem
         style = names.getDebugName(17) or names.getDebugName(2) or ""
-    return {chr(c) for c in cmap}, family.strip(), style.strip()
+        weight = font["OS/2"].usWeightClass if "OS/2" in font else 400
+    return {chr(c) for c in cmap}, family.strip(), style.strip(), weight
 
 
 def glyph_problem(path: str, chars: str) -> str | None:
@@ -137,6 +147,11 @@ def glyph_problem(path: str, chars: str) -> str | None:
     return None
 
 
+def too_light(style: str, weight: int) -> bool:
+    """By style name, or by OS/2 weight class where the font uses the standard 100..900 scale."""
+    return bool(LIGHT_STYLES.search(style)) or 100 <= weight < MIN_WEIGHT_CLASS
+
+
 def list_font_files(font_dirs: Sequence[str | Path]) -> list[Path]:
     files = set()
     for folder in font_dirs:
@@ -151,15 +166,18 @@ def discover_fonts(character: str, font_dirs: tuple[str, ...] = DEFAULT_FONT_DIR
     """Fonts under ``font_dirs`` that can render every character of ``render_characters(character)``.
 
     The cmap check is the no-tofu guarantee: a font missing any character is dropped, so no
-    label can be drawn with a font that lacks one of its characters. Fonts that render
+    label can be drawn with a font that lacks one of its characters. Weights lighter than
+    Light are dropped as illegible at this size. Fonts that render
     exactly like one already kept (the same file installed twice) are dropped too.
     """
     chars = render_characters(character)
     fonts, fingerprints = [], set()
     for path in list_font_files(font_dirs):
         try:
-            cmap, family, style = font_cmap(str(path))
+            cmap, family, style, weight = font_metadata(str(path))
             if not set(chars) <= cmap or EXCLUDED_FAMILIES.search(f"{family} {style}"):
+                continue
+            if too_light(style, weight):
                 continue
             if glyph_problem(str(path), chars) is not None:
                 continue

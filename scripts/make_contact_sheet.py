@@ -56,6 +56,8 @@ def main(opt: argparse.Namespace) -> None:
     """Write the contact sheet of ``--lmdb`` to ``--output``."""
     samples = read_samples(opt.lmdb, opt.columns * opt.rows)
     sheet = contact_sheet(samples, opt.columns, opt.cell_width, opt.cell_height)
+    if opt.colors:  # a palette keeps the PNG small enough to commit
+        sheet = sheet.quantize(opt.colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     Path(opt.output).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(opt.output, optimize=True)
     print(f"wrote {opt.output}: {len(samples)} samples, {sheet.width}x{sheet.height}")
@@ -69,6 +71,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--cell_width", type=int, default=200, help="pixels; images are scaled to fit")
     parser.add_argument("--cell_height", type=int, default=64)
+    parser.add_argument("--colors", type=int, default=256, help="palette size of the PNG; 0 keeps full RGB")
     return parser
 
 

@@ -1,0 +1,158 @@
+"""The synthetic data generator: determinism, labels, images, LMDB layout, font checks."""
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+from PIL import Image
+
+import create_synth_dataset
+import synth
+from create_lmdb_dataset import DatasetExistsError
+
+DEFAULT = "0123456789abcdefghijklmnopqrstuvwxyz"
+BENCHMARK_NAMES = ("iiit", "svt", "ic03", "ic13", "ic15", "cute", "coco", "totaltext")
+
+
+@pytest.fixture(scope="module")
+def fonts() -> tuple[synth.FontInfo, ...]:
+    found = synth.discover_fonts(DEFAULT)
+    if not synth.split_fonts(found, "train") or not synth.split_fonts(found, "heldout"):
+        pytest.skip(f"too few system fonts cover {DEFAULT!r} for a train/heldout split "
+                    "(run scripts/install_fonts.sh as root)")
+    return found
+
+
+def run_cli(tmp_path: Path, *args: str) -> argparse.Namespace:
+    opt = create_synth_dataset.parse_args(list(args))
+    create_synth_dataset.main(opt)
+    return opt
+
+
+def read_lmdb(root: Path) -> dict[bytes, bytes]:
+    env = lmdb.open(str(root), readonly=True, lock=False)
+    with env.begin() as txn:
+        items = dict(txn.cursor())
+    env.close()
+    return items
+
+
+def test_same_seed_same_bytes_whatever_the_workers(fonts, tmp_path):
+    for name, workers in (("a", "1"), ("b", "2")):
+        run_cli(tmp_path, "--output_dir", str(tmp_path / name), "--num_samples", "40", "--seed", "7",
+                "--workers", workers)
+    a, b = read_lmdb(tmp_path / "a"), read_lmdb(tmp_path / "b")
+    assert a == b
+    run_cli(tmp_path, "--output_dir", str(tmp_path / "c"), "--num_samples", "40", "--seed", "8", "--workers", "1")
+    assert read_lmdb(tmp_path / "c") != a
+
+
+def test_lmdb_layout_labels_and_images(fonts, tmp_path):
+    n = 60
+    run_cli(tmp_path, "--output_dir", str(tmp_path / "out"), "--num_samples", str(n), "--workers", "1",
+            "--batch_max_length", "8", "--imgH", "24", "--image_format", "png")
+    env = lmdb.open(str(tmp_path / "out"), readonly=True, lock=False)
+    with env.begin() as txn:
+        assert int(txn.get(b"num-samples")) == n
+        assert txn.get(f"image-{n + 1:09d}".encode()) is None
+        for index in range(1, n + 1):
+            label = txn.get(f"label-{index:09d}".encode()).decode("utf-8")
+            assert 1 <= len(label) <= 8 and set(label) <= set(DEFAULT), label
+            image = Image.open(io.BytesIO(txn.get(f"image-{index:09d}".encode())))
+            assert image.format == "PNG"
+            image.load()
+            assert image.height == 24 and image.width >= 1
+    env.close()
+
+
+def test_refuses_to_overwrite_without_flag(fonts, tmp_path):
+    args = ("--output_dir", str(tmp_path / "out"), "--num_samples", "3", "--workers", "1")
+    run_cli(tmp_path, *args)
+    with pytest.raises(DatasetExistsError):
+        run_cli(tmp_path, *args)
+    run_cli(tmp_path, *args, "--overwrite")
+
+
+def test_tree_layout_uses_disjoint_font_families(fonts, tmp_path):
+    run_cli(tmp_path, "--output_dir", str(tmp_path), "--layout", "tree", "--num_train", "6", "--num_valid", "4",
+            "--num_eval", "5", "--workers", "1")
+    expected = {"training/synth": 6, "validation/synth_val": 4, "evaluation/synth_heldout_fonts": 5}
+    for subdir, n in expected.items():
+        assert int(read_lmdb(tmp_path / subdir)[b"num-samples"]) == n
+        assert not any(name in subdir.lower() for name in BENCHMARK_NAMES)
+    train = {f.design for f in synth.split_fonts(fonts, "train")}
+    heldout = {f.design for f in synth.split_fonts(fonts, "heldout")}
+    assert train and heldout and not train & heldout
+    # validation is another stream of the same seed, not a copy of training
+    first = b"image-000000001"
+    assert read_lmdb(tmp_path / "training/synth")[first] != read_lmdb(tmp_path / "validation/synth_val")[first]
+
+
+def test_generator_only_uses_fonts_of_its_split(fonts):
+    heldout = synth.split_fonts(fonts, "heldout")
+    generator = synth.SynthGenerator(heldout, synth.TextSource(DEFAULT, 10))
+    rng = np.random.default_rng(0)
+    paths = {generator.choose_font(rng).path for _ in range(200)}
+    assert paths <= {f.path for f in heldout}
+
+
+def test_lowercase_set_renders_mixed_case_with_lowercase_labels(fonts):
+    texts = synth.TextSource(DEFAULT, 25)
+    rng = np.random.default_rng(0)
+    pairs = [texts.sample(rng) for _ in range(500)]
+    assert all(label == text.lower() and set(label) <= set(DEFAULT) for text, label in pairs)
+    assert any(text != label for text, label in pairs), "no upper/title case rendering"
+    assert any(c.isdigit() for _, label in pairs for c in label)
+    assert {c for _, label in pairs for c in label} == set(DEFAULT), "every character should occur"
+
+
+def test_case_sensitive_set_keeps_case_in_labels():
+    character = DEFAULT + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    texts = synth.TextSource(character, 12)
+    rng = np.random.default_rng(1)
+    pairs = [texts.sample(rng) for _ in range(300)]
+    assert all(text == label and set(label) <= set(character) and len(label) <= 12 for text, label in pairs)
+    assert any(any(c.isupper() for c in label) for _, label in pairs)
+
+
+def test_fonts_lacking_a_character_are_excluded(fonts):
+    character = DEFAULT + "Ж€"
+    candidates = synth.list_font_files(synth.DEFAULT_FONT_DIRS)
+    lacking = {str(p) for p in candidates if not {"Ж", "€"} <= synth.font_cmap(str(p))[0]}
+    if not lacking:
+        pytest.skip("every system font has both 'Ж' and '€'; nothing to exclude")
+    kept = synth.discover_fonts(character)
+    assert not lacking & {f.path for f in kept}
+    for font in kept:
+        assert set(synth.render_characters(character)) <= synth.font_cmap(font.path)[0]
+
+
+def test_every_discovered_font_covers_the_set(fonts):
+    needed = set(synth.render_characters(DEFAULT))
+    assert needed == set(DEFAULT) | set(DEFAULT.upper())
+    for font in fonts:
+        assert needed <= synth.font_cmap(font.path)[0], font.path
+
+
+@pytest.mark.parametrize("family, design", [
+    ("Noto Sans Display", "open sans"), ("Open Sans Condensed", "open sans"),
+    ("TeX Gyre Heros", "helvetica"), ("Nimbus Sans Narrow", "helvetica"), ("FreeSans", "helvetica"),
+    ("Roadgeek 2014 Series EM", "roadgeek 2014"), ("Inter Display", "inter"), ("DejaVu Sans", "dejavu sans"),
+])
+def test_design_family_merges_styles_and_clones(family, design):
+    assert synth.design_family(family) == design
+
+
+def test_lmdb_dataset_reads_synth_lmdb(fonts, tmp_path):
+    dataset = pytest.importorskip("dataset", reason="dataset.py (LmdbDataset) not written yet")
+    run_cli(tmp_path, "--output_dir", str(tmp_path / "out"), "--num_samples", "20", "--workers", "1")
+    opt = argparse.Namespace(character=DEFAULT, sensitive=False, batch_max_length=25, data_filtering_off=False,
+                             rgb=False)
+    data = dataset.LmdbDataset(tmp_path / "out", opt)
+    assert len(data) == 20
+    image, label = data[0]
+    assert image.mode == "L" and image.height == 32 and set(label) <= set(DEFAULT)
