@@ -1,0 +1,40 @@
+"""Small word-image datasets made on the fly (Pillow's built-in font: no system fonts needed)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ["cat", "dog", "sun", "tree", "blue", "red", "home", "star", "fish", "bird", "moon", "road",
+         "42", "car", "book", "door"]
+
+
+def render_word(word: str, height: int = 32) -> Image.Image:
+    font = ImageFont.load_default(size=24)
+    width = int(font.getlength(word)) + 16
+    img = Image.new("L", (width, height), 255)
+    ImageDraw.Draw(img).text((8, 2), word, fill=0, font=font)
+    return img
+
+
+def make_gt_folder(folder: Path, words=WORDS, copies: int = 4) -> Path:
+    """folder/images/*.png and folder/gt.txt (the create_lmdb_dataset input format)."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(len(words) * copies):
+        word = words[i % len(words)]
+        render_word(word).save(folder / "images" / f"{i}.png")
+        lines.append(f"images/{i}.png\t{word}")
+    (folder / "gt.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
