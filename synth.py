@@ -73,6 +73,7 @@ class FontInfo:
     family: str  # the font's own family name, e.g. "DejaVu Sans Condensed"
     style: str  # e.g. "Bold Oblique"
     design: str  # the design family the train / heldout split goes by, e.g. "dejavu sans"
+    characters: frozenset[str] = frozenset()  # checked in the cmap: the font draws all of these
 
     @property
     def heldout(self) -> bool:
@@ -188,7 +189,7 @@ def discover_fonts(character: str, font_dirs: tuple[str, ...] = DEFAULT_FONT_DIR
         if fingerprint in fingerprints:
             continue
         fingerprints.add(fingerprint)
-        fonts.append(FontInfo(str(path), family, style, design_family(family)))
+        fonts.append(FontInfo(str(path), family, style, design_family(family), frozenset(chars)))
     return tuple(fonts)
 
 
@@ -468,6 +469,11 @@ class SynthGenerator:
                              "with .ttf/.otf fonts that cover the character set")
         if self.image_format not in IMAGE_FORMATS:
             raise ValueError(f"unknown image format {self.image_format!r}; choose one of {', '.join(IMAGE_FORMATS)}")
+        lacking = [f.path for f in self.fonts if not self.texts.render_chars <= f.characters]
+        if lacking:  # the no-tofu guarantee: fonts were checked against another character set
+            raise ValueError(f"{len(lacking)} fonts were not checked for every character of "
+                             f"{''.join(sorted(self.texts.render_chars))!r} (e.g. {lacking[0]}); "
+                             "pass fonts from discover_fonts() with the same character set")
         designs: dict[str, list[FontInfo]] = {}
         for font in self.fonts:
             designs.setdefault(font.design, []).append(font)

@@ -156,3 +156,8 @@ def test_lmdb_dataset_reads_synth_lmdb(fonts, tmp_path):
     assert len(data) == 20
     image, label = data[0]
     assert image.mode == "L" and image.height == 32 and set(label) <= set(DEFAULT)
+
+
+def test_generator_refuses_fonts_checked_for_another_set(fonts):
+    with pytest.raises(ValueError, match="not checked"):
+        synth.SynthGenerator(synth.split_fonts(fonts, "train"), synth.TextSource(DEFAULT + "Ж", 10))
