@@ -27,7 +27,7 @@ def fonts() -> tuple[synth.FontInfo, ...]:
     return found
 
 
-def run_cli(tmp_path: Path, *args: str) -> argparse.Namespace:
+def run_cli(*args: str) -> argparse.Namespace:
     opt = create_synth_dataset.parse_args(list(args))
     create_synth_dataset.main(opt)
     return opt
@@ -43,17 +43,17 @@ def read_lmdb(root: Path) -> dict[bytes, bytes]:
 
 def test_same_seed_same_bytes_whatever_the_workers(fonts, tmp_path):
     for name, workers in (("a", "1"), ("b", "2")):
-        run_cli(tmp_path, "--output_dir", str(tmp_path / name), "--num_samples", "40", "--seed", "7",
+        run_cli("--output_dir", str(tmp_path / name), "--num_samples", "40", "--seed", "7",
                 "--workers", workers)
     a, b = read_lmdb(tmp_path / "a"), read_lmdb(tmp_path / "b")
     assert a == b
-    run_cli(tmp_path, "--output_dir", str(tmp_path / "c"), "--num_samples", "40", "--seed", "8", "--workers", "1")
+    run_cli("--output_dir", str(tmp_path / "c"), "--num_samples", "40", "--seed", "8", "--workers", "1")
     assert read_lmdb(tmp_path / "c") != a
 
 
 def test_lmdb_layout_labels_and_images(fonts, tmp_path):
     n = 60
-    run_cli(tmp_path, "--output_dir", str(tmp_path / "out"), "--num_samples", str(n), "--workers", "1",
+    run_cli("--output_dir", str(tmp_path / "out"), "--num_samples", str(n), "--workers", "1",
             "--batch_max_length", "8", "--imgH", "24", "--image_format", "png")
     env = lmdb.open(str(tmp_path / "out"), readonly=True, lock=False)
     with env.begin() as txn:
@@ -71,14 +71,14 @@ def test_lmdb_layout_labels_and_images(fonts, tmp_path):
 
 def test_refuses_to_overwrite_without_flag(fonts, tmp_path):
     args = ("--output_dir", str(tmp_path / "out"), "--num_samples", "3", "--workers", "1")
-    run_cli(tmp_path, *args)
+    run_cli(*args)
     with pytest.raises(DatasetExistsError):
-        run_cli(tmp_path, *args)
-    run_cli(tmp_path, *args, "--overwrite")
+        run_cli(*args)
+    run_cli(*args, "--overwrite")
 
 
 def test_tree_layout_uses_disjoint_font_families(fonts, tmp_path):
-    run_cli(tmp_path, "--output_dir", str(tmp_path), "--layout", "tree", "--num_train", "6", "--num_valid", "4",
+    run_cli("--output_dir", str(tmp_path), "--layout", "tree", "--num_train", "6", "--num_valid", "4",
             "--num_eval", "5", "--workers", "1")
     expected = {"training/synth": 6, "validation/synth_val": 4, "evaluation/synth_heldout_fonts": 5}
     for subdir, n in expected.items():
@@ -149,7 +149,7 @@ def test_design_family_merges_styles_and_clones(family, design):
 
 def test_lmdb_dataset_reads_synth_lmdb(fonts, tmp_path):
     dataset = pytest.importorskip("dataset", reason="dataset.py (LmdbDataset) not written yet")
-    run_cli(tmp_path, "--output_dir", str(tmp_path / "out"), "--num_samples", "20", "--workers", "1")
+    run_cli("--output_dir", str(tmp_path / "out"), "--num_samples", "20", "--workers", "1")
     opt = argparse.Namespace(character=DEFAULT, sensitive=False, batch_max_length=25, data_filtering_off=False,
                              rgb=False)
     data = dataset.LmdbDataset(tmp_path / "out", opt)
