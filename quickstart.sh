@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One command from a fresh machine to a model that reads: install, generate synthetic word images,
+# train a small CRNN on the CPU, evaluate it on held-out fonts, and read a few images with demo.py.
+#
+#   bash quickstart.sh                       # about 15 minutes on a 2-core CPU
+#   NUM_ITER=400 NUM_TRAIN=5000 bash quickstart.sh   # a quick look (lower accuracy)
+#
+# Everything it writes goes under $OUT (default quickstart_out/) and saved_models/quickstart/.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+OUT=${OUT:-quickstart_out}
+NUM_TRAIN=${NUM_TRAIN:-40000}
+NUM_ITER=${NUM_ITER:-2000}
+WORKERS=${WORKERS:-2}
+PY=.venv/bin/python
+start=$(date +%s)
+
+echo "== 1/5 install (scripts/setup.sh)"
+bash scripts/setup.sh
+
+echo "== 2/5 synthetic data: $NUM_TRAIN training images, validation, held-out-font evaluation"
+if [ ! -f "$OUT/data/evaluation/synth_heldout_fonts/data.mdb" ]; then
+  rm -rf "$OUT/data"
+  $PY create_synth_dataset.py --output_dir "$OUT/data" --layout tree --num_train "$NUM_TRAIN" \
+      --num_valid 500 --num_eval 1000 --seed 0 --workers "$WORKERS"
+fi
+$PY scripts/make_contact_sheet.py --lmdb "$OUT/data/training/synth" --output "$OUT/training_samples.png"
+
+echo "== 3/5 train a CRNN (None-VGG-BiLSTM-CTC, narrow) for $NUM_ITER iterations on the CPU"
+rm -rf saved_models/quickstart
+$PY train.py --train_data "$OUT/data/training" --valid_data "$OUT/data/validation" \
+    --select_data / --batch_ratio 1 --exp_name quickstart \
+    --Transformation None --FeatureExtraction VGG --SequenceModeling BiLSTM --Prediction CTC \
+    --output_channel 256 --hidden_size 128 \
+    --adam --lr 0.001 --schedule onecycle --num_iter "$NUM_ITER" --valInterval 250 \
+    --batch_size 64 --workers 1 --log_interval 50
+
+echo "== 4/5 evaluate on fonts never seen in training"
+$PY test.py --eval_data "$OUT/data/evaluation" --saved_model saved_models/quickstart/best_accuracy.pth --workers 1
+
+echo "== 5/5 read a handful of held-out images with demo.py"
+$PY scripts/export_images.py --lmdb "$OUT/data/evaluation/synth_heldout_fonts" --output "$OUT/demo_images" --count 8
+$PY demo.py --image_folder "$OUT/demo_images" --saved_model saved_models/quickstart/best_accuracy.pth --workers 0
+echo "labels of those images: $OUT/demo_images/gt.txt"
+echo "quickstart finished in $(( $(date +%s) - start )) s"
