@@ -18,6 +18,7 @@ import re
 import signal
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ import torch.distributed as dist
 
 from checkpoint import (CheckpointError, atomic_save, load_state, read_checkpoint, remap_characters,
                         save_checkpoint, unwrap)
-from model import ModelConfig, add_model_arguments, build_model, config_from_args, count_parameters
+from model import STAGES, ModelConfig, add_model_arguments, build_model, config_from_args, count_parameters
 from pretrained import resolve_saved_model
 from test import amp_dtype, data_options, make_criterion, make_loader, validation
 from utils import Averager, get_logger, make_converter, resolve_device
@@ -45,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--saveInterval", type=int, default=100000, help="also keep iter_N.pth every N iterations")
     p.add_argument("--saved_model", default="", help="checkpoint (path or pretrained name) to continue from")
     p.add_argument("--FT", action="store_true", help="fine-tune --saved_model (a new --character set is remapped)")
+    p.add_argument("--freeze", default="", help="'-'-separated stages kept fixed (no gradient, eval mode), "
+                                                "e.g. FeatureExtraction to fine-tune only the sequence and prediction")
     p.add_argument("--resume", default="", help="exact resume from last.pth: a path, or 'auto' for the experiment's")
     p.add_argument("--adam", action="store_true", help="Adam instead of Adadelta")
     p.add_argument("--lr", type=float, default=1, help="learning rate (1.0 for Adadelta)")
@@ -137,6 +140,7 @@ def build_config_and_model(opt, log):
         load_matching(model, state, log)  # reference --FT: strict=False, but tolerant of shape changes
     else:
         load_state(model, state)
+    freeze_stages(model, getattr(opt, "freeze", ""), log)
     return config, model, path
 
 
@@ -146,6 +150,22 @@ def load_matching(model, state: dict, log) -> None:
     skipped = sorted(set(state) - set(usable))
     model.load_state_dict(usable, strict=False)
     log(f"fine-tuning: loaded {len(usable)} of {len(own)} tensors" + (f"; skipped {skipped}" if skipped else ""))
+
+
+def freeze_stages(model, stages: str, log) -> None:
+    """Keep the named stages fixed: no gradients, and always in eval mode (BatchNorm keeps its statistics)."""
+    names = [s for s in stages.split("-") if s]
+    unknown = [s for s in names if s not in STAGES]
+    if unknown:
+        raise ValueError(f"--freeze {stages!r}: {unknown} are not stages; use '-'-separated names of {list(STAGES)}")
+    for name in names:
+        stage = getattr(model, name)
+        stage.requires_grad_(False)
+        # model.train() reaches the stage through Module.train; this instance method keeps it in eval mode.
+        stage.train = types.MethodType(lambda self, mode=True: torch.nn.Module.train(self, False), stage)
+        stage.eval()
+    if names:
+        log(f"frozen stages: {', '.join(names)}")
 
 
 def start_iteration(opt) -> int:
