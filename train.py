@@ -197,6 +197,28 @@ def make_scheduler(opt, optimizer):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
+def schedule_spec(opt) -> dict:
+    """What fixes the learning-rate curve: a cosine or one-cycle curve is planned over --num_iter."""
+    if opt.schedule == "constant":
+        return {"schedule": "constant"}
+    spec = {"schedule": opt.schedule, "num_iter": opt.num_iter}
+    if opt.schedule == "cosine":
+        spec["warmup_iters"] = opt.warmup_iters
+    return spec
+
+
+def check_schedule(opt, saved: dict | None, path: Path) -> None:
+    """Refuse a resume that would bend the learning-rate curve mid-run (one-cycle cannot even step past its end)."""
+    now = schedule_spec(opt)
+    if saved is None or saved == now:
+        return
+    flags = " ".join(f"--{k} {v}" for k, v in saved.items())
+    raise ValueError(f"{path} was trained with {flags}; resuming with "
+                     f"{' '.join(f'--{k} {v}' for k, v in now.items())} would change its learning-rate curve "
+                     f"mid-run. Resume with {flags}, or start a new run from its weights with "
+                     f"--saved_model {path} (a fresh optimizer and schedule)")
+
+
 def write_options(opt, config: ModelConfig, exp_dir: Path, extra: dict) -> str:
     lines = ["------------ Options -------------"]
     values = {**vars(opt), **config.to_dict(), **extra}
@@ -335,12 +357,14 @@ def save_last(ctx, next_iteration: int) -> None:
         ctx["exp_dir"] / "last.pth", ctx["model"], iteration=next_iteration,
         optimizer=ctx["optimizer"].state_dict(), scheduler=ctx["scheduler"].state_dict(),
         scaler=ctx["scaler"].state_dict(), data=ctx["train_dataset"].state_dict(), rng=rng_state(),
+        schedule=schedule_spec(ctx["opt"]),
         best_accuracy=state["best_accuracy"], best_norm_ED=state["best_norm_ED"],
         loss_avg=[state["loss_avg"].sum, state["loss_avg"].n_count],
         elapsed=state["elapsed"] + time.time() - ctx["start_time"])
 
 
-def restore(ctx, ckpt: dict) -> int:
+def restore(ctx, ckpt: dict, path: Path) -> int:
+    check_schedule(ctx["opt"], ckpt.get("schedule"), path)
     load_state(unwrap(ctx["model"]), ckpt["model"])
     ctx["optimizer"].load_state_dict(ckpt["optimizer"])
     ctx["scheduler"].load_state_dict(ckpt["scheduler"])
@@ -351,28 +375,67 @@ def restore(ctx, ckpt: dict) -> int:
     state["best_accuracy"], state["best_norm_ED"] = ckpt["best_accuracy"], ckpt["best_norm_ED"]
     state["loss_avg"].sum, state["loss_avg"].n_count = ckpt["loss_avg"]
     state["elapsed"] = ckpt["elapsed"]
+    if ctx["rank"] == 0:
+        trim_history(ctx["exp_dir"] / "log_valid.csv", ckpt["iteration"])
     return ckpt["iteration"]
 
 
-class StopRequest:
-    """SIGINT/SIGTERM ask the loop to save last.pth and stop after the current iteration."""
+def trim_history(path: Path, last_iteration: int) -> None:
+    """Drop CSV rows written after ``last_iteration`` (a run killed between the CSV and last.pth)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [r for r in rows if int(r["iteration"]) <= last_iteration]
+    if len(kept) == len(rows) or not rows:
+        return
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(kept)
+    os.replace(tmp, path)
 
-    def __init__(self):
+
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to save last.pth and stop after the current iteration.
+
+    Under DDP the ranks agree by an all-reduce, done only every ``check_every`` iterations (the
+    same iterations on every rank, so none waits for a collective the others skip): a signal is
+    honoured within that many iterations. Used as a context manager, it restores the handlers.
+    """
+
+    def __init__(self, world_size: int = 1, check_every: int = 10):
         self.signum = 0
+        self.world_size = world_size
+        self.check_every = 1 if world_size == 1 else check_every
+        self._previous = {}
+
+    def __enter__(self) -> "StopRequest":
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
 
     def _handle(self, signum, frame):
         if self.signum:  # a second signal: stop now
             raise KeyboardInterrupt
         self.signum = signum
 
-    def requested(self, world_size: int) -> bool:
-        if world_size == 1:
+    def requested(self, iteration: int) -> bool:
+        """Whether to stop after ``iteration`` (the count of finished iterations)."""
+        if self.world_size == 1:
             return bool(self.signum)
+        if iteration % self.check_every:
+            return False
         flag = torch.tensor([self.signum], dtype=torch.int64)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same iteration
-        return bool(flag.item())
+        self.signum = int(flag.item())
+        return bool(self.signum)
 
 
 def progress_bar(opt, start: int, rank: int):
@@ -393,6 +456,7 @@ def train(opt) -> dict:
         torch.backends.cudnn.benchmark = not opt.deterministic
     if opt.amp == "fp16" and device.type != "cuda":
         raise ValueError("--amp fp16 needs a CUDA GPU; on CPU use --amp bf16")
+    summary_writer = tensorboard_class() if opt.tensorboard else None  # every rank: fail before any collective
 
     quiet = (lambda *a: None)
     console = get_logger("train.console").info if rank == 0 else quiet
@@ -448,7 +512,7 @@ def train(opt) -> dict:
     resume_path = exp_dir / "last.pth" if opt.resume == "auto" else Path(opt.resume) if opt.resume else None
     if resume_path is not None:
         if resume_path.is_file():
-            start = restore(ctx, read_checkpoint(resume_path))
+            start = restore(ctx, read_checkpoint(resume_path), resume_path)
             console(f"resumed from {resume_path} at iteration {start}")
         elif opt.resume != "auto":
             raise FileNotFoundError(f"--resume {resume_path} does not exist (use --resume auto to continue the "
@@ -458,18 +522,24 @@ def train(opt) -> dict:
     if rank == 0:
         console(write_options(opt, config, exp_dir, {"num_class": config.num_class, "world_size": world_size,
                                                     "effective_batch_size": effective}).rstrip())
-    ctx["tb"] = make_tensorboard(opt, exp_dir) if rank == 0 else None
-    return run_loop(ctx, start)
+    # purge_step: a resumed run replaces what a killed run logged after its last.pth
+    ctx["tb"] = None
+    if summary_writer is not None and rank == 0:
+        ctx["tb"] = summary_writer(str(exp_dir / "tensorboard"), purge_step=start + 1)
+    try:
+        return run_loop(ctx, start)
+    finally:
+        if ctx["tb"] is not None:
+            ctx["tb"].close()
 
 
-def make_tensorboard(opt, exp_dir: Path):
-    if not opt.tensorboard:
-        return None
+def tensorboard_class():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
-    return SummaryWriter(str(exp_dir / "tensorboard"))
+        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                         "(or leave --tensorboard off: log_valid.csv and curves.png are always written)") from e
+    return SummaryWriter
 
 
 def run_loop(ctx, start: int) -> dict:
@@ -479,7 +549,17 @@ def run_loop(ctx, start: int) -> dict:
         console(f"nothing to do: the run is already at iteration {start} of --num_iter {opt.num_iter} "
                 "(raise --num_iter to train further)")
         return {"iteration": start, **{k: state[k] for k in ("best_accuracy", "best_norm_ED")}}
-    stop = StopRequest()
+    with StopRequest(ctx["world_size"]) as stop:
+        iteration = train_until(ctx, start, stop)
+    save_last(ctx, iteration)
+    console("end the training")
+    return {"iteration": iteration, "best_accuracy": state["best_accuracy"], "best_norm_ED": state["best_norm_ED"]}
+
+
+def train_until(ctx, start: int, stop: StopRequest) -> int:
+    """Iterations ``start`` .. ``--num_iter``; on a signal, saves last.pth and exits with 128 + signum."""
+    opt, state = ctx["opt"], ctx["state"]
+    console = get_logger("train.console").info if ctx["rank"] == 0 else (lambda *a: None)
     bar = progress_bar(opt, start, ctx["rank"])
     ctx["start_time"] = time.time()
     iteration = start
@@ -496,18 +576,16 @@ def run_loop(ctx, start: int) -> dict:
         if ctx["rank"] == 0 and (iteration + 1) % opt.saveInterval == 0:
             save_checkpoint(ctx["exp_dir"] / f"iter_{iteration + 1}.pth", ctx["model"], iteration=iteration + 1)
         iteration += 1
-        if stop.requested(ctx["world_size"]):
+        if stop.requested(iteration):
+            if bar is not None:
+                bar.close()
             save_last(ctx, iteration)
             console(f"stopped by signal {stop.signum} after iteration {iteration}; {ctx['exp_dir'] / 'last.pth'} "
                     "holds the full state: continue with --resume auto")
-            if bar is not None:
-                bar.close()
             raise SystemExit(128 + stop.signum)
     if bar is not None:
         bar.close()
-    save_last(ctx, iteration)
-    console("end the training")
-    return {"iteration": iteration, "best_accuracy": state["best_accuracy"], "best_norm_ED": state["best_norm_ED"]}
+    return iteration
 
 
 def main(argv=None):

@@ -1,0 +1,268 @@
+"""Training and inference speed for chosen models, batch sizes, devices and precisions.
+
+    python bench.py --models None-VGG-BiLSTM-CTC,TPS-ResNet-BiLSTM-Attn --batch_sizes 32,192 \\
+        --devices cpu,cuda --amp off,bf16 [--json bench.json] [--compare]
+
+Generates its own LMDB of PIL-rendered words in a temporary folder (no external data), then for
+every combination measures
+
+- ``train_it_s``: optimizer steps per second through train.py's path (BatchBalancedDataset →
+  AlignCollate → compute_loss → backward → step);
+- ``infer_model_img_s``: images per second of ``test.predict`` (forward + decode) on a batch
+  already on the device;
+- ``infer_e2e_img_s``: images per second of ``test.validation`` over test.py's data path
+  (LMDB → DataLoader → AlignCollate → model → decode → scoring).
+
+Prints one JSON object and a table. ``--compare`` also times the reference's Python loops for CTC
+decoding and per-sample edit distance against the ones in use, in the same process.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import string
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from create_lmdb_dataset import LmdbWriter
+
+ALPHABET = string.digits + string.ascii_lowercase
+
+
+# ---------------------------------------------------------------- data
+
+def render_word(word: str, font: ImageFont.FreeTypeFont, rng: random.Random) -> bytes:
+    """A dark word on a light background, PNG-encoded; width follows the text."""
+    left, top, right, bottom = font.getbbox(word)
+    pad = rng.randint(2, 6)
+    img = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), rng.randint(200, 255))
+    ImageDraw.Draw(img).text((pad - left, pad - top), word, fill=rng.randint(0, 60), font=font)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_word_lmdb(path: str | Path, num_samples: int, seed: int = 0, min_len: int = 3, max_len: int = 10,
+                   font_size: int = 24) -> Path:
+    """An LMDB of ``num_samples`` random lower-case alphanumeric words rendered with PIL's built-in font."""
+    rng = random.Random(seed)
+    font = ImageFont.load_default(size=font_size)
+    with LmdbWriter(path) as writer:
+        for _ in range(num_samples):
+            word = "".join(rng.choices(ALPHABET, k=rng.randint(min_len, max_len)))
+            writer.add(render_word(word, font, rng), word)
+    return Path(path)
+
+
+# ---------------------------------------------------------------- measurements
+
+def model_config(name: str, output_channel: int = 512, hidden_size: int = 256):
+    from model import ModelConfig
+
+    parts = name.split("-")
+    if len(parts) != 4:
+        raise ValueError(f"--models entry {name!r} is not Transformation-FeatureExtraction-SequenceModeling-"
+                         "Prediction, e.g. None-VGG-BiLSTM-CTC")
+    return ModelConfig(*parts, output_channel=output_channel, hidden_size=hidden_size)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_train(config, root: Path, batch_size: int, device: torch.device, dtype, iters: int, workers: int):
+    """→ training iterations per second (after two warm-up steps)."""
+    from dataset import BatchBalancedDataset
+    from model import build_model
+    from test import data_options, make_criterion
+    from train import compute_loss
+    from utils import make_converter
+
+    opt = data_options(config, types.SimpleNamespace(workers=workers, batch_size=batch_size, manualSeed=0))
+    opt.train_data, opt.select_data, opt.batch_ratio = str(root), ["train"], ["1"]
+    data = BatchBalancedDataset(opt, log=lambda *a: None)
+    model = build_model(config).to(device).train()
+    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    converter, criterion = make_converter(config.Prediction, config.character), make_criterion(config, device)
+
+    def step():
+        image, labels = data.get_batch()
+        loss = compute_loss(model, image.to(device, non_blocking=True), list(labels), converter, criterion,
+                            config, device, dtype)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    _sync(device)
+    return iters / (time.perf_counter() - start)
+
+
+def bench_infer(config, root: Path, batch_size: int, device: torch.device, dtype, iters: int, workers: int):
+    """→ (model-only images/s, end-to-end images/s)."""
+    from dataset import hierarchical_dataset
+    from model import build_model
+    from test import data_options, make_criterion, make_loader, predict, validation
+    from utils import make_converter
+
+    model = build_model(config).to(device).eval()
+    converter, criterion = make_converter(config.Prediction, config.character), make_criterion(config, device)
+    opt = data_options(config, types.SimpleNamespace(workers=workers, batch_size=batch_size))
+    dataset, _ = hierarchical_dataset(root / "valid", opt)
+    loader = make_loader(dataset, opt)
+    with torch.inference_mode():
+        image = next(iter(loader))[0].to(device)
+        predict(model, image, converter, config, dtype)  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            predict(model, image, converter, config, dtype)
+        _sync(device)
+        model_rate = iters * image.size(0) / (time.perf_counter() - start)
+        validation(model, criterion, loader, converter, config, device, amp_dtype=dtype)  # warm-up (workers, caches)
+        start = time.perf_counter()
+        result = validation(model, criterion, loader, converter, config, device, amp_dtype=dtype)
+        e2e_rate = result.n_samples / (time.perf_counter() - start)
+    return model_rate, e2e_rate
+
+
+# ---------------------------------------------------------------- old vs new helpers
+
+def reference_ctc_decode(converter, text_index: torch.Tensor, length) -> list[str]:
+    """The reference's CTCLabelConverter.decode: a Python loop over every frame."""
+    texts = []
+    for index, l in enumerate(length):
+        t = text_index[index, :]
+        char_list = []
+        for i in range(l):
+            if t[i] != 0 and (not (i > 0 and t[i - 1] == t[i])):
+                char_list.append(converter.character[t[i]])
+        texts.append("".join(char_list))
+    return texts
+
+
+def compare_helpers(batch_size: int, repeats: int = 5) -> dict:
+    """Old vs new CTC decode and edit distance on the same random input, timed in one process."""
+    from nltk.metrics.distance import edit_distance
+
+    from utils import CTCLabelConverter, edit_distance as fast_edit_distance
+
+    converter = CTCLabelConverter(ALPHABET)
+    generator = torch.Generator().manual_seed(0)
+    index = torch.randint(0, len(ALPHABET) + 1, (batch_size, 26), generator=generator)
+    index[index % 3 == 0] = 0  # blanks and repeats as in real output
+    lengths = [26] * batch_size
+    rng = random.Random(0)
+    pairs = [("".join(rng.choices(ALPHABET, k=rng.randint(1, 12))), "".join(rng.choices(ALPHABET, k=rng.randint(1, 12))))
+             for _ in range(batch_size)]
+    cases = {
+        "ctc_decode": (lambda: reference_ctc_decode(converter, index, lengths),
+                       lambda: converter.decode(index, lengths)),
+        "edit_distance": (lambda: [edit_distance(a, b) for a, b in pairs],
+                          lambda: [fast_edit_distance(a, b) for a, b in pairs]),
+    }
+    out = {}
+    for name, (old, new) in cases.items():
+        if old() != new():
+            raise AssertionError(f"{name}: the new implementation disagrees with the old one")
+        times = {}
+        for label, fn in (("old", old), ("new", new)):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            times[label] = (time.perf_counter() - start) / repeats / batch_size * 1e6  # µs per sample
+        out[name] = {"old_us_per_sample": times["old"], "new_us_per_sample": times["new"],
+                     "speedup": times["old"] / times["new"]}
+    return out
+
+
+# ---------------------------------------------------------------- CLI
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="None-VGG-BiLSTM-CTC,TPS-ResNet-BiLSTM-Attn",
+                   help="comma-separated Transformation-FeatureExtraction-SequenceModeling-Prediction names")
+    p.add_argument("--batch_sizes", default="32", help="comma-separated batch sizes")
+    p.add_argument("--devices", default="cpu", help="comma-separated devices (cpu, cuda, cuda:1 ...)")
+    p.add_argument("--amp", default="off", help="comma-separated precisions: off, bf16, fp16 (fp16 needs CUDA)")
+    p.add_argument("--output_channel", type=int, default=512, help="model width (reference default 512)")
+    p.add_argument("--hidden_size", type=int, default=256, help="LSTM size (reference default 256)")
+    p.add_argument("--train_iters", type=int, default=5, help="timed training steps per combination")
+    p.add_argument("--infer_iters", type=int, default=5, help="timed model-only forward passes per combination")
+    p.add_argument("--num_samples", type=int, default=256, help="samples in the generated validation LMDB")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
+    p.add_argument("--compare", action="store_true", help="also time old vs new CTC decode and edit distance")
+    p.add_argument("--json", default="", help="also write the JSON to this file")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    opt = parse_args(argv)
+    if opt.threads:
+        torch.set_num_threads(opt.threads)
+    precisions = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        batches = [int(b) for b in opt.batch_sizes.split(",")]
+        make_word_lmdb(root / "train", max(batches) * 4, seed=0)
+        make_word_lmdb(root / "valid", opt.num_samples, seed=1)
+        for name in opt.models.split(","):
+            config = model_config(name, opt.output_channel, opt.hidden_size)
+            for device_name in opt.devices.split(","):
+                device = torch.device(device_name)
+                for amp in opt.amp.split(","):
+                    if amp not in precisions:
+                        raise ValueError(f"--amp {amp!r} is not one of {', '.join(precisions)}")
+                    if amp == "fp16" and device.type != "cuda":
+                        continue  # autocast fp16 is a CUDA feature here, as in train.py
+                    for batch in batches:
+                        torch.manual_seed(0)
+                        train_rate = bench_train(config, root, batch, device, precisions[amp], opt.train_iters,
+                                                 opt.workers)
+                        model_rate, e2e_rate = bench_infer(config, root, batch, device, precisions[amp],
+                                                           opt.infer_iters, opt.workers)
+                        rows.append({"model": name, "device": device_name, "amp": amp, "batch_size": batch,
+                                     "train_it_s": round(train_rate, 3),
+                                     "train_img_s": round(train_rate * batch, 1),
+                                     "infer_model_img_s": round(model_rate, 1),
+                                     "infer_e2e_img_s": round(e2e_rate, 1)})
+                        print(table([rows[-1]], header=len(rows) == 1), flush=True)
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "workers": opt.workers, "rows": rows}
+    if opt.compare:
+        result["compare"] = compare_helpers(max(batches))
+    text = json.dumps(result, indent=1)
+    print(text)
+    if opt.json:
+        Path(opt.json).write_text(text + "\n")
+    return result
+
+
+def table(rows: list[dict], header: bool = True) -> str:
+    columns = ["model", "device", "amp", "batch_size", "train_it_s", "train_img_s", "infer_model_img_s",
+               "infer_e2e_img_s"]
+    widths = [max(len(c), 26 if c == "model" else 0) for c in columns]
+    lines = []
+    if header:
+        lines.append(" | ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    lines += [" | ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
