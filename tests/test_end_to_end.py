@@ -81,3 +81,32 @@ def test_checkpoint_that_does_not_fit_the_flags_is_explained(trained):
     proc = run_script("demo.py", "--image_folder", "words/images", "--saved_model", "reference.pth",
                       "--workers", "0", *STAGES[:-1], "Attn", *SMALL, cwd=trained, check=False)
     assert "--Prediction CTC" in proc.stderr, proc.stderr
+
+
+def test_benchmark_all_eval_reports_both_totals(trained):
+    from test import BENCHMARKS
+    bench = trained / "bench"
+    for name in BENCHMARKS:
+        (bench / name).mkdir(parents=True, exist_ok=True)
+        for f in ("data.mdb", "lock.mdb"):
+            target = bench / name / f
+            if not target.exists():
+                target.symlink_to(trained / "lmdb" / "train" / f)
+    out = run_script("test.py", "--eval_data", "bench", "--benchmark_all_eval", "--saved_model",
+                     "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained).stdout
+    line = next(l for l in out.splitlines() if l.startswith("accuracy: IIIT5k_3000:"))
+    fields = dict(f.split(": ") for f in line[len("accuracy: "):].split("\t"))
+    assert list(fields)[:10] == BENCHMARKS
+    assert {"total_accuracy", "averaged_infer_time", "# parameters"} <= fields.keys()
+    assert float(fields["total_accuracy"]) == pytest.approx(float(fields["SVT"]), abs=1e-3)  # same data in each
+    assert "paper 7-set total" in out
+    log = trained / "result" / "e2e_best_accuracy.pth" / "log_all_evaluation.txt"
+    assert line in log.read_text()
+
+
+def test_benchmark_all_eval_names_missing_folders(trained):
+    (trained / "partial" / "SVT").mkdir(parents=True, exist_ok=True)
+    proc = run_script("test.py", "--eval_data", "partial", "--benchmark_all_eval", "--saved_model",
+                      "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "IIIT5k_3000" in proc.stderr and "CUTE80" in proc.stderr
