@@ -155,29 +155,68 @@ def reference_ctc_decode(converter, text_index: torch.Tensor, length) -> list[st
     return texts
 
 
-def compare_helpers(batch_size: int, repeats: int = 5) -> dict:
-    """Old vs new CTC decode and edit distance on the same random input, timed in one process."""
+def reference_ctc_encode(converter, text: list[str], batch_max_length: int = 25) -> torch.Tensor:
+    """The reference's CTCLabelConverter.encode: one small tensor per label."""
+    batch_text = torch.zeros(len(text), batch_max_length, dtype=torch.long)
+    for i, t in enumerate(text):
+        batch_text[i, :len(t)] = torch.tensor([converter.dict[char] for char in t], dtype=torch.long)
+    return batch_text
+
+
+def reference_attn_cut(converter, preds_index: torch.Tensor, max_probs: torch.Tensor):
+    """The previous test.predict Attn tail: per-sample cut at [s] and a per-sample product."""
+    from modules.prediction import EOS_INDEX
+
+    strings, confidences = [], []
+    for row, pred_max_prob in zip(preds_index.tolist(), max_probs):
+        steps = row.index(EOS_INDEX) if EOS_INDEX in row else len(row)
+        strings.append("".join(converter.character[i] for i in row[:steps]))
+        confidences.append(float(pred_max_prob[:max(steps, 1)].prod()))
+    return strings, confidences
+
+
+class _Logits(torch.nn.Module):
+    """A stand-in model returning fixed logits, so test.predict's decoding is timed alone."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, image, text, is_train=False):
+        return self.logits
+
+
+def compare_helpers(batch_size: int, repeats: int = 20) -> dict:
+    """Old vs new label encoding, CTC decoding, attention cut and edit distance on the same input."""
     from nltk.metrics.distance import edit_distance
 
-    from utils import CTCLabelConverter, edit_distance as fast_edit_distance
+    from model import ModelConfig
+    from test import predict
+    from utils import AttnLabelConverter, CTCLabelConverter, edit_distance as fast_edit_distance
 
-    converter = CTCLabelConverter(ALPHABET)
+    ctc, attn = CTCLabelConverter(ALPHABET), AttnLabelConverter(ALPHABET)
     generator = torch.Generator().manual_seed(0)
     index = torch.randint(0, len(ALPHABET) + 1, (batch_size, 26), generator=generator)
     index[index % 3 == 0] = 0  # blanks and repeats as in real output
     lengths = [26] * batch_size
     rng = random.Random(0)
-    pairs = [("".join(rng.choices(ALPHABET, k=rng.randint(1, 12))), "".join(rng.choices(ALPHABET, k=rng.randint(1, 12))))
-             for _ in range(batch_size)]
+    words = ["".join(rng.choices(ALPHABET, k=rng.randint(1, 12))) for _ in range(2 * batch_size)]
+    pairs = list(zip(words[:batch_size], words[batch_size:]))
+    logits = torch.randn(batch_size, 26, len(ALPHABET) + 2, generator=generator)
+    logits[::3, 5:, 1] += 20  # a third of the rows end with [s] at step 5
+    attn_config = ModelConfig("None", "VGG", "None", "Attn")
+    image = torch.zeros(batch_size, 1, 32, 100)
     cases = {
-        "ctc_decode": (lambda: reference_ctc_decode(converter, index, lengths),
-                       lambda: converter.decode(index, lengths)),
+        "ctc_encode": (lambda: reference_ctc_encode(ctc, words).tolist(), lambda: ctc.encode(words)[0].tolist()),
+        "ctc_decode": (lambda: reference_ctc_decode(ctc, index, lengths), lambda: ctc.decode(index, lengths)),
+        "attn_predict_tail": (lambda: reference_attn_cut(attn, *reversed(logits.float().softmax(2).max(dim=2))),
+                              lambda: tuple(predict(_Logits(logits), image, attn, attn_config)[1:])),
         "edit_distance": (lambda: [edit_distance(a, b) for a, b in pairs],
                           lambda: [fast_edit_distance(a, b) for a, b in pairs]),
     }
     out = {}
     for name, (old, new) in cases.items():
-        if old() != new():
+        if tuple(old()) != tuple(new()):
             raise AssertionError(f"{name}: the new implementation disagrees with the old one")
         times = {}
         for label, fn in (("old", old), ("new", new)):
@@ -185,8 +224,8 @@ def compare_helpers(batch_size: int, repeats: int = 5) -> dict:
             for _ in range(repeats):
                 fn()
             times[label] = (time.perf_counter() - start) / repeats / batch_size * 1e6  # µs per sample
-        out[name] = {"old_us_per_sample": times["old"], "new_us_per_sample": times["new"],
-                     "speedup": times["old"] / times["new"]}
+        out[name] = {"old_us_per_sample": round(times["old"], 2), "new_us_per_sample": round(times["new"], 2),
+                     "speedup": round(times["old"] / times["new"], 1)}
     return out
 
 

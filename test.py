@@ -19,12 +19,11 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-from nltk.metrics.distance import edit_distance
 
 from checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
 from modules.prediction import EOS_INDEX
 from model import ModelConfig, add_model_arguments, config_from_args, count_parameters
-from utils import Averager, get_logger, make_converter, resolve_device
+from utils import Averager, edit_distance, get_logger, make_converter, resolve_device
 
 BENCHMARKS = ["IIIT5k_3000", "SVT", "IC03_860", "IC03_867", "IC13_857", "IC13_1015",
               "IC15_1811", "IC15_2077", "SVTP", "CUTE80"]
@@ -74,13 +73,14 @@ def predict(model, image: torch.Tensor, converter, config: ModelConfig, amp_dtyp
         strings = converter.decode(preds_index, [preds.size(1)] * batch_size)
         confidences = max_probs.prod(dim=1).tolist()  # over all T frames, blanks included (reference)
         return preds, strings, confidences
-    strings, confidences = [], []
-    for row, pred_max_prob in zip(preds_index.tolist(), max_probs):
-        # Cut at the first [s]; without one keep every step (the reference dropped the last character).
-        steps = row.index(EOS_INDEX) if EOS_INDEX in row else len(row)
-        strings.append("".join(converter.character[i] for i in row[:steps]))
-        # An empty prediction's confidence is that of its [s] at the first step.
-        confidences.append(float(pred_max_prob[:max(steps, 1)].prod()))
+    # Cut at the first [s]; without one keep every step (the reference dropped the last character).
+    is_eos = preds_index == EOS_INDEX  # [B, steps]
+    first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), preds_index.size(1))  # [B]
+    # An empty prediction's confidence is that of its [s] at the first step.
+    within = torch.arange(preds_index.size(1), device=image.device) < first_eos.clamp(min=1)[:, None]
+    confidences = max_probs.masked_fill(~within, 1.0).prod(dim=1).tolist()  # one copy, not one per sample
+    strings = ["".join(converter.character[i] for i in row[:n])
+               for row, n in zip(preds_index.tolist(), first_eos.tolist())]
     return preds, strings, confidences
 
 
@@ -115,15 +115,14 @@ def validation(model, criterion, loader, converter, config: ModelConfig, device,
             cost = criterion(preds.contiguous().view(-1, preds.shape[-1]), target.contiguous().view(-1))
         loss_avg.add(cost)
 
-        for gt, pred, confidence, img in zip(labels, preds_str, confidences, image_tensors):
+        for gt, pred in zip(labels, preds_str):
             if case_insensitive:
                 gt, pred = normalize_for_scoring(gt), normalize_for_scoring(pred)
             n_correct += pred == gt
             if len(gt) and len(pred):  # ICDAR2019 normalised edit distance
                 norm_ED += 1 - edit_distance(pred, gt) / max(len(gt), len(pred))
-            if keep_all:
-                result.images.append(img)
         if keep_all:
+            result.images += list(image_tensors)
             result.labels += list(labels)
             result.preds += preds_str
             result.confidences += confidences

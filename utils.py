@@ -56,12 +56,10 @@ class CTCLabelConverter:
 
     def encode(self, text: list[str], batch_max_length: int = 25, device: torch.device | str = "cpu"):
         """→ (LongTensor [B, batch_max_length] zero-padded, IntTensor [B] lengths)."""
-        length = [len(s) for s in text]
-        batch_text = torch.zeros(len(text), batch_max_length, dtype=torch.long)
-        for i, t in enumerate(text):
+        for t in text:
             _check_length(t, batch_max_length)
-            batch_text[i, :len(t)] = torch.tensor(self._indices(t), dtype=torch.long)
-        return batch_text.to(device), torch.IntTensor(length).to(device)
+        rows = [self._indices(t) for t in text]
+        return _pad_rows(rows, batch_max_length, 0).to(device), torch.IntTensor([len(s) for s in text]).to(device)
 
     def _indices(self, t: str) -> list[int]:
         try:
@@ -71,13 +69,17 @@ class CTCLabelConverter:
                              "add it with --character, or leave data filtering on") from None
 
     def decode(self, text_index: torch.Tensor, length) -> list[str]:
-        """Greedy CTC collapse: merge repeats, drop blanks."""
-        rows = text_index.tolist()
-        texts = []
-        for t, l in zip(rows, [int(x) for x in length]):
-            chars = [self.character[t[i]] for i in range(l)
-                     if t[i] != 0 and not (i > 0 and t[i - 1] == t[i])]
-            texts.append("".join(chars))
+        """Greedy CTC collapse of the first ``length[b]`` frames of row b: merge repeats, drop blanks."""
+        text_index = text_index.cpu()  # [B, T]; one copy, then tensor ops instead of a loop per frame
+        keep = text_index != 0
+        keep[:, 1:] &= text_index[:, 1:] != text_index[:, :-1]
+        lengths = torch.as_tensor([int(x) for x in length], dtype=torch.long)
+        keep &= torch.arange(text_index.size(1)) < lengths[:, None]
+        chars = [self.character[i] for i in text_index[keep].tolist()]  # kept frames, row by row
+        texts, start = [], 0
+        for n in keep.sum(dim=1).tolist():
+            texts.append("".join(chars[start:start + n]))
+            start += n
         return texts
 
 
@@ -90,19 +92,44 @@ class AttnLabelConverter:
 
     def encode(self, text: list[str], batch_max_length: int = 25, device: torch.device | str = "cpu"):
         """→ (LongTensor [B, batch_max_length + 2]: [GO] label [s] [GO]..., IntTensor [B] = len + 1)."""
-        length = [len(s) + 1 for s in text]
-        batch_text = torch.zeros(len(text), batch_max_length + 2, dtype=torch.long)
-        for i, t in enumerate(text):
+        for t in text:
             _check_length(t, batch_max_length)
-            batch_text[i, 1:1 + len(t)] = torch.tensor(self._indices(t), dtype=torch.long)
-            batch_text[i, 1 + len(t)] = 1
-        return batch_text.to(device), torch.IntTensor(length).to(device)
+        rows = [[0, *self._indices(t), 1] for t in text]  # [GO] label [s]
+        return (_pad_rows(rows, batch_max_length + 2, 0).to(device),
+                torch.IntTensor([len(s) + 1 for s in text]).to(device))
 
     _indices = CTCLabelConverter._indices
 
     def decode(self, text_index: torch.Tensor, length=None) -> list[str]:
         """Joins every token, ``[s]``/``[GO]`` included (callers cut at the first ``[s]``)."""
         return ["".join(self.character[i] for i in row) for row in text_index.tolist()]
+
+
+def _pad_rows(rows: list[list[int]], width: int, pad: int) -> torch.Tensor:
+    """LongTensor [len(rows), width]: each row left-aligned, then ``pad`` (one tensor built, not one per row)."""
+    out = torch.full((len(rows), width), pad, dtype=torch.long)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    out[torch.arange(width) < lengths[:, None]] = torch.tensor([i for r in rows for i in r], dtype=torch.long)
+    return out
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insert, delete, substitute all cost 1), as ``nltk.edit_distance(a, b)``.
+
+    Two rows instead of nltk's full table and per-cell function calls: several times faster,
+    which matters when scoring runs once per validation sample.
+    """
+    if a == b:
+        return 0
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
 
 
 def _check_length(label: str, batch_max_length: int) -> None:
