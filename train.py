@@ -5,7 +5,9 @@
         --Transformation None --FeatureExtraction VGG --SequenceModeling BiLSTM --Prediction CTC
 
 Several GPUs or processes: ``torchrun --nproc_per_node N train.py ...`` (DistributedDataParallel).
-Interrupted runs continue exactly with ``--resume auto`` (or a path to ``last.pth``).
+Interrupted runs continue exactly with ``--resume auto`` (or a path to ``last.pth``); SIGINT/SIGTERM
+save last.pth first (under DDP within 10 iterations). A constant schedule may be resumed with a larger
+``--num_iter``; a cosine or one-cycle curve is fixed by the first run's ``--num_iter``.
 """
 from __future__ import annotations
 
@@ -56,7 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--eps", type=float, default=1e-8, help="Adadelta eps")
     p.add_argument("--grad_clip", type=float, default=5, help="gradient clipping (max L2 norm)")
     p.add_argument("--schedule", choices=["constant", "cosine", "onecycle"], default="constant",
-                   help="learning-rate schedule (the reference's is constant)")
+                   help="learning-rate schedule (the reference's is constant); cosine and onecycle are planned "
+                        "over --num_iter, so --resume refuses a different --num_iter for them")
     p.add_argument("--warmup_iters", type=int, default=0, help="linear warm-up for --schedule cosine")
     p.add_argument("--accum_steps", type=int, default=1, help="gradient accumulation: batches per optimizer step")
     p.add_argument("--baiduCTC", action="store_true", help=argparse.SUPPRESS)  # dropped: torch's CTC is used
