@@ -2,8 +2,8 @@
 # Fine-tune EasyOCR's english_g2 on real IIIT5K training crops, on CPU, and compare SVT / IC03
 # (case-insensitive alphanumeric) before and after. The whole experiment:
 #
-#   bash finetune_english_g2.sh              # WORK=<temp dir>, NUM_ITER=500, LR=5e-5
-#   WORK=/tmp/ft NUM_ITER=300 bash finetune_english_g2.sh
+#   bash finetune_english_g2.sh              # WORK=<temp dir>, NUM_ITER=200, LR=5e-5
+#   WORK=/tmp/ft NUM_ITER=400 bash finetune_english_g2.sh
 #
 # Data: iiit5k_train_2000's first 1,800 crops train, the last 200 validate (best_accuracy.pth is
 # picked on them, case-sensitive). A quarter of every batch is synthetic words (create_synth_dataset.py)
@@ -15,7 +15,7 @@ cd "$(dirname "$0")"
 PY=${PY:-.venv/bin/python}
 REAL=${REAL:-../shared/data/real}
 WORK=${WORK:-$(mktemp -d -t ft_english_g2.XXXX)}
-NUM_ITER=${NUM_ITER:-500}
+NUM_ITER=${NUM_ITER:-200}
 LR=${LR:-5e-5}
 VAL_INTERVAL=${VAL_INTERVAL:-100}
 SYNTH=${SYNTH:-4000}

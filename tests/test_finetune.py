@@ -67,7 +67,12 @@ def read(model, images) -> list[str]:
 
 @pytest.fixture(scope="module", params=["CTC", "Attn"])
 def trained(request):
-    model, images = trained_model(request.param)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: extra threads only wait on each other (and on a busy machine)
+    try:
+        model, images = trained_model(request.param)
+    finally:
+        torch.set_num_threads(threads)
     assert read(model, images) == WORDS, "the tiny model should learn its four words"
     return model, images
 
