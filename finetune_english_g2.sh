@@ -2,11 +2,11 @@
 # Fine-tune EasyOCR's english_g2 on real IIIT5K training crops, on CPU, and compare SVT / IC03
 # (case-insensitive alphanumeric) before and after. The whole experiment:
 #
-#   bash finetune_english_g2.sh              # WORK=<temp dir>, NUM_ITER=200, LR=5e-5
-#   WORK=/tmp/ft NUM_ITER=400 bash finetune_english_g2.sh
+#   bash finetune_english_g2.sh              # WORK=<temp dir>, NUM_ITER=400, LR=5e-5
+#   WORK=/tmp/ft NUM_ITER=200 bash finetune_english_g2.sh
 #
-# Data: iiit5k_train_2000's first 1,800 crops train, the last 200 validate (best_accuracy.pth is
-# picked on them, case-sensitive). A quarter of every batch is synthetic words (create_synth_dataset.py)
+# Data: iiit5k_train_2000's first 1,800 crops train, the last 200 validate (case-sensitive; accuracy
+# plateaus at 83% from iteration 200, so the final weights, last.pth, are evaluated). A quarter of every batch is synthetic words (create_synth_dataset.py)
 # so the model keeps seeing the kind of text it was trained on. Labels keep their case (english_g2 is
 # case-sensitive); the CNN is frozen (which also makes a CPU step ~10x cheaper) and the BiLSTM and
 # classifier learn with Adam at a small learning rate. SVT and IC03 are only ever evaluated.
@@ -15,7 +15,7 @@ cd "$(dirname "$0")"
 PY=${PY:-.venv/bin/python}
 REAL=${REAL:-../shared/data/real}
 WORK=${WORK:-$(mktemp -d -t ft_english_g2.XXXX)}
-NUM_ITER=${NUM_ITER:-200}
+NUM_ITER=${NUM_ITER:-400}
 LR=${LR:-5e-5}
 VAL_INTERVAL=${VAL_INTERVAL:-100}
 SYNTH=${SYNTH:-4000}
@@ -55,10 +55,10 @@ start=$(date +%s)
 minutes=$(( ($(date +%s) - start + 30) / 60 ))
 
 # 4. after
-after_svt=$(evaluate "$WORK/exp/best_accuracy.pth" svt_647)
-after_ic03=$(evaluate "$WORK/exp/best_accuracy.pth" ic03_860)
+after_svt=$(evaluate "$WORK/exp/last.pth" svt_647)
+after_ic03=$(evaluate "$WORK/exp/last.pth" ic03_860)
 
 printf '\n| english_g2 | SVT 647 | IC03 860 |\n|---|---|---|\n'
 printf '| before | %s | %s |\n' "$before_svt" "$before_ic03"
-printf '| after %s iterations (%s min fine-tuning, best of validation) | %s | %s |\n' \
+printf '| after %s iterations (%s min fine-tuning, last.pth) | %s | %s |\n' \
   "$NUM_ITER" "$minutes" "$after_svt" "$after_ic03"
