@@ -59,8 +59,9 @@ TEX_GYRE_DESIGNS = {"adventor": "avant garde", "bonum": "bookman", "chorus": "za
                     "schola": "century schoolbook", "termes": "times"}
 
 # Word lengths of scene text are short; the dictionary's are long. Relative weights for
-# lengths 1, 2, ...; longer words share the last weight.
-WORD_LENGTH_WEIGHTS = (2, 6, 10, 12, 12, 12, 11, 10, 8, 6, 4, 3, 2, 1.5, 1)
+# lengths 1, 2, ...; longer words share the last weight. Words of 15+ letters are about 2% of
+# the dictionary words drawn: squeezed into a 100-pixel crop they are barely legible.
+WORD_LENGTH_WEIGHTS = (2, 6, 10, 12, 12, 12, 11, 10, 8, 6, 4, 3, 2, 1.2, 0.8, 0.5, 0.3, 0.2, 0.1, 0.05)
 TEXT_KINDS = (("word", 0.70), ("random", 0.15), ("number", 0.15))
 CASES = (("lower", 0.5), ("title", 0.3), ("upper", 0.2))
 
