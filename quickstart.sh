@@ -11,7 +11,7 @@ cd "$(dirname "$0")"
 
 OUT=${OUT:-quickstart_out}
 NUM_TRAIN=${NUM_TRAIN:-40000}
-NUM_ITER=${NUM_ITER:-2000}
+NUM_ITER=${NUM_ITER:-3500}
 WORKERS=${WORKERS:-2}
 PY=.venv/bin/python
 start=$(date +%s)
@@ -33,7 +33,7 @@ $PY train.py --train_data "$OUT/data/training" --valid_data "$OUT/data/validatio
     --select_data / --batch_ratio 1 --exp_name quickstart \
     --Transformation None --FeatureExtraction VGG --SequenceModeling BiLSTM --Prediction CTC \
     --output_channel 256 --hidden_size 128 \
-    --adam --lr 0.001 --schedule onecycle --num_iter "$NUM_ITER" --valInterval 250 \
+    --adam --lr 0.002 --schedule onecycle --num_iter "$NUM_ITER" --valInterval 250 \
     --batch_size 64 --workers 1 --log_interval 50
 
 echo "== 4/5 evaluate on fonts never seen in training"
