@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -62,8 +64,13 @@ def write_lmdb(output_path: Path, generator: synth.SynthGenerator, num_samples: 
                workers: int, overwrite: bool) -> None:
     with LmdbWriter(output_path, overwrite=overwrite) as writer:
         samples = synth.generate(generator, num_samples, seed, stream, workers)
-        for image_bytes, label in tqdm(samples, total=num_samples, desc=str(output_path), unit="img"):
+        # A bar on a terminal; in a log file, one line at the end instead of thousands of bar redraws.
+        bar = tqdm(samples, total=num_samples, desc=str(output_path), unit="img", disable=not sys.stderr.isatty())
+        start = time.perf_counter()
+        for image_bytes, label in bar:
             writer.add(image_bytes, label)
+        seconds = time.perf_counter() - start
+        print(f"{output_path}: {num_samples} images in {seconds:.1f} s ({num_samples / max(seconds, 1e-9):.0f} img/s)")
 
 
 def check_outputs_free(paths: list[Path], overwrite: bool) -> None:
