@@ -32,7 +32,7 @@ rm -rf saved_models/quickstart
 $PY train.py --train_data "$OUT/data/training" --valid_data "$OUT/data/validation" \
     --select_data / --batch_ratio 1 --exp_name quickstart \
     --Transformation None --FeatureExtraction VGG --SequenceModeling BiLSTM --Prediction CTC \
-    --output_channel 256 --hidden_size 128 \
+    --output_channel 128 --hidden_size 128 \
     --adam --lr 0.002 --schedule onecycle --num_iter "$NUM_ITER" --valInterval 250 \
     --batch_size 64 --workers 1 --log_interval 50
 
