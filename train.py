@@ -12,6 +12,7 @@ save last.pth first (under DDP within 10 iterations). A constant schedule may be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -258,7 +259,7 @@ def train_iteration(ctx) -> float:
         image, labels = ctx["train_dataset"].get_batch()
         image = image.to(ctx["device"], non_blocking=True)
         last = micro == opt.accum_steps - 1
-        sync = model.no_sync() if (ctx["world_size"] > 1 and not last) else _nullcontext()
+        sync = model.no_sync() if (ctx["world_size"] > 1 and not last) else contextlib.nullcontext()
         with sync:
             loss = compute_loss(model, image, list(labels), ctx["converter"], ctx["criterion"], ctx["config"],
                                 ctx["device"], ctx["amp_dtype"])
@@ -271,14 +272,6 @@ def train_iteration(ctx) -> float:
     ctx["optimizer"].zero_grad(set_to_none=True)
     ctx["scheduler"].step()
     return total / opt.accum_steps
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def validate_and_log(ctx, iteration: int) -> None:
