@@ -16,6 +16,7 @@ None-VGG-BiLSTM-CTC layout; other architectures are refused.
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,45 +24,22 @@ import yaml
 
 from checkpoint import CheckpointError, atomic_save, export_reference, to_reference_state_dict
 from model import Model, ModelConfig, add_model_arguments
+from modules.feature_extraction import VGG_FeatureExtractor
+from modules.sequence_modeling import BidirectionalLSTM
 
 EASYOCR_ARCHITECTURE = "None-VGG-BiLSTM-CTC"
 
 # Written to DIR/NAME.py: torch only, the reference's module names, EasyOCR's constructor signature.
-EASYOCR_MODEL_SOURCE = '''"""None-VGG-BiLSTM-CTC recogniser for EasyOCR (exported by str-toolkit export.py; torch only)."""
+# The stage classes are copied from modules/ by inspect, so the export cannot drift from them.
+EASYOCR_HEADER = '''"""None-VGG-BiLSTM-CTC recogniser for EasyOCR (exported by str-toolkit export.py; torch only)."""
+from __future__ import annotations
+
+import torch
 import torch.nn as nn
 
 
-class VGG_FeatureExtractor(nn.Module):
-    def __init__(self, input_channel, output_channel=512):
-        super().__init__()
-        oc = [output_channel // 8, output_channel // 4, output_channel // 2, output_channel]
-        self.ConvNet = nn.Sequential(
-            nn.Conv2d(input_channel, oc[0], 3, 1, 1), nn.ReLU(True), nn.MaxPool2d(2, 2),
-            nn.Conv2d(oc[0], oc[1], 3, 1, 1), nn.ReLU(True), nn.MaxPool2d(2, 2),
-            nn.Conv2d(oc[1], oc[2], 3, 1, 1), nn.ReLU(True),
-            nn.Conv2d(oc[2], oc[2], 3, 1, 1), nn.ReLU(True), nn.MaxPool2d((2, 1), (2, 1)),
-            nn.Conv2d(oc[2], oc[3], 3, 1, 1, bias=False), nn.BatchNorm2d(oc[3]), nn.ReLU(True),
-            nn.Conv2d(oc[3], oc[3], 3, 1, 1, bias=False), nn.BatchNorm2d(oc[3]), nn.ReLU(True),
-            nn.MaxPool2d((2, 1), (2, 1)),
-            nn.Conv2d(oc[3], oc[3], 2, 1, 0), nn.ReLU(True))
-
-    def forward(self, input):
-        return self.ConvNet(input)
-
-
-class BidirectionalLSTM(nn.Module):
-    def __init__(self, input_size, hidden_size, output_size):
-        super().__init__()
-        self.rnn = nn.LSTM(input_size, hidden_size, bidirectional=True, batch_first=True)
-        self.linear = nn.Linear(hidden_size * 2, output_size)
-
-    def forward(self, input):
-        self.rnn.flatten_parameters()
-        recurrent, _ = self.rnn(input)  # [B, T, 2 * hidden_size]
-        return self.linear(recurrent)
-
-
-class Model(nn.Module):
+'''
+EASYOCR_MODEL_CLASS = '''class Model(nn.Module):
     def __init__(self, input_channel, output_channel, hidden_size, num_class):
         super().__init__()
         self.FeatureExtraction = VGG_FeatureExtractor(input_channel, output_channel)
@@ -79,6 +57,11 @@ class Model(nn.Module):
         contextual = self.SequenceModeling(visual)
         return self.Prediction(contextual.contiguous())  # [B, T, num_class]
 '''
+
+
+def easyocr_model_source() -> str:
+    stages = [inspect.getsource(cls) for cls in (VGG_FeatureExtractor, BidirectionalLSTM)]
+    return EASYOCR_HEADER + "\n\n".join(stages + [EASYOCR_MODEL_CLASS])
 
 
 def check_easyocr_compatible(config: ModelConfig) -> None:
@@ -113,7 +96,7 @@ def export_easyocr(model: Model, out_dir: str | Path, name: str) -> list[Path]:
     atomic_save(to_reference_state_dict(model.state_dict()), paths[0])
     # allow_unicode keeps '€' readable; safe_dump quotes the set so the space and '\\' survive.
     paths[1].write_text(yaml.safe_dump(easyocr_yaml(config), allow_unicode=True, sort_keys=False), encoding="utf-8")
-    paths[2].write_text(EASYOCR_MODEL_SOURCE, encoding="utf-8")
+    paths[2].write_text(easyocr_model_source(), encoding="utf-8")
     return paths
 
 
