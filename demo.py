@@ -10,10 +10,9 @@ import argparse
 
 import torch
 
-from checkpoint import CheckpointError
 from model import add_model_arguments
 from test import data_options, load_model_for_eval, predict
-from utils import make_converter, resolve_device
+from utils import make_converter, resolve_device, run_cli
 
 DEFAULT_MODEL = "english_g2"
 
@@ -73,7 +72,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+    run_cli(main)

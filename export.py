@@ -22,10 +22,11 @@ from types import SimpleNamespace
 
 import yaml
 
-from checkpoint import CheckpointError, atomic_save, export_reference, to_reference_state_dict
+from checkpoint import atomic_save, export_reference, to_reference_state_dict
 from model import Model, ModelConfig, add_model_arguments
 from modules.feature_extraction import VGG_FeatureExtractor
 from modules.sequence_modeling import BidirectionalLSTM
+from utils import run_cli
 
 EASYOCR_ARCHITECTURE = "None-VGG-BiLSTM-CTC"
 
@@ -126,7 +127,4 @@ def main(argv=None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+    run_cli(main)

@@ -20,10 +20,10 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
+from checkpoint import model_from_checkpoint, read_checkpoint
 from modules.prediction import EOS_INDEX
 from model import ModelConfig, add_model_arguments, config_from_args, count_parameters
-from utils import Averager, edit_distance, get_logger, make_converter, resolve_device
+from utils import Averager, edit_distance, get_logger, make_converter, resolve_device, run_cli
 
 BENCHMARKS = ["IIIT5k_3000", "SVT", "IC03_860", "IC03_867", "IC13_857", "IC13_1015",
               "IC15_1811", "IC15_2077", "SVTP", "CUTE80"]
@@ -291,7 +291,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+    run_cli(main)

@@ -191,3 +191,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name} asked for CUDA but no CUDA GPU is visible; use --device cpu")
     return device
+
+
+USER_ERRORS = (ValueError, FileNotFoundError)  # CheckpointError is a ValueError
+
+
+def run_cli(main) -> None:
+    """Run a script's ``main``; a user error ends it with its message and status 1, no traceback."""
+    try:
+        main()
+    except USER_ERRORS as e:
+        raise SystemExit(f"error: {e}") from None
