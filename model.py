@@ -69,15 +69,6 @@ class ModelConfig:
             raise ValueError(f"unknown model options in checkpoint: {sorted(unknown)}")
         return cls(**d)
 
-    @classmethod
-    def from_opt(cls, opt) -> "ModelConfig":
-        """Build from parsed arguments (argparse namespace); missing attributes take the defaults."""
-        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
-        values = {f.name: getattr(opt, f.name, defaults.get(f.name)) for f in dataclasses.fields(cls)}
-        if getattr(opt, "rgb", False):
-            values["input_channel"] = 3
-        return cls(**values)
-
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
@@ -152,10 +143,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # Architecture flags; None means "not given" so that a self-describing checkpoint can supply them.
-ARCHITECTURE_DEFAULTS = {
-    "num_fiducial": 20, "imgH": 32, "imgW": 100, "input_channel": 1, "output_channel": 512,
-    "hidden_size": 256, "batch_max_length": 25,
-}
+ARCHITECTURE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.type == "int"}
 # Options that may differ from the checkpoint's at test/demo time (they change the input, not the weights).
 INPUT_OPTIONS = ("imgH", "imgW", "PAD", "batch_max_length")
 
