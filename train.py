@@ -548,8 +548,15 @@ def run_loop(ctx, start: int) -> dict:
     with StopRequest(ctx["world_size"]) as stop:
         iteration = train_until(ctx, start, stop)
     save_last(ctx, iteration)
+    wait_for_all_ranks(ctx)
     console("end the training")
     return {"iteration": iteration, "best_accuracy": state["best_accuracy"], "best_norm_ED": state["best_norm_ED"]}
+
+
+def wait_for_all_ranks(ctx) -> None:
+    """Ranks leave together: one tearing Gloo down while rank 0 still saves can abort the other."""
+    if ctx["world_size"] > 1:
+        dist.barrier()
 
 
 def train_until(ctx, start: int, stop: StopRequest) -> int:
@@ -576,6 +583,7 @@ def train_until(ctx, start: int, stop: StopRequest) -> int:
             if bar is not None:
                 bar.close()
             save_last(ctx, iteration)
+            wait_for_all_ranks(ctx)
             console(f"stopped by signal {stop.signum} after iteration {iteration}; {ctx['exp_dir'] / 'last.pth'} "
                     "holds the full state: continue with --resume auto")
             raise SystemExit(128 + stop.signum)
