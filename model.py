@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from modules.feature_extraction import FEATURE_EXTRACTORS
 from modules.prediction import PREDICTIONS
 from modules.sequence_modeling import SEQUENCE_MODELS
 from modules.transformation import TRANSFORMATIONS
-from utils import DEFAULT_CHARACTER
+from utils import CONVERTERS, DEFAULT_CHARACTER, resolve_character
 
 STAGES = {
     "Transformation": TRANSFORMATIONS,
@@ -52,7 +53,7 @@ class ModelConfig:
 
     @property
     def num_class(self) -> int:
-        return len(self.character) + (1 if self.Prediction == "CTC" else 2)
+        return len(self.character) + CONVERTERS[self.Prediction].num_special
 
     @property
     def rgb(self) -> bool:
@@ -74,44 +75,37 @@ class ModelConfig:
 
 
 class Model(nn.Module):
-    """The reference architecture; attribute names match its checkpoints (``spec/state_dict``)."""
+    """The reference architecture; attribute names match its checkpoints (``spec/state_dict``).
+
+    Every stage comes from its table (``"None"`` is ``nn.Identity``), so the forward pass is the
+    four stage calls and the pooling between stages 2 and 3.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.config = config
-        c = config
-        if c.Transformation == "TPS":
-            self.Transformation = TRANSFORMATIONS["TPS"](
-                F=c.num_fiducial, I_size=(c.imgH, c.imgW), I_r_size=(c.imgH, c.imgW), I_channel_num=c.input_channel)
-        else:
-            self.Transformation = nn.Identity()
-
+        self.config = c = config
+        self.Transformation = TRANSFORMATIONS[c.Transformation](
+            F=c.num_fiducial, I_size=(c.imgH, c.imgW), I_r_size=(c.imgH, c.imgW), I_channel_num=c.input_channel)
         self.FeatureExtraction = FEATURE_EXTRACTORS[c.FeatureExtraction](c.input_channel, c.output_channel)
         self.FeatureExtraction_output = c.output_channel
         self.AdaptiveAvgPool = nn.AdaptiveAvgPool2d((None, 1))  # mean over the feature map's height
-
-        if c.SequenceModeling == "BiLSTM":
-            self.SequenceModeling = SEQUENCE_MODELS["BiLSTM"](self.FeatureExtraction_output, c.hidden_size)
-            self.SequenceModeling_output = c.hidden_size
-        else:
-            self.SequenceModeling = nn.Identity()
-            self.SequenceModeling_output = self.FeatureExtraction_output
-
+        self.SequenceModeling = SEQUENCE_MODELS[c.SequenceModeling](self.FeatureExtraction_output, c.hidden_size)
+        self.SequenceModeling_output = getattr(self.SequenceModeling, "output_size", self.FeatureExtraction_output)
         self.Prediction = PREDICTIONS[c.Prediction](self.SequenceModeling_output, c.hidden_size, c.num_class)
+
+    def encode(self, input: torch.Tensor) -> torch.Tensor:
+        """Stages 1-3: input [B, C, imgH, W] → contextual features [B, T, hidden or C]."""
+        x = self.Transformation(input)
+        visual = self.FeatureExtraction(x)  # [B, C, H', T]
+        visual = self.AdaptiveAvgPool(visual.permute(0, 3, 1, 2)).squeeze(3)  # [B, T, C]
+        return self.SequenceModeling(visual).contiguous()
 
     def forward(self, input: torch.Tensor, text: torch.Tensor | None = None, is_train: bool = True) -> torch.Tensor:
         """input [B, C, imgH, W] → logits: CTC [B, T, num_class], Attn [B, batch_max_length + 1, num_class].
 
         ``text`` (the encoded labels, [GO]-first) is used only by Attn in training (teacher forcing).
         """
-        x = self.Transformation(input)
-        visual = self.FeatureExtraction(x)  # [B, C, H', T]
-        visual = self.AdaptiveAvgPool(visual.permute(0, 3, 1, 2)).squeeze(3)  # [B, T, C]
-        contextual = self.SequenceModeling(visual)  # [B, T, hidden or C]
-        if self.config.Prediction == "Attn":
-            return self.Prediction(contextual.contiguous(), text, is_train,
-                                   batch_max_length=self.config.batch_max_length)
-        return self.Prediction(contextual)
+        return self.Prediction(self.encode(input), text, is_train, batch_max_length=self.config.batch_max_length)
 
 
 def init_weights(model: nn.Module) -> None:
@@ -136,6 +130,30 @@ def build_model(config: ModelConfig, init: bool = True) -> Model:
     if init:
         init_weights(model)
     return model
+
+
+def sequence_loss(preds: torch.Tensor, text: torch.Tensor, length: torch.Tensor, prediction: str) -> torch.Tensor:
+    """The one loss for both heads, in fp32 whatever the autocast dtype of ``preds`` [B, T, num_class].
+
+    CTC: ``text`` [B, batch_max_length] zero-padded, ``length`` [B]; every sample uses all T frames.
+    Attn: ``text`` [B, batch_max_length + 2] ([GO] label [s] padding); the target is ``text`` without
+    [GO], and [GO] (0) also marks padding, which the loss ignores.
+    """
+    preds = preds.float()
+    if prediction == "CTC":
+        frames = torch.full((preds.size(0),), preds.size(1), dtype=torch.int32)
+        return F.ctc_loss(preds.log_softmax(2).permute(1, 0, 2), text, frames, length, zero_infinity=True)
+    target = text[:, 1:]
+    return F.cross_entropy(preds.reshape(-1, preds.shape[-1]), target.reshape(-1), ignore_index=0)
+
+
+def compute_loss(model: nn.Module, image: torch.Tensor, labels: list[str], converter, config: ModelConfig,
+                 amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Training forward (teacher forcing for Attn; CTC ignores ``text``) and its loss."""
+    text, length = converter.encode(labels, config.batch_max_length, device=image.device)
+    with torch.autocast(image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        preds = model(image, text[:, :-1])  # Attn: [GO] + label, without the last column
+    return sequence_loss(preds, text, length, config.Prediction)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -170,8 +188,6 @@ def config_from_args(opt, base: ModelConfig | None = None, allow_character_chang
     Flags that would change the weights' shapes conflict with a checkpoint: that is an error naming
     the flag, not a silent override.
     """
-    from utils import resolve_character  # local: utils imports nothing from here, keep it that way
-
     given = {k: getattr(opt, k, None) for k in ("Transformation", "FeatureExtraction", "SequenceModeling",
                                                  "Prediction", *ARCHITECTURE_DEFAULTS, "PAD", "sensitive")}
     given = {k: v for k, v in given.items() if v is not None}

@@ -1,11 +1,13 @@
 """Character sets, label converters and small shared helpers."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import string
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -50,9 +52,11 @@ def resolve_character(character: str, sensitive: bool) -> str:
 class CTCLabelConverter:
     """Text ↔ class indices for CTC: ``[CTCblank]`` is 0, character i is i + 1."""
 
+    num_special = 1  # [CTCblank]
+
     def __init__(self, character: str):
         self.character = ["[CTCblank]"] + list(character)
-        self.dict = {char: i + 1 for i, char in enumerate(character)}
+        self.dict = {char: i + self.num_special for i, char in enumerate(character)}
 
     def encode(self, text: list[str], batch_max_length: int = 25, device: torch.device | str = "cpu"):
         """→ (LongTensor [B, batch_max_length] zero-padded, IntTensor [B] lengths)."""
@@ -86,9 +90,11 @@ class CTCLabelConverter:
 class AttnLabelConverter:
     """Text ↔ class indices for attention: ``[GO]`` is 0 (also padding), ``[s]`` is 1, character i is i + 2."""
 
+    num_special = 2  # [GO], [s]
+
     def __init__(self, character: str):
         self.character = ["[GO]", "[s]"] + list(character)
-        self.dict = {char: i + 2 for i, char in enumerate(character)}
+        self.dict = {char: i + self.num_special for i, char in enumerate(character)}
 
     def encode(self, text: list[str], batch_max_length: int = 25, device: torch.device | str = "cpu"):
         """→ (LongTensor [B, batch_max_length + 2]: [GO] label [s] [GO]..., IntTensor [B] = len + 1)."""
@@ -193,12 +199,50 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-USER_ERRORS = (ValueError, FileNotFoundError)  # CheckpointError is a ValueError
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def run_cli(main) -> None:
-    """Run a script's ``main``; a user error ends it with its message and status 1, no traceback."""
+def amp_dtype(name: str) -> torch.dtype | None:
+    """``--amp off|bf16|fp16`` → the autocast dtype (None: full precision)."""
+    return AMP_DTYPES[name]
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, batch_help: str = "batch size") -> None:
+    """How a script runs (not what model it runs): the same flags and defaults in every script."""
+    g = parser.add_argument_group("runtime")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--workers", type=int, default=4, help="data loading workers")
+    g.add_argument("--batch_size", type=int, default=192, help=batch_help)
+    g.add_argument("--amp", choices=list(AMP_DTYPES), default="off",
+                   help="autocast precision (fp16 needs CUDA; bf16 works on CPU and recent GPUs)")
+    g.add_argument("--dynamic_width", action="store_true",
+                   help="with --PAD: batch width follows the widest image (multiple of imgH, at most imgW)")
+
+
+class UsageError(ValueError):
+    """A flag or argument the script cannot run with: exit status 2, like argparse's own errors."""
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)  # CheckpointError is a ValueError
+
+
+class UserErrorExit(SystemExit):
+    """How a user error leaves a script: its message (``str(e)``) and exit status 2 or 1."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def run_cli(main: Callable, argv: list[str] | None = None):
+    """The one exit for user errors of every script: ``error: <message>`` on stderr, no traceback,
+    status 2 for bad usage (:class:`UsageError`), 1 for work that failed. → ``main(argv)``'s result."""
     try:
-        main()
+        return main(argv)
     except USER_ERRORS as e:
-        raise SystemExit(f"error: {e}") from None
+        message = f"error: {e}"
+        print(message, file=sys.stderr, flush=True)
+        raise UserErrorExit(message, 2 if isinstance(e, UsageError) else 1) from None

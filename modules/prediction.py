@@ -9,9 +9,16 @@ GO_INDEX = 0  # '[GO]' in AttnLabelConverter
 EOS_INDEX = 1  # '[s]'
 
 
-def CTC(input_size: int, hidden_size: int, num_class: int) -> nn.Linear:
-    """Per-frame logits [B, T, num_class]; blank is class 0."""
-    return nn.Linear(input_size, num_class)
+class CTC(nn.Linear):
+    """Per-frame logits [B, T, num_class]; blank is class 0. A plain linear layer (keys ``weight``,
+    ``bias``) that takes the attention decoder's call signature and ignores what it does not use."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_class: int):
+        super().__init__(input_size, num_class)
+
+    def forward(self, batch_H: torch.Tensor, text: torch.Tensor | None = None, is_train: bool = True,
+                batch_max_length: int = 25) -> torch.Tensor:
+        return super().forward(batch_H)
 
 
 class Attention(nn.Module):

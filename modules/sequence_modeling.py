@@ -20,15 +20,18 @@ class BidirectionalLSTM(nn.Module):
         return self.linear(recurrent)
 
 
-def BiLSTM(input_size: int, hidden_size: int) -> nn.Sequential:
-    """The reference's two-layer stack; its output width is hidden_size."""
-    return nn.Sequential(
-        BidirectionalLSTM(input_size, hidden_size, hidden_size),
-        BidirectionalLSTM(hidden_size, hidden_size, hidden_size),
-    )
+class BiLSTM(nn.Sequential):
+    """The reference's two-layer stack (keys ``0.rnn...``, ``1.rnn...``); its output width is hidden_size."""
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__(
+            BidirectionalLSTM(input_size, hidden_size, hidden_size),
+            BidirectionalLSTM(hidden_size, hidden_size, hidden_size),
+        )
+        self.output_size = hidden_size
 
 
 SEQUENCE_MODELS = {
-    "None": None,
+    "None": nn.Identity,  # output width = input width
     "BiLSTM": BiLSTM,
 }

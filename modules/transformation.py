@@ -124,6 +124,6 @@ class GridGenerator(nn.Module):
 
 
 TRANSFORMATIONS = {
-    "None": None,
+    "None": nn.Identity,  # accepts and ignores the constructor arguments
     "TPS": TPS_SpatialTransformerNetwork,
 }
