@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
 
 import torch
 
-from model import Model, ModelConfig, build_model
+from model import STAGES, Model, ModelConfig, build_model, config_from_args
+from pretrained import REGISTRY, resolve_saved_model
+from utils import CONVERTERS
 
 FORMAT = "str-toolkit"
 VERSION = 1
@@ -126,9 +131,10 @@ def infer_architecture(state_dict: dict) -> dict:
     return info
 
 
-def explain_mismatch(config: ModelConfig, state_dict: dict) -> str | None:
-    """None when the state_dict fits a model built from ``config``; else a message in the user's terms."""
-    expected = {k: tuple(v.shape) for k, v in Model(config).state_dict().items()}
+def explain_mismatch(model: Model, state_dict: dict) -> str | None:
+    """None when the state_dict fits ``model``; else a message in the user's terms."""
+    config = model.config
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state_dict.items()}
     if expected == got:
         return None
@@ -143,8 +149,7 @@ def explain_mismatch(config: ModelConfig, state_dict: dict) -> str | None:
                 hint = " (grey is 1, --rgb is 3)" if opt == "input_channel" else ""
                 problems.append(f"it has --{opt} {found[opt]}, not {getattr(config, opt)}{hint}")
         if "num_class" in found and found["num_class"] != config.num_class:
-            extra = 1 if config.Prediction == "CTC" else 2
-            n_chars = found["num_class"] - extra
+            n_chars = found["num_class"] - CONVERTERS[config.Prediction].num_special
             hint = ""
             if n_chars == 94:
                 hint = " Was it trained with --sensitive?"
@@ -166,7 +171,7 @@ def explain_mismatch(config: ModelConfig, state_dict: dict) -> str | None:
 
 
 def load_state(model: Model, state_dict: dict) -> None:
-    problem = explain_mismatch(model.config, state_dict)
+    problem = explain_mismatch(model, state_dict)
     if problem:
         raise CheckpointError(problem)
     model.load_state_dict(state_dict)
@@ -182,7 +187,7 @@ def remap_characters(state_dict: dict, old_config: ModelConfig, new_config: Mode
     ``(state_dict for new_config, report)`` where report lists kept / added / dropped characters.
     """
     old_chars, new_chars = old_config.character, new_config.character
-    special = 1 if new_config.Prediction == "CTC" else 2
+    special = CONVERTERS[new_config.Prediction].num_special
     old_index = {c: i + special for i, c in enumerate(old_chars)}
     pairs = [(i, i) for i in range(special)]  # [CTCblank] / [GO], [s]
     pairs += [(old_index[c], j + special) for j, c in enumerate(new_chars) if c in old_index]
@@ -211,14 +216,74 @@ def remap_characters(state_dict: dict, old_config: ModelConfig, new_config: Mode
     return new_state, report
 
 
-def model_from_checkpoint(ckpt: dict, config: ModelConfig | None = None) -> Model:
-    """Build the model a checkpoint describes (or ``config`` for a bare state_dict) and load it."""
-    if config is None:
-        if ckpt.get("config") is None:
-            raise CheckpointError("this checkpoint is a bare state_dict, which does not say its architecture: "
-                                  "pass --Transformation --FeatureExtraction --SequenceModeling --Prediction "
-                                  "(and --character / --sensitive, --imgH, --imgW as it was trained)")
-        config = ModelConfig.from_dict(ckpt["config"])
-    model = build_model(config, init=False)
-    load_state(model, ckpt["model"])
-    return model
+@dataclass
+class LoadedModel:
+    """A model ready to use, the configuration it was built from, and where its weights came from."""
+
+    model: Model
+    config: ModelConfig
+    source: Path
+    checkpoint: dict  # read_checkpoint's dict: the weights, and the training state of a last.pth
+
+
+def load_model(saved_model: str | os.PathLike, flags=None, device: torch.device | str = "cpu", *,
+               fine_tune: bool = False, log: Callable[[str], None] = lambda message: None) -> LoadedModel:
+    """The one way to load a model: a checkpoint of this toolkit, a bare reference state_dict, or a
+    registered name (``pretrained.py``). Returns it in eval mode on ``device``.
+
+    The configuration is decided once (``trained_config``, then the flags on top) and the model is
+    built once; a state_dict that does not fit it is explained in terms of flags. ``fine_tune``
+    (train.py ``--FT``) allows a new character set (weights remapped by character) and loads a bare
+    state_dict tolerantly (tensors of other shapes keep their fresh initialisation).
+    """
+    flags = flags if flags is not None else SimpleNamespace()
+    path, registered = resolve_saved_model(str(saved_model))
+    ckpt = read_checkpoint(path)
+    named = str(saved_model) in REGISTRY and not Path(saved_model).exists()
+    trained = trained_config(ckpt, registered, named, path, flags, log)
+    config = config_from_args(flags, trained, allow_character_change=fine_tune)
+    model = build_model(config, init=fine_tune)  # fresh rows for new characters need the reference's init
+    load_weights(model, ckpt["model"], trained, fine_tune, log)
+    return LoadedModel(model.to(device).eval(), config, path, ckpt)
+
+
+def trained_config(ckpt: dict, registered: dict | None, named: bool, path: Path, flags, log
+                   ) -> ModelConfig | None:
+    """The configuration the weights were trained with, where it is known without the flags.
+
+    A self-describing checkpoint says it. A registry entry's configuration applies when the model is
+    named (``--saved_model english_g2``), or for a bare file with a registered name given without any
+    stage flag. A bare state_dict given with stage flags is built from the flags and the reference's
+    defaults, exactly as the reference does, whatever the file is called.
+    """
+    if ckpt.get("config") is not None:
+        return ModelConfig.from_dict(ckpt["config"])
+    if registered is None:
+        return None
+    stage_flags = [s for s in STAGES if getattr(flags, s, None) is not None]
+    if named:
+        return ModelConfig.from_dict(registered)
+    if not stage_flags:
+        log(f"using the registered configuration of {path.stem} (the file's name; give the stage flags to "
+            "build the model from the flags instead)")
+        return ModelConfig.from_dict(registered)
+    return None
+
+
+def load_weights(model: Model, state: dict, trained: ModelConfig | None, fine_tune: bool, log) -> None:
+    if trained is not None and trained.character != model.config.character:
+        state, report = remap_characters(state, trained, model.config, model)
+        log(f"character set remapped by character: kept {len(report['kept'])}, added {len(report['added'])} "
+            f"{report['added']!r}, dropped {len(report['dropped'])} {report['dropped']!r}")
+    if fine_tune and trained is None:
+        load_matching(model, state, log)  # reference --FT: strict=False, but tolerant of shape changes
+    else:
+        load_state(model, state)
+
+
+def load_matching(model: Model, state: dict, log) -> None:
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(state) - set(usable))
+    model.load_state_dict(usable, strict=False)
+    log(f"fine-tuning: loaded {len(usable)} of {len(own)} tensors" + (f"; skipped {skipped}" if skipped else ""))

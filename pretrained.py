@@ -9,8 +9,9 @@ without repeating the flags it was trained with.
   size and modification time under ``~/.cache/str_toolkit/checksums.json``).
 - The six deep-text-recognition-benchmark checkpoints (``None-VGG-None-CTC`` ...): download
   ``<name>.pth`` from the links in that project's README and put it in ``$STR_PRETRAINED_DIR``
-  or ``~/.cache/str_toolkit/pretrained/``. A file path to one of them also works: its file name
-  picks the registry entry, so no stage flags are needed.
+  or ``~/.cache/str_toolkit/pretrained/``. A file path to one of them given without stage flags
+  also works: its file name picks the registry entry (and the log says so). Given with stage
+  flags, a bare file is built from the flags, as the reference does, whatever it is called.
 
 ``python pretrained.py`` lists the registry and which files are present.
 """

@@ -12,7 +12,7 @@ import torch
 import pretrained
 from checkpoint import read_checkpoint
 from model import ModelConfig, build_model
-from pretrained import REGISTRY, PretrainedError, check_md5, file_md5, resolve_saved_model
+from pretrained import EASYOCR_CHARACTER, REGISTRY, PretrainedError, check_md5, file_md5, resolve_saved_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PREDS = SHARED / "spec" / "english_g2_preds"
@@ -99,10 +99,10 @@ def test_reference_checkpoint_found_in_pretrained_dir_and_by_file_name(tmp_path,
     config = ModelConfig.from_dict(REGISTRY["None-VGG-None-CTC"].config)
     model = build_model(config)
     torch.save({"module." + k: v for k, v in model.state_dict().items()}, folder / "None-VGG-None-CTC.pth")
-    from test import load_model_for_eval
+    from checkpoint import load_model
     for value in ("None-VGG-None-CTC", str(folder / "None-VGG-None-CTC.pth")):
-        opt = SimpleNamespace(saved_model=value)
-        loaded, loaded_config, path = load_model_for_eval(opt, "cpu")
+        result = load_model(value)
+        loaded, loaded_config, path = result.model, result.config, result.source
         assert loaded_config == config and path == folder / "None-VGG-None-CTC.pth"
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
 
@@ -129,3 +129,59 @@ def test_english_g2_reads_demo_crops_as_the_spec_says(name):
                           workers=0, batch_size=64, dynamic_width=False)
     got = {path: pred for path, pred, _ in read_images(opt)}
     assert got == expected
+
+
+# ---------------------------------------------------------------- the reference's command lines keep their meaning
+
+ENGLISH_G2_FLAGS = dict(Transformation="None", FeatureExtraction="VGG", SequenceModeling="BiLSTM", Prediction="CTC",
+                        imgH=64, imgW=256, output_channel=256, hidden_size=256)
+
+
+def demo_opt(saved_model, folder, **flags):
+    return SimpleNamespace(saved_model=str(saved_model), image_folder=[str(folder)], device="cpu", workers=0,
+                           batch_size=64, **flags)
+
+
+@pytest.fixture(scope="module")
+def word_crops(tmp_path_factory):
+    from helpers import make_gt_folder
+    words = ["Street", "CAFE", "open", "24h", "Exit", "tram", "Hotel", "SALE", "police", "Bank", "zoo", "Taxi"]
+    return make_gt_folder(tmp_path_factory.mktemp("crops"), words=words, copies=1) / "images"
+
+
+def test_bare_file_with_a_registered_name_and_stage_flags_follows_the_flags(tmp_path, word_crops):
+    """The reference's command for EasyOCR's weights (no --PAD) resizes plainly, whatever the file is called."""
+    original = english_g2_file()
+    from demo import read_images
+    named, other = tmp_path / "english_g2.pth", tmp_path / "recogniser.pth"
+    named.write_bytes(original.read_bytes())
+    other.write_bytes(original.read_bytes())
+    flags = {**ENGLISH_G2_FLAGS, "character": EASYOCR_CHARACTER}
+    by_registered_name = read_images(demo_opt(named, word_crops, **flags))
+    by_other_name = read_images(demo_opt(other, word_crops, **flags))
+    assert [p for _, p, _ in by_registered_name] == [p for _, p, _ in by_other_name]
+    assert [c for _, _, c in by_registered_name] == pytest.approx([c for _, _, c in by_other_name])
+    # The registered configuration (keep-ratio padding) reads the same crops differently: the flags were used.
+    padded = read_images(demo_opt("english_g2", word_crops))
+    assert [c for _, _, c in padded] != pytest.approx([c for _, _, c in by_registered_name])
+
+
+def test_registered_file_with_the_default_character_set_is_explained(tmp_path):
+    original = english_g2_file()
+    from checkpoint import CheckpointError, load_model
+    named = tmp_path / "english_g2.pth"
+    named.write_bytes(original.read_bytes())
+    with pytest.raises(CheckpointError) as err:
+        load_model(named, SimpleNamespace(**ENGLISH_G2_FLAGS))
+    assert "97 classes (96 characters)" in str(err.value) and "37 (36 characters)" in str(err.value)
+
+
+def test_registered_file_without_stage_flags_uses_the_registry_and_says_so(tmp_path):
+    original = english_g2_file()
+    from checkpoint import load_model
+    named = tmp_path / "english_g2.pth"
+    named.write_bytes(original.read_bytes())
+    logged = []
+    loaded = load_model(named, None, log=logged.append)
+    assert loaded.config == ModelConfig.from_dict(REGISTRY["english_g2"].config)
+    assert any("using the registered configuration of english_g2" in line for line in logged)
