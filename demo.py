@@ -10,9 +10,11 @@ import argparse
 
 import torch
 
+from checkpoint import load_model
+from dataset import RawDataset, data_options
+from evaluation import make_eval_loader, predict
 from model import add_model_arguments
-from test import data_options, load_model_for_eval, predict
-from utils import make_converter, resolve_device, run_cli
+from utils import add_runtime_arguments, amp_dtype, get_logger, make_converter, resolve_device, run_cli
 
 DEFAULT_MODEL = "english_g2"
 
@@ -21,35 +23,27 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image_folder", nargs="+", required=True,
                         help="folder(s) walked recursively for images, and/or image files")
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--batch_size", type=int, default=192)
     parser.add_argument("--saved_model", default=DEFAULT_MODEL,
                         help=f"checkpoint path or pretrained model name (default {DEFAULT_MODEL})")
-    parser.add_argument("--dynamic_width", action="store_true",
-                        help="with --PAD: batch width follows the widest image (multiple of imgH, at most imgW)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--log_file", default="log_demo_result.txt", help="where the table is appended")
+    add_runtime_arguments(parser)
     add_model_arguments(parser)
     return parser.parse_args(argv)
 
 
 def read_images(opt) -> list[tuple[str, str, float]]:
     """→ [(image path, prediction, confidence)] in natural path order."""
-    from dataset import AlignCollate, RawDataset
-
-    device = resolve_device(opt.device)
-    model, config, _ = load_model_for_eval(opt, device)
+    device = resolve_device(getattr(opt, "device", "auto"))
+    loaded = load_model(opt.saved_model, opt, device, log=get_logger("demo.load").info)
+    config = loaded.config
     converter = make_converter(config.Prediction, config.character)
     data_opt = data_options(config, opt)
-    dataset = RawDataset(opt.image_folder, data_opt)
-    collate = AlignCollate(imgH=config.imgH, imgW=config.imgW, keep_ratio_with_pad=config.PAD,
-                           dynamic_width=opt.dynamic_width)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=opt.batch_size, shuffle=False,
-                                         num_workers=opt.workers, collate_fn=collate)
+    loader = make_eval_loader(RawDataset(opt.image_folder, data_opt), data_opt)
+    dtype = amp_dtype(getattr(opt, "amp", "off"))
     results = []
     with torch.inference_mode():
         for image_tensors, paths in loader:
-            _, preds, confidences = predict(model, image_tensors.to(device), converter, config)
+            _, preds, confidences = predict(loaded.model, image_tensors.to(device), converter, config, dtype)
             results += list(zip(paths, preds, confidences))
     return results
 
@@ -62,6 +56,10 @@ def format_table(results) -> str:
 
 
 def main(argv=None):
+    return run_cli(read_folder, argv)
+
+
+def read_folder(argv=None):
     opt = parse_args(argv)
     results = read_images(opt)
     table = format_table(results)
@@ -72,4 +70,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

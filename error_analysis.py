@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from test import ValidationResult, normalize_for_scoring
+from evaluation import ValidationResult, normalize_for_scoring
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import inspect
 from pathlib import Path
-from types import SimpleNamespace
 
 import yaml
 
-from checkpoint import atomic_save, export_reference, to_reference_state_dict
+from checkpoint import atomic_save, export_reference, load_model, to_reference_state_dict
 from model import Model, ModelConfig, add_model_arguments
 from modules.feature_extraction import VGG_FeatureExtractor
 from modules.sequence_modeling import BidirectionalLSTM
@@ -112,19 +111,21 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> list[Path]:
-    from test import load_model_for_eval
+    return run_cli(export, argv)
 
+
+def export(argv=None) -> list[Path]:
     opt = parse_args(argv)
-    model, config, path = load_model_for_eval(SimpleNamespace(**vars(opt)), "cpu")
+    loaded = load_model(opt.saved_model, opt, "cpu")
     if opt.format == "reference":
-        export_reference(opt.output, model)
+        export_reference(opt.output, loaded.model)
         written = [Path(opt.output)]
     else:
-        written = export_easyocr(model, opt.output, opt.name or path.stem)
+        written = export_easyocr(loaded.model, opt.output, opt.name or loaded.source.stem)
     for p in written:
         print(f"wrote {p}")
     return written
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

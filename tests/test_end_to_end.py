@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from checkpoint import export_reference, model_from_checkpoint, read_checkpoint
+from checkpoint import export_reference, load_model
 from helpers import make_gt_folder, run_script
 
 SMALL = ["--output_channel", "64", "--hidden_size", "64"]
@@ -23,7 +23,7 @@ def trained(tmp_path_factory):
                "--batch_ratio", "1", *STAGES, *SMALL, "--num_iter", "300", "--valInterval", "100",
                "--batch_size", "16", "--workers", "0", "--adam", "--lr", "0.003", "--exp_name", "e2e", cwd=work)
     # The same weights as a bare reference state_dict ('module.' prefix), as the original train.py saves.
-    model = model_from_checkpoint(read_checkpoint(work / "saved_models" / "e2e" / "best_accuracy.pth"))
+    model = load_model(work / "saved_models" / "e2e" / "best_accuracy.pth").model
     export_reference(work / "reference.pth", model)
     return work
 

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from checkpoint import remap_characters, save_checkpoint
 from dataset import AlignCollate
 from model import ModelConfig, build_model
-from test import predict
+from evaluation import predict
 from utils import make_converter
 
 OLD_CHARACTER = "abcdefghij"

@@ -3,7 +3,7 @@ import torch
 
 from demo import format_table
 from model import ModelConfig, build_model
-from test import predict
+from evaluation import predict
 from utils import make_converter
 
 
