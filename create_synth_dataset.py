@@ -28,8 +28,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 import synth
-from create_lmdb_dataset import DatasetExistsError, LmdbWriter, lmdb_is_dataset
-from utils import DEFAULT_CHARACTER, load_character
+from dataset import DatasetExistsError, LmdbWriter, lmdb_is_dataset
+from utils import DEFAULT_CHARACTER, load_character, run_cli
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,4 +139,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_cli(lambda argv: main(parse_args(argv)))

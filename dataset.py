@@ -14,6 +14,7 @@ import logging
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Iterator, Sequence
 
 import lmdb
@@ -24,7 +25,6 @@ from natsort import natsorted
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
-from create_lmdb_dataset import parse_gt_file
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,128 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # (some plugins, e.g. broken PNG chunks), ValueError, and DecompressionBombError.
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 CACHE_VERSION = 1
+
+
+# --- writing LMDB ---------------------------------------------------------------------------
+
+MAP_SIZE = 1 << 40  # 1 TiB address space; the file on disk stays sparse
+
+
+class DatasetExistsError(FileExistsError):
+    pass
+
+
+def lmdb_is_dataset(path: str | os.PathLike) -> bool:
+    return (Path(path) / "data.mdb").is_file()
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raise DatasetExistsError if ``path`` already holds a dataset and overwrite is off."""
+    if lmdb_is_dataset(path) and not overwrite:
+        raise DatasetExistsError(
+            f"{path} already holds an LMDB dataset; refusing to overwrite it. "
+            "Choose another output path, or pass --overwrite to replace it.")
+
+
+class LmdbWriter:
+    """Writes samples into a new LMDB; ``num-samples`` is committed only on a clean exit.
+
+    Use as a context manager::
+
+        with LmdbWriter("out/train") as w:
+            w.add(png_bytes, "hello")
+    """
+
+    def __init__(self, output_path: str | os.PathLike, overwrite: bool = False, commit_every: int = 1000):
+        self.output_path = Path(output_path)
+        check_output_path(self.output_path, overwrite)
+        if lmdb_is_dataset(self.output_path):
+            for name in ("data.mdb", "lock.mdb"):
+                (self.output_path / name).unlink(missing_ok=True)
+        self.output_path.mkdir(parents=True, exist_ok=True)
+        self.commit_every = commit_every
+        self.count = 0
+        self._env = None
+        self._txn = None
+
+    def __enter__(self) -> "LmdbWriter":
+        self._env = lmdb.open(str(self.output_path), map_size=MAP_SIZE)
+        self._txn = self._env.begin(write=True)
+        return self
+
+    def add(self, image_bytes: bytes, label: str) -> int:
+        """Store one sample; returns its 1-based index."""
+        self.count += 1
+        self._txn.put(f"image-{self.count:09d}".encode(), image_bytes)
+        self._txn.put(f"label-{self.count:09d}".encode(), label.encode("utf-8"))
+        if self.count % self.commit_every == 0:
+            self._txn.commit()
+            self._txn = self._env.begin(write=True)
+        return self.count
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._txn.put(b"num-samples", str(self.count).encode())
+                self._txn.commit()
+                self._env.sync()
+            else:
+                # Keep what was written for inspection, but never mark it complete.
+                self._txn.commit()
+        finally:
+            self._env.close()
+
+
+# --- gt.txt ---------------------------------------------------------------------------------
+
+GtSample = tuple[int, str, str]   # (line number, relative image path, label)
+GtProblem = tuple[int, str, str]  # (line number, line text, reason)
+
+
+def parse_gt_file(path: str | os.PathLike) -> tuple[list[GtSample], list[GtProblem]]:
+    """Read a ``relative/image/path<TAB>label`` file (UTF-8); line numbers are 1-based.
+
+    The label is everything after the first tab, so it may contain spaces and tabs.
+    The reference split on every tab and crashed on a line with two or more; taking the
+    rest of the line is the fix. A line without a tab, with an empty image path, or an
+    empty line (other than the trailing one) is reported, not fatal.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from Windows editors
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e}); re-save it as UTF-8.") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    samples: list[GtSample] = []
+    problems: list[GtProblem] = []
+    for lineno, line in enumerate(lines, start=1):
+        line = line.rstrip("\r")  # CRLF files: the reference kept the '\r' in the label
+        if not line:
+            problems.append((lineno, line, "empty line"))
+            continue
+        relpath, tab, label = line.partition("\t")
+        if not tab:
+            problems.append((lineno, line, "no tab between image path and label"))
+        elif not relpath.strip():
+            problems.append((lineno, line, "empty image path"))
+        else:
+            samples.append((lineno, relpath, label))
+    return samples, problems
+
+
+# --- options -------------------------------------------------------------------------------
+
+def data_options(config, opt) -> SimpleNamespace:
+    """What the data code needs: the model's input options (a ModelConfig) plus the run's loader options."""
+    return SimpleNamespace(
+        character=config.character, sensitive=config.sensitive, batch_max_length=config.batch_max_length,
+        imgH=config.imgH, imgW=config.imgW, rgb=config.rgb, PAD=config.PAD,
+        data_filtering_off=getattr(opt, "data_filtering_off", False), workers=getattr(opt, "workers", 0),
+        batch_size=getattr(opt, "batch_size", 192), manualSeed=getattr(opt, "manualSeed", 1111),
+        dynamic_width=getattr(opt, "dynamic_width", False),
+    )
 
 
 # --- labels -------------------------------------------------------------------------------
@@ -52,7 +174,7 @@ class FilterStats:
             dropped = (f"{self.too_long} too long, "
                        f"{self.out_of_charset} with characters outside the set")
         else:
-            # Too-long labels would crash the label converter (reference bug #12).
+            # Too-long labels would crash the label converter (#12 in docs/differences.md).
             dropped = (f"{self.too_long} too long even with --data_filtering_off; "
                        "characters outside the set are removed from the labels")
         line = f"kept {self.kept} of {self.total} (dropped: {dropped})"
@@ -64,7 +186,7 @@ class FilterStats:
 class LabelFilter:
     """The reference's filtering and normalisation, with a set instead of a regex class.
 
-    The reference pasted the charset into ``[^...]`` (bug #13: ``\\``, ``]``, ``^``, ``-``
+    The reference pasted the charset into ``[^...]`` (#13 in docs/differences.md: ``\\``, ``]``, ``^``, ``-``
     change the class). Membership in a Python set has no such trap.
     """
 
@@ -135,7 +257,7 @@ class LabelFilter:
 # --- LMDB ----------------------------------------------------------------------------------
 
 # One environment per LMDB file per process: lmdb refuses to open the same files twice in
-# a process (reference bug #3). After a fork the child closes what it inherited and
+# a process (#3 in docs/differences.md). After a fork the child closes what it inherited and
 # reopens, so DataLoader workers never share the parent's handle.
 _ENVS: dict[str, tuple[lmdb.Environment, int]] = {}  # realpath -> (env, inode of data.mdb)
 _ENVS_PID = os.getpid()
@@ -197,6 +319,17 @@ def iter_lmdb_labels(txn: lmdb.Transaction, num_samples: int) -> Iterator[tuple[
         index = int(key[6:])
         if 1 <= index <= num_samples:
             yield index, value.decode("utf-8")
+
+
+def read_lmdb_samples(root: str | os.PathLike, count: int | None = None) -> Iterator[tuple[int, bytes, str]]:
+    """(1-based index, encoded image bytes, label) of the first ``count`` samples (all when None)."""
+    env = open_lmdb(root, recheck=True)
+    with env.begin(write=False) as txn:
+        num_samples = read_num_samples(txn, root)
+        for index in range(1, min(num_samples, count if count is not None else num_samples) + 1):
+            image = txn.get(f"image-{index:09d}".encode())
+            label = txn.get(f"label-{index:09d}".encode())
+            yield index, bytes(image or b""), (label or b"").decode("utf-8")
 
 
 def filter_cache_path(root: str | os.PathLike, key: dict) -> Path:
@@ -281,7 +414,7 @@ class LmdbDataset(Dataset):
                 raise OSError("no image stored under this key")
             img = Image.open(io.BytesIO(imgbuf)).convert("RGB" if self.rgb else "L")
         except IMAGE_ERRORS as e:
-            # The reference substituted a blank image labelled '[dummy_label]' (bug #17).
+            # The reference substituted a blank image labelled '[dummy_label]' (#17 in docs/differences.md).
             self.stats.unreadable += 1
             logger.warning("unreadable image in %s at index %d (key image-%09d): %s; skipped",
                            self.root, index, lmdb_index, e)
@@ -351,7 +484,7 @@ def hierarchical_dataset(root: str | os.PathLike, opt, select_data: str | Sequen
         else:
             continue
         found.append(rel)
-        # Matched against the relative path only: the reference also matched the root path (quirk #14).
+        # Matched against the relative path only: the reference also matched the root path (#14 in docs/differences.md).
         if any(s in rel for s in select_data):
             dataset = make(dirpath, opt)
             lines += [f"sub-directory:\t{rel}\t num samples: {len(dataset)}", f"\t{dataset.stats}"]
@@ -440,7 +573,7 @@ class BatchBalancedDataset:
             dataset, dataset_log = hierarchical_dataset(opt.train_data, opt, select_data=[name])
             log(dataset_log.rstrip("\n"))
             total = len(dataset)
-            used = int(total * float(ratio))  # the first samples, as the reference (quirk #15)
+            used = int(total * float(ratio))  # the first samples, as the reference (#15 in docs/differences.md)
             if used == 0:
                 raise ValueError(f"--total_data_usage_ratio {ratio} leaves no sample of {name} ({total} in all).")
             log(f"num total samples of {name}: {total} x {ratio} (total_data_usage_ratio) = {used}\n"

@@ -6,35 +6,38 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 from pathlib import Path
 
-import lmdb
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (run as scripts/...)
+from dataset import read_lmdb_samples  # noqa: E402
+from utils import run_cli  # noqa: E402
 
 
 def export_images(lmdb_path: str, output: str, count: int) -> int:
     out = Path(output)
-    (out).mkdir(parents=True, exist_ok=True)
-    env = lmdb.open(lmdb_path, readonly=True, lock=False, readahead=False, meminit=False)
+    out.mkdir(parents=True, exist_ok=True)
     lines = []
-    with env.begin() as txn:
-        n = int(txn.get(b"num-samples") or 0)
-        if n == 0:
-            raise SystemExit(f"error: {lmdb_path} holds no samples (missing or incomplete LMDB)")
-        for i in range(1, min(count, n) + 1):
-            image = Image.open(io.BytesIO(txn.get(f"image-{i:09d}".encode())))
-            name = f"sample_{i:03d}.png"
-            image.save(out / name)
-            lines.append(f"{name}\t{txn.get(f'label-{i:09d}'.encode()).decode('utf-8')}")
-    env.close()
+    for index, image_bytes, label in read_lmdb_samples(lmdb_path, count):
+        name = f"sample_{index:03d}.png"
+        Image.open(io.BytesIO(image_bytes)).save(out / name)
+        lines.append(f"{name}\t{label}")
+    if not lines:
+        raise ValueError(f"{lmdb_path} holds no samples")
     (out / "gt.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return len(lines)
 
 
-if __name__ == "__main__":
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lmdb", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--count", type=int, default=8)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     print(f"wrote {export_images(a.lmdb, a.output, a.count)} images to {a.output}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -8,24 +8,21 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 from pathlib import Path
 
-import lmdb
 from PIL import Image, ImageDraw, ImageFont
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (run as scripts/...)
+from dataset import read_lmdb_samples  # noqa: E402
+from utils import run_cli  # noqa: E402
 
 LABEL_FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf"
 
 
 def read_samples(root: str, count: int) -> list[tuple[Image.Image, str]]:
-    env = lmdb.open(root, readonly=True, lock=False, readahead=False, meminit=False)
-    samples = []
-    with env.begin() as txn:
-        num_samples = int(txn.get(b"num-samples"))
-        for index in range(1, min(count, num_samples) + 1):
-            image = Image.open(io.BytesIO(txn.get(f"image-{index:09d}".encode()))).convert("RGB")
-            samples.append((image, txn.get(f"label-{index:09d}".encode()).decode("utf-8")))
-    env.close()
-    return samples
+    return [(Image.open(io.BytesIO(image_bytes)).convert("RGB"), label)
+            for _, image_bytes, label in read_lmdb_samples(root, count)]
 
 
 def label_font(size: int) -> ImageFont.ImageFont:
@@ -52,8 +49,9 @@ def contact_sheet(samples: list[tuple[Image.Image, str]], columns: int, cell_w: 
     return sheet
 
 
-def main(opt: argparse.Namespace) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Write the contact sheet of ``--lmdb`` to ``--output``."""
+    opt = get_parser().parse_args(argv)
     samples = read_samples(opt.lmdb, opt.columns * opt.rows)
     sheet = contact_sheet(samples, opt.columns, opt.cell_width, opt.cell_height)
     if opt.colors:  # a palette keeps the PNG small enough to commit
@@ -76,4 +74,4 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main(get_parser().parse_args())
+    run_cli(main)

@@ -10,7 +10,8 @@ import lmdb
 import pytest
 from PIL import Image
 
-from create_lmdb_dataset import LmdbWriter, createDataset, parse_gt_file
+from create_lmdb_dataset import createDataset
+from dataset import LmdbWriter, parse_gt_file
 from dataset import LmdbDataset
 
 SCRIPT = Path(__file__).resolve().parents[1] / "create_lmdb_dataset.py"
@@ -101,7 +102,7 @@ def test_truncated_image_is_rejected(tmp_path):
 def test_strict_writes_nothing(source, tmp_path):
     input_path, gt = source
     out = tmp_path / "out"
-    with pytest.raises(SystemExit, match="--strict: 1 malformed gt lines and 2 missing or corrupt images"):
+    with pytest.raises(ValueError, match="--strict: 1 malformed gt lines and 2 missing or corrupt images"):
         createDataset(str(input_path), str(gt), str(out), strict=True)
     assert not out.exists()
 
@@ -116,12 +117,12 @@ def test_strict_clean_input_writes(source, tmp_path):
 
 def test_user_errors(source, tmp_path):
     input_path, gt = source
-    with pytest.raises(SystemExit, match="gtFile .*nope.txt does not exist"):
+    with pytest.raises(FileNotFoundError, match="gtFile .*nope.txt does not exist"):
         createDataset(str(input_path), str(tmp_path / "nope.txt"), str(tmp_path / "out"))
-    with pytest.raises(SystemExit, match="inputPath .*absent is not a folder"):
+    with pytest.raises(FileNotFoundError, match="inputPath .*absent is not a folder"):
         createDataset(str(tmp_path / "absent"), str(gt), str(tmp_path / "out"))
     gt.write_text("images/missing.png\tx\n")
-    with pytest.raises(SystemExit, match="no valid image"):
+    with pytest.raises(ValueError, match="no valid image"):
         createDataset(str(input_path), str(gt), str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="incomplete"):  # nothing usable was marked complete
         LmdbDataset(tmp_path / "empty", opt())
@@ -131,7 +132,7 @@ def test_overwrite_refused_then_allowed(source, tmp_path):
     input_path, gt = source
     out = tmp_path / "out"
     createDataset(str(input_path), str(gt), str(out))
-    with pytest.raises(SystemExit, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="--overwrite"):
         createDataset(str(input_path), str(gt), str(out))
     gt.write_text("images/word_0.png\tonly\n")
     createDataset(str(input_path), str(gt), str(out), overwrite=True)

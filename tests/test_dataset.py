@@ -16,8 +16,7 @@ from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 import dataset
-from create_lmdb_dataset import LmdbWriter
-from dataset import (AlignCollate, BatchBalancedDataset, FilterStats, GtFolderDataset, InfiniteBatchSampler,
+from dataset import (AlignCollate, LmdbWriter, BatchBalancedDataset, FilterStats, GtFolderDataset, InfiniteBatchSampler,
                      LmdbDataset, RawDataset, hierarchical_dataset)
 
 LOWER = string.digits + string.ascii_lowercase

@@ -12,7 +12,7 @@ from PIL import Image
 
 import create_synth_dataset
 import synth
-from create_lmdb_dataset import DatasetExistsError
+from dataset import DatasetExistsError
 
 DEFAULT = "0123456789abcdefghijklmnopqrstuvwxyz"
 BENCHMARK_NAMES = ("iiit", "svt", "ic03", "ic13", "ic15", "cute", "coco", "totaltext")
