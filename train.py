@@ -22,18 +22,21 @@ import signal
 import sys
 import time
 import types
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from checkpoint import (CheckpointError, atomic_save, load_state, read_checkpoint, remap_characters,
-                        save_checkpoint, unwrap)
-from model import STAGES, ModelConfig, add_model_arguments, build_model, config_from_args, count_parameters
-from pretrained import resolve_saved_model
-from test import amp_dtype, data_options, make_criterion, make_loader, validation
-from utils import Averager, get_logger, make_converter, resolve_device
+from checkpoint import load_model, load_state, read_checkpoint, save_checkpoint, unwrap
+from dataset import BatchBalancedDataset, data_options, hierarchical_dataset
+from evaluation import make_eval_loader
+from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args
+from test import validation
+from utils import (Averager, UsageError, add_runtime_arguments, amp_dtype, get_logger, make_converter,
+                   resolve_device, run_cli)
 
 
 def parse_args(argv=None):
@@ -42,8 +45,6 @@ def parse_args(argv=None):
     p.add_argument("--train_data", required=True, help="root folder of the training LMDBs")
     p.add_argument("--valid_data", required=True, help="root folder of the validation LMDB(s)")
     p.add_argument("--manualSeed", type=int, default=1111, help="random seed")
-    p.add_argument("--workers", type=int, default=4, help="data loading workers per process")
-    p.add_argument("--batch_size", type=int, default=192, help="batch size per process")
     p.add_argument("--num_iter", type=int, default=300000, help="number of iterations to train for")
     p.add_argument("--valInterval", type=int, default=2000, help="validate (and write last.pth) every N iterations")
     p.add_argument("--saveInterval", type=int, default=100000, help="also keep iter_N.pth every N iterations")
@@ -69,14 +70,12 @@ def parse_args(argv=None):
     p.add_argument("--total_data_usage_ratio", default="1.0", help="fraction of each dataset to use")
     p.add_argument("--data_filtering_off", action="store_true", help="keep samples with out-of-set characters")
     p.add_argument("--case_insensitive", action="store_true", help="validate with case-insensitive alphanumeric scoring")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
-                   help="mixed precision (fp16 needs CUDA; bf16 works on CPU and recent GPUs)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exactly repeatable on CPU)")
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar (auto: only when the output is a terminal)")
     p.add_argument("--log_interval", type=int, default=0, help="also print a loss line every N iterations")
     p.add_argument("--tensorboard", action="store_true", help="log to saved_models/<exp>/tensorboard")
+    add_runtime_arguments(p, batch_help="batch size per process")
     add_model_arguments(p)
     opt = p.parse_args(argv)
     if opt.baiduCTC:
@@ -129,31 +128,10 @@ def build_config_and_model(opt, log):
     if not opt.saved_model:
         config = config_from_args(opt)
         return config, build_model(config), None
-    path, registered = resolve_saved_model(opt.saved_model)
-    log(f"loading pretrained model from {path}")
-    ckpt = read_checkpoint(path)
-    old = ModelConfig.from_dict(ckpt["config"] or registered) if (ckpt["config"] or registered) else None
-    config = config_from_args(opt, old, allow_character_change=opt.FT)
-    model = build_model(config)  # initialised: new characters get fresh weights
-    state = ckpt["model"]
-    if old is not None and old.character != config.character:
-        state, report = remap_characters(state, old, config, model)
-        log(f"character set remapped by character: kept {len(report['kept'])}, added {len(report['added'])} "
-            f"{report['added']!r}, dropped {len(report['dropped'])} {report['dropped']!r}")
-    if opt.FT and old is None:
-        load_matching(model, state, log)  # reference --FT: strict=False, but tolerant of shape changes
-    else:
-        load_state(model, state)
-    freeze_stages(model, getattr(opt, "freeze", ""), log)
-    return config, model, path
-
-
-def load_matching(model, state: dict, log) -> None:
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(state) - set(usable))
-    model.load_state_dict(usable, strict=False)
-    log(f"fine-tuning: loaded {len(usable)} of {len(own)} tensors" + (f"; skipped {skipped}" if skipped else ""))
+    log(f"loading pretrained model from {opt.saved_model}")
+    loaded = load_model(opt.saved_model, opt, "cpu", fine_tune=opt.FT, log=log)
+    freeze_stages(loaded.model, getattr(opt, "freeze", ""), log)
+    return loaded.config, loaded.model, loaded.source
 
 
 def freeze_stages(model, stages: str, log) -> None:
@@ -234,83 +212,102 @@ def write_options(opt, config: ModelConfig, exp_dir: Path, extra: dict) -> str:
     return text
 
 
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- the run
 
-def compute_loss(model, image, labels, converter, criterion, config: ModelConfig, device, dtype):
-    text, length = converter.encode(labels, config.batch_max_length, device=device)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        if config.Prediction == "CTC":
-            preds = model(image, text)
-        else:
-            preds = model(image, text[:, :-1])  # teacher forcing: [GO] + label, without the last column
-    preds = preds.float()  # losses in fp32 (CTC in particular)
-    if config.Prediction == "CTC":
-        preds_size = torch.full((preds.size(0),), preds.size(1), dtype=torch.int32)
-        return criterion(preds.log_softmax(2).permute(1, 0, 2), text, preds_size, length)
-    target = text[:, 1:]  # without [GO]
-    return criterion(preds.view(-1, preds.shape[-1]), target.reshape(-1))
+@dataclass
+class TrainRun:
+    """Everything a training run holds, passed to the named steps below (rank 0 logs and saves)."""
+
+    opt: argparse.Namespace
+    rank: int
+    world_size: int
+    device: torch.device
+    config: ModelConfig
+    exp_dir: Path
+    model: torch.nn.Module  # DistributedDataParallel-wrapped when world_size > 1
+    train_data: BatchBalancedDataset
+    valid_loader: Any  # DataLoader on rank 0, None elsewhere
+    converter: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    console: Callable[[str], None]
+    train_log: Callable[[str], None]
+    tb: Any = None  # SummaryWriter on rank 0 with --tensorboard
+    best_accuracy: float = -1.0
+    best_norm_ED: float = -1.0
+    loss_avg: Averager = field(default_factory=Averager)
+    elapsed: float = 0.0  # seconds trained before this process (restored on resume)
+    start_time: float = field(default_factory=time.time)
 
 
-def train_iteration(ctx) -> float:
+def train_iteration(run) -> float:
     """One optimizer step over --accum_steps batches; → the mean loss."""
-    model, opt = ctx["model"], ctx["opt"]
+    model, opt = run.model, run.opt
     total = 0.0
     for micro in range(opt.accum_steps):
-        image, labels = ctx["train_dataset"].get_batch()
-        image = image.to(ctx["device"], non_blocking=True)
+        image, labels = run.train_data.get_batch()
+        image = image.to(run.device, non_blocking=True)
         last = micro == opt.accum_steps - 1
-        sync = model.no_sync() if (ctx["world_size"] > 1 and not last) else contextlib.nullcontext()
+        sync = model.no_sync() if (run.world_size > 1 and not last) else contextlib.nullcontext()
         with sync:
-            loss = compute_loss(model, image, list(labels), ctx["converter"], ctx["criterion"], ctx["config"],
-                                ctx["device"], ctx["amp_dtype"])
-            ctx["scaler"].scale(loss / opt.accum_steps).backward()
+            loss = compute_loss(model, image, list(labels), run.converter, run.config, run.amp_dtype)
+            run.scaler.scale(loss / opt.accum_steps).backward()
         total += float(loss.detach())
-    ctx["scaler"].unscale_(ctx["optimizer"])  # clip the real gradients, not the scaled ones
+    run.scaler.unscale_(run.optimizer)  # clip the real gradients, not the scaled ones
     torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
-    ctx["scaler"].step(ctx["optimizer"])
-    ctx["scaler"].update()
-    ctx["optimizer"].zero_grad(set_to_none=True)
-    ctx["scheduler"].step()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
     return total / opt.accum_steps
 
 
-def validate_and_log(ctx, iteration: int) -> None:
+def validate_and_log(run: TrainRun, iteration: int) -> None:
     """The reference's validation block, plus last.pth, the CSV history and the plot."""
-    opt, model, state = ctx["opt"], ctx["model"], ctx["state"]
-    elapsed = state["elapsed"] + time.time() - ctx["start_time"]
+    opt, model = run.opt, run.model
+    elapsed = run.elapsed + time.time() - run.start_time
     model.eval()
     with torch.inference_mode():
-        r = validation(unwrap(model), ctx["criterion"], ctx["valid_loader"], ctx["converter"], ctx["config"],
-                       ctx["device"], case_insensitive=opt.case_insensitive, amp_dtype=ctx["amp_dtype"])
+        r = validation(unwrap(model), run.valid_loader, run.converter, run.config, run.device,
+                       case_insensitive=opt.case_insensitive, amp_dtype=run.amp_dtype)
     model.train()
-    train_loss = state["loss_avg"].val()
-    log = ctx["train_log"]
-    log(f"[{iteration + 1}/{opt.num_iter}] Train loss: {train_loss:0.5f}, Valid loss: {r.loss:0.5f}, "
-        f"Elapsed_time: {elapsed:0.5f}")
-    state["loss_avg"].reset()
-    exp_dir = ctx["exp_dir"]
-    if r.accuracy > state["best_accuracy"]:
-        state["best_accuracy"] = r.accuracy
-        save_checkpoint(exp_dir / "best_accuracy.pth", model, iteration=iteration + 1, accuracy=r.accuracy)
-    if r.norm_ED > state["best_norm_ED"]:
-        state["best_norm_ED"] = r.norm_ED
-        save_checkpoint(exp_dir / "best_norm_ED.pth", model, iteration=iteration + 1, norm_ED=r.norm_ED)
-    log(f"{'Current_accuracy':17s}: {r.accuracy:0.3f}, {'Current_norm_ED':17s}: {r.norm_ED:0.2f}")
-    log(f"{'Best_accuracy':17s}: {state['best_accuracy']:0.3f}, {'Best_norm_ED':17s}: {state['best_norm_ED']:0.2f}")
+    train_loss = run.loss_avg.val()
+    run.train_log(f"[{iteration + 1}/{opt.num_iter}] Train loss: {train_loss:0.5f}, Valid loss: {r.loss:0.5f}, "
+                  f"Elapsed_time: {elapsed:0.5f}")
+    run.loss_avg.reset()
+    save_best(run, r, iteration + 1)
+    run.train_log(prediction_examples(r))
+    row = {"iteration": iteration + 1, "train_loss": train_loss, "valid_loss": r.loss, "accuracy": r.accuracy,
+           "norm_ED": r.norm_ED, "lr": run.optimizer.param_groups[0]["lr"], "elapsed": elapsed}
+    append_history(run.exp_dir / "log_valid.csv", row)
+    plot_history(run.exp_dir / "log_valid.csv", run.exp_dir / "curves.png")
+    if run.tb is not None:
+        for k in ("train_loss", "valid_loss", "accuracy", "norm_ED", "lr"):
+            run.tb.add_scalar(k, row[k], iteration + 1)
+    save_last(run, iteration + 1)
+
+
+def save_best(run: TrainRun, r, iteration: int) -> None:
+    if r.accuracy > run.best_accuracy:
+        run.best_accuracy = r.accuracy
+        save_checkpoint(run.exp_dir / "best_accuracy.pth", run.model, iteration=iteration, accuracy=r.accuracy)
+    if r.norm_ED > run.best_norm_ED:
+        run.best_norm_ED = r.norm_ED
+        save_checkpoint(run.exp_dir / "best_norm_ED.pth", run.model, iteration=iteration, norm_ED=r.norm_ED)
+    run.train_log(f"{'Current_accuracy':17s}: {r.accuracy:0.3f}, {'Current_norm_ED':17s}: {r.norm_ED:0.2f}")
+    run.train_log(f"{'Best_accuracy':17s}: {run.best_accuracy:0.3f}, {'Best_norm_ED':17s}: {run.best_norm_ED:0.2f}")
+
+
+def prediction_examples(r) -> str:
+    """The reference's table of five validation predictions."""
     dashed = "-" * 80
     lines = [dashed, f"{'Ground Truth':25s} | {'Prediction':25s} | Confidence Score & T/F", dashed]
     for gt, pred, conf in list(zip(r.labels, r.preds, r.confidences))[:5]:
         lines.append(f"{gt:25s} | {pred:25s} | {conf:0.4f}\t{pred == gt}")
     lines.append(dashed)
-    log("\n".join(lines))
-    row = {"iteration": iteration + 1, "train_loss": train_loss, "valid_loss": r.loss, "accuracy": r.accuracy,
-           "norm_ED": r.norm_ED, "lr": ctx["optimizer"].param_groups[0]["lr"], "elapsed": elapsed}
-    append_history(exp_dir / "log_valid.csv", row)
-    plot_history(exp_dir / "log_valid.csv", exp_dir / "curves.png")
-    if ctx["tb"] is not None:
-        for k in ("train_loss", "valid_loss", "accuracy", "norm_ED", "lr"):
-            ctx["tb"].add_scalar(k, row[k], iteration + 1)
-    save_last(ctx, iteration + 1)
+    return "\n".join(lines)
 
 
 def append_history(path: Path, row: dict) -> None:
@@ -344,35 +341,31 @@ def plot_history(csv_path: Path, png_path: Path) -> None:
     os.replace(tmp, png_path)
 
 
-def save_last(ctx, next_iteration: int) -> None:
+def save_last(run: TrainRun, next_iteration: int) -> None:
     """Everything needed to continue exactly where this run is (rank 0 only, atomic)."""
-    if ctx["rank"] != 0:
+    if run.rank != 0:
         return
-    state = ctx["state"]
     save_checkpoint(
-        ctx["exp_dir"] / "last.pth", ctx["model"], iteration=next_iteration,
-        optimizer=ctx["optimizer"].state_dict(), scheduler=ctx["scheduler"].state_dict(),
-        scaler=ctx["scaler"].state_dict(), data=ctx["train_dataset"].state_dict(), rng=rng_state(),
-        schedule=schedule_spec(ctx["opt"]),
-        best_accuracy=state["best_accuracy"], best_norm_ED=state["best_norm_ED"],
-        loss_avg=[state["loss_avg"].sum, state["loss_avg"].n_count],
-        elapsed=state["elapsed"] + time.time() - ctx["start_time"])
+        run.exp_dir / "last.pth", run.model, iteration=next_iteration,
+        optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+        scaler=run.scaler.state_dict(), data=run.train_data.state_dict(), rng=rng_state(),
+        schedule=schedule_spec(run.opt), best_accuracy=run.best_accuracy, best_norm_ED=run.best_norm_ED,
+        loss_avg=[run.loss_avg.sum, run.loss_avg.n_count], elapsed=run.elapsed + time.time() - run.start_time)
 
 
-def restore(ctx, ckpt: dict, path: Path) -> int:
-    check_schedule(ctx["opt"], ckpt.get("schedule"), path)
-    load_state(unwrap(ctx["model"]), ckpt["model"])
-    ctx["optimizer"].load_state_dict(ckpt["optimizer"])
-    ctx["scheduler"].load_state_dict(ckpt["scheduler"])
-    ctx["scaler"].load_state_dict(ckpt["scaler"])
-    ctx["train_dataset"].load_state_dict(ckpt["data"])
+def restore(run: TrainRun, ckpt: dict, path: Path) -> int:
+    check_schedule(run.opt, ckpt.get("schedule"), path)
+    load_state(unwrap(run.model), ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    run.train_data.load_state_dict(ckpt["data"])
     set_rng_state(ckpt["rng"])
-    state = ctx["state"]
-    state["best_accuracy"], state["best_norm_ED"] = ckpt["best_accuracy"], ckpt["best_norm_ED"]
-    state["loss_avg"].sum, state["loss_avg"].n_count = ckpt["loss_avg"]
-    state["elapsed"] = ckpt["elapsed"]
-    if ctx["rank"] == 0:
-        trim_history(ctx["exp_dir"] / "log_valid.csv", ckpt["iteration"])
+    run.best_accuracy, run.best_norm_ED = ckpt["best_accuracy"], ckpt["best_norm_ED"]
+    run.loss_avg.sum, run.loss_avg.n_count = ckpt["loss_avg"]
+    run.elapsed = ckpt["elapsed"]
+    if run.rank == 0:
+        trim_history(run.exp_dir / "log_valid.csv", ckpt["iteration"])
     return ckpt["iteration"]
 
 
@@ -443,29 +436,64 @@ def progress_bar(opt, start: int, rank: int):
 
 
 def train(opt) -> dict:
+    """A training run, top to bottom: set-up, model, data, optimizer, resume, the loop."""
     rank, world_size, device = setup_distributed(opt)
-    ctx = {"opt": opt, "rank": rank, "world_size": world_size, "device": device}
+    check_device_options(opt, device)
     seed_everything(opt.manualSeed)
+    summary_writer = tensorboard_class() if opt.tensorboard else None  # every rank: fail before any collective
+    console = get_logger("train.console").info if rank == 0 else quiet
+    config, model, _ = build_config_and_model(opt, console)
+    exp_dir = experiment_dir(opt, config)
+    train_log = get_logger("train.log", exp_dir / "log_train.txt").info if rank == 0 else quiet
+    dataset_log = get_logger("train.dataset", exp_dir / "log_dataset.txt").info if rank == 0 else quiet
+    train_data = make_train_data(opt, config, rank, world_size, console, dataset_log)
+    valid_loader = make_valid_loader(opt, config, train_data.batch_size, dataset_log) if rank == 0 else None
+    model = prepare_model(model, config, device, world_size, console)
+    params = [p for p in model.parameters() if p.requires_grad]
+    console(f"Trainable params num :  {sum(p.numel() for p in params)}")
+    optimizer = make_optimizer(opt, params)
+    console(f"Optimizer:\n{optimizer}")
+    run = TrainRun(opt, rank, world_size, device, config, exp_dir, model, train_data, valid_loader,
+                   make_converter(config.Prediction, config.character), optimizer, make_scheduler(opt, optimizer),
+                   torch.amp.GradScaler(device.type, enabled=opt.amp == "fp16"), amp_dtype(opt.amp),
+                   console, train_log)
+    start = resume_or_start(run)
+    if rank == 0:
+        effective = train_data.batch_size * world_size * opt.accum_steps
+        console(write_options(opt, config, exp_dir, {"num_class": config.num_class, "world_size": world_size,
+                                                    "effective_batch_size": effective}).rstrip())
+        if summary_writer is not None:  # purge_step: a resumed run replaces what a killed run logged later
+            run.tb = summary_writer(str(exp_dir / "tensorboard"), purge_step=start + 1)
+    try:
+        return run_loop(run, start)
+    finally:
+        if run.tb is not None:
+            run.tb.close()
+
+
+def quiet(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def check_device_options(opt, device: torch.device) -> None:
     if opt.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not opt.deterministic
     if opt.amp == "fp16" and device.type != "cuda":
-        raise ValueError("--amp fp16 needs a CUDA GPU; on CPU use --amp bf16")
-    summary_writer = tensorboard_class() if opt.tensorboard else None  # every rank: fail before any collective
+        raise UsageError("--amp fp16 needs a CUDA GPU; on CPU use --amp bf16")
 
-    quiet = (lambda *a: None)
-    console = get_logger("train.console").info if rank == 0 else quiet
-    config, model, _ = build_config_and_model(opt, console)
+
+def experiment_dir(opt, config: ModelConfig) -> Path:
     if not opt.exp_name:
         opt.exp_name = f"{config.name}-Seed{opt.manualSeed}"
     exp_dir = Path("saved_models") / opt.exp_name
     exp_dir.mkdir(parents=True, exist_ok=True)
-    ctx.update(config=config, exp_dir=exp_dir)
-    ctx["train_log"] = get_logger("train.log", exp_dir / "log_train.txt").info if rank == 0 else quiet
-    dataset_log = get_logger("train.dataset", exp_dir / "log_dataset.txt").info if rank == 0 else quiet
+    return exp_dir
 
-    from dataset import BatchBalancedDataset, hierarchical_dataset
+
+def make_train_data(opt, config: ModelConfig, rank: int, world_size: int, console, dataset_log
+                    ) -> BatchBalancedDataset:
     if not opt.data_filtering_off:
         console("Filtering the images containing characters which are not in opt.character")
         console("Filtering the images whose label is longer than opt.batch_max_length")
@@ -474,118 +502,104 @@ def train(opt) -> dict:
     data_opt.select_data = opt.select_data.split("-")
     data_opt.batch_ratio = opt.batch_ratio.split("-")
     data_opt.total_data_usage_ratio = opt.total_data_usage_ratio
-    ctx["train_dataset"] = BatchBalancedDataset(data_opt, log=dataset_log, rank=rank, world_size=world_size)
-    effective = ctx["train_dataset"].batch_size * world_size * opt.accum_steps
-    dataset_log(f"effective batch size: {ctx['train_dataset'].batch_size} per process x {world_size} "
+    data = BatchBalancedDataset(data_opt, log=dataset_log, rank=rank, world_size=world_size)
+    effective = data.batch_size * world_size * opt.accum_steps
+    dataset_log(f"effective batch size: {data.batch_size} per process x {world_size} "
                 f"process(es) x {opt.accum_steps} accumulation step(s) = {effective}")
-    if rank == 0:
-        valid_opt = data_options(config, opt)
-        valid_opt.batch_size = ctx["train_dataset"].batch_size
-        valid_dataset, valid_log = hierarchical_dataset(opt.valid_data, valid_opt)
-        dataset_log(valid_log.rstrip("\n"))
-        dataset_log("-" * 80)
-        ctx["valid_loader"] = make_loader(valid_dataset, valid_opt)
+    return data
 
+
+def make_valid_loader(opt, config: ModelConfig, batch_size: int, dataset_log):
+    valid_opt = data_options(config, opt)
+    valid_opt.batch_size = batch_size
+    valid_dataset, valid_log = hierarchical_dataset(opt.valid_data, valid_opt)
+    dataset_log(valid_log.rstrip("\n"))
+    dataset_log("-" * 80)
+    return make_eval_loader(valid_dataset, valid_opt)
+
+
+def prepare_model(model, config: ModelConfig, device: torch.device, world_size: int, console):
     console(f"model input parameters {config.imgH} {config.imgW} {config.num_fiducial} {config.input_channel} "
             f"{config.output_channel} {config.hidden_size} {config.num_class} {config.batch_max_length} "
             f"{config.Transformation} {config.FeatureExtraction} {config.SequenceModeling} {config.Prediction}")
     model = model.to(device).train()
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    ctx["model"] = model
-    ctx["converter"] = make_converter(config.Prediction, config.character)
-    ctx["criterion"] = make_criterion(config, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    console(f"Trainable params num :  {sum(p.numel() for p in params)}")
-    ctx["optimizer"] = make_optimizer(opt, params)
-    ctx["scheduler"] = make_scheduler(opt, ctx["optimizer"])
-    ctx["scaler"] = torch.amp.GradScaler(device.type, enabled=opt.amp == "fp16")
-    ctx["amp_dtype"] = amp_dtype(opt, device)
-    console(f"Optimizer:\n{ctx['optimizer']}")
-    ctx["state"] = {"best_accuracy": -1.0, "best_norm_ED": -1.0, "loss_avg": Averager(), "elapsed": 0.0}
+    return model
 
+
+def resume_or_start(run: TrainRun) -> int:
+    """The iteration to start at: from last.pth with --resume, else the reference's file-name rule."""
+    opt = run.opt
     start = start_iteration(opt)
-    resume_path = exp_dir / "last.pth" if opt.resume == "auto" else Path(opt.resume) if opt.resume else None
+    resume_path = run.exp_dir / "last.pth" if opt.resume == "auto" else Path(opt.resume) if opt.resume else None
     if resume_path is not None:
         if resume_path.is_file():
-            start = restore(ctx, read_checkpoint(resume_path), resume_path)
-            console(f"resumed from {resume_path} at iteration {start}")
+            start = restore(run, read_checkpoint(resume_path), resume_path)
+            run.console(f"resumed from {resume_path} at iteration {start}")
         elif opt.resume != "auto":
             raise FileNotFoundError(f"--resume {resume_path} does not exist (use --resume auto to continue the "
-                                    f"experiment in {exp_dir} if there is one)")
+                                    f"experiment in {run.exp_dir} if there is one)")
     elif start:
-        console(f"continue to train, start_iter: {start}")
-    if rank == 0:
-        console(write_options(opt, config, exp_dir, {"num_class": config.num_class, "world_size": world_size,
-                                                    "effective_batch_size": effective}).rstrip())
-    # purge_step: a resumed run replaces what a killed run logged after its last.pth
-    ctx["tb"] = None
-    if summary_writer is not None and rank == 0:
-        ctx["tb"] = summary_writer(str(exp_dir / "tensorboard"), purge_step=start + 1)
-    try:
-        return run_loop(ctx, start)
-    finally:
-        if ctx["tb"] is not None:
-            ctx["tb"].close()
+        run.console(f"continue to train, start_iter: {start}")
+    return start
 
 
 def tensorboard_class():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard "
+        raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard "
                          "(or leave --tensorboard off: log_valid.csv and curves.png are always written)") from e
     return SummaryWriter
 
 
-def run_loop(ctx, start: int) -> dict:
-    opt, state = ctx["opt"], ctx["state"]
-    console = get_logger("train.console").info if ctx["rank"] == 0 else (lambda *a: None)
+def run_loop(run: TrainRun, start: int) -> dict:
+    opt = run.opt
     if start >= opt.num_iter:
-        console(f"nothing to do: the run is already at iteration {start} of --num_iter {opt.num_iter} "
-                "(raise --num_iter to train further)")
-        return {"iteration": start, **{k: state[k] for k in ("best_accuracy", "best_norm_ED")}}
-    with StopRequest(ctx["world_size"]) as stop:
-        iteration = train_until(ctx, start, stop)
-    save_last(ctx, iteration)
-    wait_for_all_ranks(ctx)
-    console("end the training")
-    return {"iteration": iteration, "best_accuracy": state["best_accuracy"], "best_norm_ED": state["best_norm_ED"]}
+        run.console(f"nothing to do: the run is already at iteration {start} of --num_iter {opt.num_iter} "
+                    "(raise --num_iter to train further)")
+        return {"iteration": start, "best_accuracy": run.best_accuracy, "best_norm_ED": run.best_norm_ED}
+    with StopRequest(run.world_size) as stop:
+        iteration = train_until(run, start, stop)
+    save_last(run, iteration)
+    wait_for_all_ranks(run)
+    run.console("end the training")
+    return {"iteration": iteration, "best_accuracy": run.best_accuracy, "best_norm_ED": run.best_norm_ED}
 
 
-def wait_for_all_ranks(ctx) -> None:
+def wait_for_all_ranks(run: TrainRun) -> None:
     """Ranks leave together: one tearing Gloo down while rank 0 still saves can abort the other."""
-    if ctx["world_size"] > 1:
+    if run.world_size > 1:
         dist.barrier()
 
 
-def train_until(ctx, start: int, stop: StopRequest) -> int:
+def train_until(run: TrainRun, start: int, stop: StopRequest) -> int:
     """Iterations ``start`` .. ``--num_iter``; on a signal, saves last.pth and exits with 128 + signum."""
-    opt, state = ctx["opt"], ctx["state"]
-    console = get_logger("train.console").info if ctx["rank"] == 0 else (lambda *a: None)
-    bar = progress_bar(opt, start, ctx["rank"])
-    ctx["start_time"] = time.time()
+    opt = run.opt
+    bar = progress_bar(opt, start, run.rank)
+    run.start_time = time.time()
     iteration = start
     while iteration < opt.num_iter:
-        loss = train_iteration(ctx)
-        state["loss_avg"].add(torch.tensor(loss))
+        loss = train_iteration(run)
+        run.loss_avg.add(torch.tensor(loss))
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", best_acc=f"{max(state['best_accuracy'], 0):.2f}")
+            bar.set_postfix(loss=f"{loss:.4f}", best_acc=f"{max(run.best_accuracy, 0):.2f}")
         elif opt.log_interval and (iteration + 1) % opt.log_interval == 0:
-            console(f"[{iteration + 1}/{opt.num_iter}] loss {loss:.5f}, {time.time() - ctx['start_time']:.0f}s")
-        if ctx["rank"] == 0 and ((iteration + 1) % opt.valInterval == 0 or iteration == 0):
-            validate_and_log(ctx, iteration)
-        if ctx["rank"] == 0 and (iteration + 1) % opt.saveInterval == 0:
-            save_checkpoint(ctx["exp_dir"] / f"iter_{iteration + 1}.pth", ctx["model"], iteration=iteration + 1)
+            run.console(f"[{iteration + 1}/{opt.num_iter}] loss {loss:.5f}, {time.time() - run.start_time:.0f}s")
+        if run.rank == 0 and ((iteration + 1) % opt.valInterval == 0 or iteration == 0):
+            validate_and_log(run, iteration)
+        if run.rank == 0 and (iteration + 1) % opt.saveInterval == 0:
+            save_checkpoint(run.exp_dir / f"iter_{iteration + 1}.pth", run.model, iteration=iteration + 1)
         iteration += 1
         if stop.requested(iteration):
             if bar is not None:
                 bar.close()
-            save_last(ctx, iteration)
-            wait_for_all_ranks(ctx)
-            console(f"stopped by signal {stop.signum} after iteration {iteration}; {ctx['exp_dir'] / 'last.pth'} "
-                    "holds the full state: continue with --resume auto")
+            save_last(run, iteration)
+            wait_for_all_ranks(run)
+            run.console(f"stopped by signal {stop.signum} after iteration {iteration}; "
+                        f"{run.exp_dir / 'last.pth'} holds the full state: continue with --resume auto")
             raise SystemExit(128 + stop.signum)
     if bar is not None:
         bar.close()
@@ -593,11 +607,8 @@ def train_until(ctx, start: int, stop: StopRequest) -> int:
 
 
 def main(argv=None):
-    opt = parse_args(argv)
     try:
-        return train(opt)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+        return run_cli(lambda args: train(parse_args(args)), argv)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

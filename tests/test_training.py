@@ -1,7 +1,7 @@
 """train.py at scale: DDP, mixed precision, exact resume, crash safety, schedules, logs.
 
 Every run uses a tiny CRNN (--output_channel 32 --hidden_size 32) on LMDBs of PIL-rendered words
-built here (bench.make_word_lmdb), so the whole file runs on two CPU cores in about two minutes.
+built here (helpers.make_word_lmdb), so the whole file runs on two CPU cores in about two minutes.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 
 import checkpoint
 import train
-from bench import make_word_lmdb
+from helpers import make_word_lmdb
 from checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,20 +244,19 @@ class FixedBatches:
 
 def _one_step(batches, accum_steps: int) -> torch.Tensor:
     from model import ModelConfig, build_model
-    from test import make_criterion
     from utils import make_converter
 
     torch.manual_seed(0)
     config = ModelConfig("None", "VGG", "None", "CTC", output_channel=32, hidden_size=32)
     model = build_model(config).eval()  # eval: BatchNorm uses its running statistics, so no batch coupling
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    ctx = {"model": model, "opt": types.SimpleNamespace(accum_steps=accum_steps, grad_clip=1e9),
-           "train_dataset": FixedBatches(batches), "device": torch.device("cpu"), "world_size": 1,
-           "converter": make_converter("CTC", config.character), "criterion": make_criterion(config, "cpu"),
-           "config": config, "amp_dtype": None, "optimizer": optimizer,
-           "scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
-           "scaler": torch.amp.GradScaler("cpu", enabled=False)}
-    train.train_iteration(ctx)
+    run = types.SimpleNamespace(
+        model=model, opt=types.SimpleNamespace(accum_steps=accum_steps, grad_clip=1e9),
+        train_data=FixedBatches(batches), device=torch.device("cpu"), world_size=1,
+        converter=make_converter("CTC", config.character), config=config, amp_dtype=None, optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+        scaler=torch.amp.GradScaler("cpu", enabled=False))
+    train.train_iteration(run)
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
