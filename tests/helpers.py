@@ -1,11 +1,16 @@
 """Small word-image datasets made on the fly (Pillow's built-in font: no system fonts needed)."""
 from __future__ import annotations
 
+import io
+import random
+import string
 import subprocess
 import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from dataset import LmdbWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["cat", "dog", "sun", "tree", "blue", "red", "home", "star", "fish", "bird", "moon", "road",
@@ -38,3 +43,26 @@ def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subpro
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def render_word_png(word: str, font: ImageFont.FreeTypeFont, rng: random.Random) -> bytes:
+    """A dark word on a light background, PNG-encoded; width follows the text."""
+    left, top, right, bottom = font.getbbox(word)
+    pad = rng.randint(2, 6)
+    img = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), rng.randint(200, 255))
+    ImageDraw.Draw(img).text((pad - left, pad - top), word, fill=rng.randint(0, 60), font=font)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_word_lmdb(path: str | Path, num_samples: int, seed: int = 0, min_len: int = 3, max_len: int = 10,
+                   font_size: int = 24) -> Path:
+    """An LMDB of ``num_samples`` random lower-case alphanumeric words rendered with PIL's built-in font."""
+    rng = random.Random(seed)
+    font = ImageFont.load_default(size=font_size)
+    with LmdbWriter(path) as writer:
+        for _ in range(num_samples):
+            word = "".join(rng.choices(string.digits + string.ascii_lowercase, k=rng.randint(min_len, max_len)))
+            writer.add(render_word_png(word, font, rng), word)
+    return Path(path)
