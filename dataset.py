@@ -25,6 +25,7 @@ from natsort import natsorted
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
+from augment import make_augment, sample_rng
 
 logger = logging.getLogger(__name__)
 
@@ -508,10 +509,11 @@ class InfiniteBatchSampler(Sampler[list[int]]):
     ``torch.Generator().manual_seed(seed * 1000003 + e)``. Global batch ``j`` is stream
     positions ``[(j * world_size + rank) * batch, ... + batch)``: every rank sees the same
     stream, ranks never overlap, and ``start=k`` resumes at global batch ``k``.
+    ``with_positions`` yields ``(index, position)`` pairs instead, for ``AugmentedDataset``.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start: int = 0):
+                 start: int = 0, with_positions: bool = False):
         if n <= 0:
             raise ValueError(f"cannot sample batches from an empty dataset (n={n}).")
         if batch_size <= 0 or not 0 <= rank < world_size or start < 0:
@@ -519,6 +521,7 @@ class InfiniteBatchSampler(Sampler[list[int]]):
                              f"world_size={world_size}, start={start}.")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size, self.start = rank, world_size, start
+        self.with_positions = with_positions  # yield (index, stream position) pairs (AugmentedDataset)
 
     def permutation(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
@@ -534,9 +537,32 @@ class InfiniteBatchSampler(Sampler[list[int]]):
                 e, offset = divmod(position, self.n)
                 if e != epoch:
                     epoch, perm = e, self.permutation(e)
-                batch.append(perm[offset])
+                batch.append((perm[offset], position) if self.with_positions else perm[offset])
             yield batch
             j += 1
+
+
+class AugmentedDataset(Dataset):
+    """Items of ``dataset`` with ``augment`` applied, keyed by ``(index, stream position)``.
+
+    Each sample's generator is ``augment.sample_rng(seed, stream, position)``: the same
+    augmentation for the same run position whichever worker loads it, a new one each time
+    the sample comes round again.
+    """
+
+    def __init__(self, dataset: Dataset, augment: Callable, seed: int, stream: int = 0):
+        self.dataset, self.augment, self.seed, self.stream = dataset, augment, seed, stream
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Image.Image, str] | None:
+        index, position = key
+        item = self.dataset[index]
+        if item is None:
+            return None
+        img, label = item
+        return self.augment(img, sample_rng(self.seed, self.stream, position)), label
 
 
 class BatchBalancedDataset:
@@ -545,7 +571,9 @@ class BatchBalancedDataset:
     Batch shares follow ``batch_ratio`` (reference section 3.6). The batch order is a
     function of (seed, batches consumed), so ``state_dict()``/``load_state_dict()`` resume
     exactly, and ``rank``/``world_size`` shard it for DDP. ``self.batch_size`` is the
-    summed batch size (the reference overwrote ``opt.batch_size`` instead).
+    summed batch size (the reference overwrote ``opt.batch_size`` instead). ``opt.augment``
+    (``'none'`` by default; ``augment_n``, ``augment_m``) augments every training image in
+    the loader workers (``AugmentedDataset``); validation loaders never see it.
     """
 
     def __init__(self, opt, log: Callable[[str], None] = print, rank: int = 0, world_size: int = 1):
@@ -581,6 +609,12 @@ class BatchBalancedDataset:
             self.datasets.append(Subset(dataset, range(used)))
             self.batch_sizes.append(batch)
         self.batch_size = sum(self.batch_sizes)
+        self.augment = make_augment(getattr(opt, "augment", "none"), getattr(opt, "augment_n", 3),
+                                    getattr(opt, "augment_m", 5))
+        if self.augment is not None:
+            log(f"augmentation: {self.augment}")
+            self.datasets = [AugmentedDataset(dataset, self.augment, self.seed, stream=i)
+                             for i, dataset in enumerate(self.datasets)]
         log(f"{dashed_line}\nTotal_batch_size: {'+'.join(map(str, self.batch_sizes))} = {self.batch_size}\n{dashed_line}")
         self._batches = 0
         self._make_loaders()
@@ -591,7 +625,8 @@ class BatchBalancedDataset:
             DataLoader(dataset, num_workers=workers, collate_fn=self.collate,
                        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
                        batch_sampler=InfiniteBatchSampler(len(dataset), batch, self.seed + i,
-                                                          self.rank, self.world_size, start=self._batches))
+                                                          self.rank, self.world_size, start=self._batches,
+                                                          with_positions=self.augment is not None))
             for i, (dataset, batch) in enumerate(zip(self.datasets, self.batch_sizes))]
         self.dataloader_iter_list = [iter(loader) for loader in self.data_loader_list]
 
@@ -615,7 +650,11 @@ class BatchBalancedDataset:
         return torch.cat(images), labels
 
     def state_dict(self) -> dict:
-        return {"batches": self._batches}
+        """Where the stream is, and the augmentation if any (a resume reads only ``batches``)."""
+        if self.augment is None:
+            return {"batches": self._batches}
+        return {"batches": self._batches, "augment": {"policy": type(self.augment).__name__,
+                                                      "n": self.augment.n, "m": self.augment.m}}
 
     def load_state_dict(self, state: dict) -> None:
         self._batches = int(state["batches"])

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from augment import AUGMENTATIONS
 from checkpoint import load_model, load_state, read_checkpoint, save_checkpoint, unwrap
 from dataset import BatchBalancedDataset, data_options, hierarchical_dataset
 from evaluation import make_eval_loader
@@ -68,6 +69,10 @@ def parse_args(argv=None):
     p.add_argument("--select_data", default="MJ-ST", help="'-'-separated dataset name fragments")
     p.add_argument("--batch_ratio", default="0.5-0.5", help="'-'-separated share of the batch for each dataset")
     p.add_argument("--total_data_usage_ratio", default="1.0", help="fraction of each dataset to use")
+    p.add_argument("--augment", choices=sorted(AUGMENTATIONS), default="none",
+                   help="training-image augmentation: 'rand' = RandAugment for word images (augment.py)")
+    p.add_argument("--augment_n", type=int, default=3, help="--augment rand: ops per image")
+    p.add_argument("--augment_m", type=float, default=5, help="--augment rand: magnitude, 0-10")
     p.add_argument("--data_filtering_off", action="store_true", help="keep samples with out-of-set characters")
     p.add_argument("--case_insensitive", action="store_true", help="validate with case-insensitive alphanumeric scoring")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exactly repeatable on CPU)")
@@ -502,6 +507,7 @@ def make_train_data(opt, config: ModelConfig, rank: int, world_size: int, consol
     data_opt.select_data = opt.select_data.split("-")
     data_opt.batch_ratio = opt.batch_ratio.split("-")
     data_opt.total_data_usage_ratio = opt.total_data_usage_ratio
+    data_opt.augment, data_opt.augment_n, data_opt.augment_m = opt.augment, opt.augment_n, opt.augment_m
     data = BatchBalancedDataset(data_opt, log=dataset_log, rank=rank, world_size=world_size)
     effective = data.batch_size * world_size * opt.accum_steps
     dataset_log(f"effective batch size: {data.batch_size} per process x {world_size} "

@@ -2,7 +2,11 @@
 
     python scripts/make_contact_sheet.py --lmdb data/synth_sheet --output docs/synth_samples.png
 
-Works on any dataset in the reference LMDB layout (synthetic or real).
+Works on any dataset in the reference LMDB layout (synthetic or real). ``--augment rand`` draws
+what training with ``train.py --augment rand`` feeds the model: each sample augmented with the
+generator of its position (``--augment_n``, ``--augment_m``, ``--seed`` as in train.py)::
+
+    python scripts/make_contact_sheet.py --lmdb data/real_lmdb --augment rand --output docs/augmented.png
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (run as scripts/...)
+from augment import AUGMENTATIONS, make_augment, sample_rng  # noqa: E402
 from dataset import read_lmdb_samples  # noqa: E402
 from utils import run_cli  # noqa: E402
 
@@ -53,6 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     """Write the contact sheet of ``--lmdb`` to ``--output``."""
     opt = get_parser().parse_args(argv)
     samples = read_samples(opt.lmdb, opt.columns * opt.rows)
+    policy = make_augment(opt.augment, opt.augment_n, opt.augment_m)
+    if policy is not None:
+        samples = [(policy(image, sample_rng(opt.seed, 0, i)), label) for i, (image, label) in enumerate(samples)]
     sheet = contact_sheet(samples, opt.columns, opt.cell_width, opt.cell_height)
     if opt.colors:  # a palette keeps the PNG small enough to commit
         sheet = sheet.quantize(opt.colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
@@ -70,6 +78,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cell_width", type=int, default=200, help="pixels; images are scaled to fit")
     parser.add_argument("--cell_height", type=int, default=64)
     parser.add_argument("--colors", type=int, default=256, help="palette size of the PNG; 0 keeps full RGB")
+    parser.add_argument("--augment", choices=sorted(AUGMENTATIONS), default="none",
+                        help="draw the samples as train.py --augment NAME feeds them")
+    parser.add_argument("--augment_n", type=int, default=3, help="--augment rand: ops per image")
+    parser.add_argument("--augment_m", type=float, default=5, help="--augment rand: magnitude, 0-10")
+    parser.add_argument("--seed", type=int, default=1111, help="augmentation seed (train.py's --manualSeed)")
     return parser
 
 
