@@ -4,6 +4,7 @@
 #
 #   bash scripts/finetune_english_g2.sh              # WORK=<temp dir>, NUM_ITER=400, LR=5e-5
 #   WORK=/tmp/ft NUM_ITER=200 bash scripts/finetune_english_g2.sh
+#   AUGMENT=rand bash scripts/finetune_english_g2.sh # the same with train.py --augment rand (augment.py)
 #
 # Data: iiit5k_train_2000's first 1,800 crops train, the last 200 validate (case-sensitive; accuracy
 # plateaus at 83% from iteration 200, so the final weights, last.pth, are evaluated). A quarter of every batch is synthetic words (create_synth_dataset.py)
@@ -20,6 +21,7 @@ LR=${LR:-5e-5}
 VAL_INTERVAL=${VAL_INTERVAL:-100}
 SYNTH=${SYNTH:-4000}
 WORKERS=${WORKERS:-1}
+AUGMENT=${AUGMENT:-none}
 REAL=$(cd "$REAL" && pwd)
 echo "work folder: $WORK"
 
@@ -51,7 +53,7 @@ start=$(date +%s)
 "$PY" train.py --saved_model english_g2 --FT --exp_name "$WORK/exp" \
   --train_data "$WORK/train" --valid_data "$WORK/valid" --select_data iiit5k-synth --batch_ratio 0.75-0.25 \
   --freeze FeatureExtraction --batch_size 32 --num_iter "$NUM_ITER" --valInterval "$VAL_INTERVAL" --adam --lr "$LR" \
-  --workers "$WORKERS" --device cpu --log_interval 50 --manualSeed 1111
+  --workers "$WORKERS" --device cpu --log_interval 50 --manualSeed 1111 --augment "$AUGMENT"
 minutes=$(( ($(date +%s) - start + 30) / 60 ))
 
 # 4. after
@@ -60,5 +62,5 @@ after_ic03=$(evaluate "$WORK/exp/last.pth" ic03_860)
 
 printf '\n| english_g2 | SVT 647 | IC03 860 |\n|---|---|---|\n'
 printf '| before | %s | %s |\n' "$before_svt" "$before_ic03"
-printf '| after %s iterations (%s min fine-tuning, last.pth) | %s | %s |\n' \
-  "$NUM_ITER" "$minutes" "$after_svt" "$after_ic03"
+printf '| after %s iterations, --augment %s (%s min fine-tuning, last.pth) | %s | %s |\n' \
+  "$NUM_ITER" "$AUGMENT" "$minutes" "$after_svt" "$after_ic03"
