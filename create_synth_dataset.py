@@ -14,6 +14,10 @@ another stream of the seed, evaluation on held-out font families)::
     data/synth_tree/validation/synth_val/
     data/synth_tree/evaluation/synth_heldout_fonts/
 
+Long labels on request (e.g. for a model with --batch_max_length 40)::
+
+    python create_synth_dataset.py --output_dir data/synth_long --num_samples 2000 --min_len 26 --max_len 40
+
 The same ``--seed`` gives byte-identical datasets, whatever ``--workers`` is.
 """
 from __future__ import annotations
@@ -56,7 +60,7 @@ def make_generator(opt: argparse.Namespace, character: str, font_split: str) -> 
     if not chosen:
         raise ValueError(f"no {font_split!r} fonts can render {character!r}: run scripts/install_fonts.sh as root, "
                          "or pass --font_dir with fonts that cover the character set")
-    texts = synth.TextSource(character, opt.batch_max_length)
+    texts = synth.TextSource(character, opt.batch_max_length, min_len=opt.min_len, max_len=opt.max_len)
     return synth.SynthGenerator(chosen, texts, opt.imgH, opt.image_format)
 
 
@@ -119,7 +123,13 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--character", default=DEFAULT_CHARACTER,
                         help="label characters, or a file of them; a lower-case-only set still renders "
                              "upper and title case and stores lower-case labels")
-    parser.add_argument("--batch_max_length", type=int, default=25, help="longest label")
+    parser.add_argument("--batch_max_length", type=int, default=None,
+                        help="longest label (default 25, or --max_len when that is longer)")
+    parser.add_argument("--min_len", type=int, default=1, help="shortest label in characters")
+    parser.add_argument("--max_len", type=int, default=None,
+                        help="longest label in characters (default --batch_max_length); with --min_len, "
+                             "lengths are drawn uniformly from the range and long labels join words, "
+                             "numbers and random strings, e.g. --min_len 26 --max_len 40")
     parser.add_argument("--imgH", type=int, default=32, help="image height; the width follows the text")
     parser.add_argument("--image_format", choices=tuple(synth.IMAGE_FORMATS), default="jpeg")
     parser.add_argument("--overwrite", action="store_true", help="replace existing LMDB datasets")
@@ -132,9 +142,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("num_samples", "num_train", "num_valid", "num_eval"):
         if getattr(opt, name) < 0:
             parser.error(f"--{name} must be >= 0, got {getattr(opt, name)}")
-    for name in ("batch_max_length", "imgH", "workers"):
+    if opt.batch_max_length is None:  # resolved once, here: --max_len 40 alone means labels up to 40
+        opt.batch_max_length = max(25, opt.max_len or 0)
+    for name in ("batch_max_length", "imgH", "workers", "min_len"):
         if getattr(opt, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(opt, name)}")
+    if opt.max_len is not None and not opt.min_len <= opt.max_len <= opt.batch_max_length:
+        parser.error(f"--max_len {opt.max_len} must lie between --min_len {opt.min_len} and "
+                     f"--batch_max_length {opt.batch_max_length}")
+    if opt.max_len is None and opt.min_len > opt.batch_max_length:
+        parser.error(f"--min_len {opt.min_len} exceeds --batch_max_length {opt.batch_max_length}; "
+                     "pass --max_len too")
     return opt
 
 

@@ -227,8 +227,15 @@ class TextSource:
     character: str
     batch_max_length: int = 25
     word_lists: tuple[str, ...] = ("web2", "gcide")
+    min_len: int = 1
+    max_len: int | None = None  # None: batch_max_length
 
     def __post_init__(self):
+        if self.max_len is None:
+            self.max_len = self.batch_max_length
+        if not 1 <= self.min_len <= self.max_len <= self.batch_max_length:
+            raise ValueError(f"label lengths must satisfy 1 <= min_len ({self.min_len}) <= max_len ({self.max_len}) "
+                             f"<= batch_max_length ({self.batch_max_length})")
         self.sensitive = case_sensitive(self.character)
         self.render_chars = frozenset(render_characters(self.character))
         self.base_chars = "".join(sorted({c.lower() for c in self.render_chars}))
@@ -252,11 +259,34 @@ class TextSource:
                 by_length[len(word)].append(word)
         return by_length
 
+    @property
+    def length_range_requested(self) -> bool:
+        return self.min_len > 1 or self.max_len < self.batch_max_length
+
     def sample(self, rng: np.random.Generator) -> tuple[str, str]:
         while True:
-            text = self.apply_case(rng, self.base_text(rng))
-            if text and len(text) <= self.batch_max_length and set(text) <= self.render_chars:
+            if self.length_range_requested:
+                text = self.sized_text(rng, int(rng.integers(self.min_len, self.max_len + 1)))
+            else:  # the natural length mixture
+                text = self.apply_case(rng, self.base_text(rng))
+            if self.min_len <= len(text) <= self.max_len and set(text) <= self.render_chars:
                 return text, text if self.sensitive else text.lower()
+
+    def sized_text(self, rng: np.random.Generator, length: int) -> str:
+        """Text of exactly ``length`` characters: words, random strings and numbers run together
+        ("ParisHotel2019x..."), each piece cased on its own; the last piece is a dictionary word of
+        the remaining length where one exists, else it is cut."""
+        text = ""
+        while len(text) < length:
+            remaining = length - len(text)
+            piece = self.apply_case(rng, self.base_text(rng))
+            if len(piece) > remaining:
+                if self.words_by_length[remaining] and rng.random() < 0.8:
+                    words = self.words_by_length[remaining]
+                    piece = self.apply_case(rng, words[rng.integers(len(words))])
+                piece = piece[:remaining]
+            text += piece
+        return text
 
     def base_text(self, rng: np.random.Generator) -> str:
         kind = choose(rng, TEXT_KINDS)

@@ -161,3 +161,42 @@ def test_lmdb_dataset_reads_synth_lmdb(fonts, tmp_path):
 def test_generator_refuses_fonts_checked_for_another_set(fonts):
     with pytest.raises(ValueError, match="not checked"):
         synth.SynthGenerator(synth.split_fonts(fonts, "train"), synth.TextSource(DEFAULT + "Ж", 10))
+
+
+def test_requested_length_range_long_labels():
+    texts = synth.TextSource(DEFAULT, 40, min_len=26, max_len=40)
+    rng = np.random.default_rng(3)
+    pairs = [texts.sample(rng) for _ in range(300)]
+    lengths = [len(label) for _, label in pairs]
+    assert min(lengths) == 26 and max(lengths) == 40
+    assert all(label == text.lower() and set(label) <= set(DEFAULT) for text, label in pairs)
+
+
+def test_requested_length_range_short_labels():
+    texts = synth.TextSource(DEFAULT, 25, min_len=3, max_len=4)
+    rng = np.random.default_rng(4)
+    assert {len(texts.sample(rng)[1]) for _ in range(200)} == {3, 4}
+
+
+def test_bad_length_range_is_refused():
+    with pytest.raises(ValueError, match="min_len"):
+        synth.TextSource(DEFAULT, 25, min_len=10, max_len=5)
+    with pytest.raises(SystemExit):
+        create_synth_dataset.parse_args(["--output_dir", "x", "--min_len", "30", "--max_len", "20"])
+
+
+def test_cli_long_labels_widen_the_image(fonts, tmp_path):
+    opt = run_cli("--output_dir", str(tmp_path / "long"), "--num_samples", "12", "--workers", "1",
+                  "--min_len", "26", "--max_len", "40")
+    assert opt.batch_max_length == 40
+    run_cli("--output_dir", str(tmp_path / "short"), "--num_samples", "12", "--workers", "1",
+            "--min_len", "2", "--max_len", "4")
+    widths = {}
+    for name in ("long", "short"):
+        items = read_lmdb(tmp_path / name)
+        labels = [items[f"label-{i:09d}".encode()].decode() for i in range(1, 13)]
+        assert all(2 <= len(label) <= 40 for label in labels)
+        widths[name] = np.mean([Image.open(io.BytesIO(items[f"image-{i:09d}".encode()])).width for i in range(1, 13)])
+        if name == "long":
+            assert all(26 <= len(label) <= 40 for label in labels)
+    assert widths["long"] > 4 * widths["short"]
