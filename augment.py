@@ -4,7 +4,8 @@
 sample, ``n`` different operations are drawn from ``OPS`` and each is applied with
 probability 0.5 at magnitude ``m`` (0-10; PARSeq trains with n=3, m=5). The geometric ops
 are small (rotation up to 3 degrees per magnitude step) because a word crop that loses its
-ends is a wrong label. Each op keeps the image's size and mode ('L' or 'RGB').
+ends is a wrong label; blur sizes follow the image height, since every word is resized to the
+model's height afterwards. Each op keeps the image's size and mode ('L' or 'RGB').
 
 Randomness comes only from the ``random.Random`` passed in, never from a global generator:
 ``dataset.AugmentedDataset`` seeds one per sample from (``--manualSeed``, dataset, stream
@@ -68,7 +69,8 @@ def perspective(img: Image.Image, level: float, rng: random.Random) -> Image.Ima
 # --- blur and noise -----------------------------------------------------------------------
 
 def gaussian_blur(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
-    sigma = max(0.1, rng.uniform(0.5, 1.0) * 4 * level)
+    """Sigma up to 4 px (level 1) for a 32-px-high word, in proportion for others."""
+    sigma = max(0.1, rng.uniform(0.5, 1.0) * 4 * level * img.height / 32)
     # torchvision pads by reflection, which needs kernel // 2 < each side: clip for tiny images
     largest = min(img.size) - 1 if min(img.size) % 2 == 0 else min(img.size)
     kernel = max(1, min(2 * math.ceil(3 * sigma) + 1, largest))
@@ -76,8 +78,9 @@ def gaussian_blur(img: Image.Image, level: float, rng: random.Random) -> Image.I
 
 
 def motion_blur(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
-    """A line kernel of up to 20 px (level 1) at a random angle (torchvision has no such op)."""
-    length = max(3, round(20 * level * rng.uniform(0.5, 1.0))) | 1  # odd
+    """A line kernel of up to 20 px (level 1) for a 32-px-high word, in proportion for others, at a
+    random angle (torchvision has no such op on PIL images)."""
+    length = max(3, round(20 * level * rng.uniform(0.5, 1.0) * img.height / 32)) | 1  # odd
     line = Image.new("L", (length, length), 0)
     angle = rng.uniform(0, math.pi)
     c, r = length // 2, length / 2
