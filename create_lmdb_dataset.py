@@ -11,33 +11,14 @@ last, so an interrupted run never looks complete.
 """
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Iterator
 
 import fire
-from PIL import Image
 
-from dataset import IMAGE_ERRORS, GtSample, LmdbWriter, check_output_path, parse_gt_file
+from dataset import GtSample, LmdbWriter, check_output_path, image_problem, parse_gt_file
 from utils import run_cli
-
-
-def image_problem(data: bytes) -> str | None:
-    """Why PIL cannot use these bytes as an image, or None. Replaces the reference's OpenCV check."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.verify()  # structure and checksums; the image is unusable afterwards
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # a real decode: catches truncated pixel data that verify() misses
-            width, height = img.size
-    except Image.UnidentifiedImageError:
-        return "not a valid image (unrecognised format)"
-    except IMAGE_ERRORS as e:
-        return f"not a valid image ({type(e).__name__}: {e})"
-    if width == 0 or height == 0:
-        return "not a valid image (zero size)"
-    return None
 
 
 def checked_samples(input_path: Path, samples: list[GtSample], check_valid: bool

@@ -57,6 +57,23 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> None:
             "Choose another output path, or pass --overwrite to replace it.")
 
 
+def image_problem(data: bytes) -> str | None:
+    """Why PIL cannot use these bytes as an image, or None. Replaces the reference's OpenCV check."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()  # structure and checksums; the image is unusable afterwards
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()  # a real decode: catches truncated pixel data that verify() misses
+            width, height = img.size
+    except Image.UnidentifiedImageError:
+        return "not a valid image (unrecognised format)"
+    except IMAGE_ERRORS as e:
+        return f"not a valid image ({type(e).__name__}: {e})"
+    if width == 0 or height == 0:
+        return "not a valid image (zero size)"
+    return None
+
+
 class LmdbWriter:
     """Writes samples into a new LMDB; ``num-samples`` is committed only on a clean exit.
 

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Iterator
 
 from PIL import Image
 
-from create_lmdb_dataset import IMAGE_ERRORS, LmdbWriter, image_problem
+from dataset import IMAGE_ERRORS, LmdbWriter, image_problem
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the library is one level up
 from real_datasets import READERS, convert, read_cocotext  # noqa: E402
+from utils import run_cli  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -33,28 +34,27 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    """Convert one dataset; exit status 1 with a message on a user error."""
+def main(argv: list[str] | None = None) -> None:
+    """Convert one dataset; a user error ends as ``error: ...`` with exit status 1 (utils.run_cli)."""
     opt = get_parser().parse_args(argv)
     annotation = Path(opt.annotation)
     images = Path(opt.images) if opt.images else annotation.parent
+    if not annotation.is_file():
+        raise FileNotFoundError(f"--annotation {annotation} does not exist.")
+    if not images.is_dir():
+        raise FileNotFoundError(f"--images {images} is not a folder; point it at the folder the "
+                                "annotation's image paths are relative to.")
+    if opt.format == "cocotext":
+        items = read_cocotext(annotation, images, split=opt.split)
+    else:
+        items = READERS[opt.format](annotation, images)
     try:
-        if not annotation.is_file():
-            raise FileNotFoundError(f"--annotation {annotation} does not exist.")
-        if not images.is_dir():
-            raise FileNotFoundError(f"--images {images} is not a folder; point it at the folder the "
-                                    "annotation's image paths are relative to.")
-        if opt.format == "cocotext":
-            items = read_cocotext(annotation, images, split=opt.split)
-        else:
-            items = READERS[opt.format](annotation, images)
         report = convert(items, opt.output, overwrite=opt.overwrite)
-    except (ValueError, OSError, KeyError) as e:
-        print(f"error: {type(e).__name__}: {e}" if isinstance(e, KeyError) else f"error: {e}", file=sys.stderr)
-        return 1
+    except KeyError as e:
+        raise ValueError(f"{annotation} lacks the field {e} that the {opt.format} format has; is it the "
+                         "right file for --format?") from None
     print(f"{opt.format} {annotation} -> {opt.output}: {report}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -15,7 +15,7 @@ import string
 
 import pytest
 
-from create_lmdb_dataset import LmdbWriter
+from dataset import LmdbWriter
 from tests.helpers import render_word, run_script
 
 CHARACTER = string.ascii_lowercase
