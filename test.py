@@ -1,7 +1,9 @@
-"""Evaluate a trained model: one LMDB tree (or gt.txt folder), or the ten benchmark sets.
+"""Evaluate a trained model: one LMDB tree (or gt.txt folder), the ten benchmark sets, or a newer suite.
 
     python test.py --eval_data data_lmdb_release/evaluation --benchmark_all_eval \\
         --saved_model saved_models/None-VGG-BiLSTM-CTC-Seed1111/best_accuracy.pth
+    python test.py --eval_data Union14M-Benchmarks --benchmark union14m --saved_model <model>
+    python test.py --eval_data long_text_sets --benchmark long_text --saved_model <a long-text CTC model>
 
 A checkpoint written by this toolkit carries its architecture; a bare reference state_dict needs
 the stage flags (``--Transformation ... --Prediction ...``) as with the original.
@@ -21,11 +23,16 @@ from dataset import data_options, hierarchical_dataset
 from error_analysis import write_errors
 from evaluation import ValidationResult, make_eval_loader, predict, score_batch, synchronize
 from model import ModelConfig, add_model_arguments, count_parameters, sequence_loss
-from utils import Averager, add_runtime_arguments, amp_dtype, get_logger, make_converter, resolve_device, run_cli
+from utils import (Averager, UsageError, add_runtime_arguments, amp_dtype, get_logger, make_converter,
+                   resolve_device, run_cli)
 
 BENCHMARKS = ["IIIT5k_3000", "SVT", "IC03_860", "IC03_867", "IC13_857", "IC13_1015",
               "IC15_1811", "IC15_2077", "SVTP", "CUTE80"]
 PAPER_BENCHMARKS = ["IIIT5k_3000", "SVT", "IC03_867", "IC13_1015", "IC15_2077", "SVTP", "CUTE80"]
+# Union14M-Benchmark's challenge subsets, named as its Union14M-Benchmarks/ folder ships them
+# (MAERec's configs also evaluate incomplete_ori, the uncropped variant of incomplete).
+UNION14M_BENCHMARKS = ["curve", "multi_oriented", "artistic", "contextless", "salient", "multi_words", "general",
+                       "incomplete"]
 
 
 def validation(model, loader, converter, config: ModelConfig, device,
@@ -113,6 +120,61 @@ def benchmark_all_eval(model, converter, config, data_opt, opt, device, log) -> 
             "averaged_infer_time": ms_per_image, "params_M": params}
 
 
+def suite_sets(suite: str, root: Path) -> tuple[list[str], list[str]]:
+    """(sets found, sets missing) of ``--benchmark suite`` under ``root``; long_text takes every sub-folder."""
+    if suite == "union14m":
+        names = UNION14M_BENCHMARKS
+    else:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    found = [n for n in names if (root / n).is_dir()]
+    for name in found:
+        if (root / name / "annotation.json").is_file() and not any(
+                f.name in ("data.mdb", "gt.txt") for f in (root / name).rglob("*")):
+            raise FileNotFoundError(
+                f"{root / name} holds the benchmark's annotation.json but no LMDB; convert it once: python "
+                f"scripts/convert_real_dataset.py --format union14m --annotation {root / name}/annotation.json "
+                f"--images {root / name} --output {root / name}/lmdb")
+    if not found:
+        raise FileNotFoundError(f"--benchmark {suite}: no set found under {root}"
+                                + (f" (expected folders {', '.join(names)})" if names else ""))
+    return found, [n for n in names if n not in found]
+
+
+def benchmark_suite(suite: str, model, converter, config, data_opt, opt, device, log) -> dict:
+    """``--benchmark union14m`` / ``long_text``: each set found, a table, the mean over the sets found."""
+    root = Path(opt.eval_data)
+    found, missing = suite_sets(suite, root)
+    rows = {}
+    for name in found:
+        dataset, dataset_log = hierarchical_dataset(root / name, data_opt)
+        log(dataset_log.rstrip("\n"))
+        too_long = sum(d.stats.too_long for d in dataset.datasets)
+        if suite == "long_text" and too_long:
+            # Filtering them out would score the long-text set on its short words only.
+            raise ValueError(f"{root / name}: {too_long} labels are longer than the model's batch_max_length "
+                             f"{config.batch_max_length}; a long-text benchmark needs them all. Train with a larger "
+                             "--batch_max_length (CTC: and an --imgW of about 4-5 px per character).")
+        result = validation(model, make_eval_loader(dataset, data_opt), converter, config, device,
+                            case_insensitive=opt.case_insensitive, amp_dtype=amp_dtype(opt.amp))
+        rows[name] = (result.accuracy, result.norm_ED, result.n_samples)
+    mean = sum(acc for acc, _, _ in rows.values()) / len(rows)
+    weighted = sum(acc * n for acc, _, n in rows.values()) / sum(n for _, _, n in rows.values())
+    log("-" * 80)
+    log(f"{'set':16s} {'samples':>8s} {'accuracy':>9s} {'norm_ED':>8s}")
+    for name, (acc, ed, n) in rows.items():
+        log(f"{name:16s} {n:8d} {acc:9.3f} {ed:8.3f}")
+    for name in missing:
+        log(f"{name:16s} {'missing':>8s} (not under {root}; not in the average)")
+    log(f"{'average':16s} {'':8s} {mean:9.3f}   (mean of the {len(rows)} sets found; weighted by samples "
+        f"{weighted:0.3f})")
+    if missing:
+        log(f"missing from --benchmark {suite}: {', '.join(missing)}")
+    log("accuracy: " + "".join(f"{name}: {acc:0.3f}\t" for name, (acc, _, _) in rows.items())
+        + f"average: {mean:0.3f}\tweighted: {weighted:0.3f}")
+    return {"accuracy": {name: acc for name, (acc, _, _) in rows.items()}, "average": mean,
+            "weighted_accuracy": weighted, "missing": missing}
+
+
 def result_dir(saved_model: str) -> Path:
     """./result/<path components after the first, joined by '_'> as the reference, or the file stem."""
     parts = Path(saved_model).parts
@@ -125,6 +187,10 @@ def parse_args(argv=None):
     parser.add_argument("--eval_data", required=True,
                         help="LMDB root (or a folder with gt.txt); with --benchmark_all_eval the folder holding the ten sets")
     parser.add_argument("--benchmark_all_eval", action="store_true", help="evaluate the ten benchmark sets")
+    parser.add_argument("--benchmark", choices=["union14m", "long_text"], default=None,
+                        help="union14m: the Union14M-Benchmark subsets under --eval_data (curve, multi_oriented, "
+                             "artistic, contextless, salient, multi_words, general, incomplete); long_text: every "
+                             "set under --eval_data, refusing labels longer than the model's batch_max_length")
     parser.add_argument("--saved_model", required=True, help="checkpoint path or pretrained model name")
     parser.add_argument("--data_filtering_off", action="store_true")
     parser.add_argument("--case_insensitive", action="store_true",
@@ -144,6 +210,8 @@ def main(argv=None) -> dict:
 
 def evaluate(argv=None) -> dict:
     opt = parse_args(argv)
+    if opt.benchmark and opt.benchmark_all_eval:
+        raise UsageError("--benchmark and --benchmark_all_eval each choose the sets; give one of them.")
     device = resolve_device(opt.device)
     loaded = load_model(opt.saved_model, opt, device, log=get_logger("test.load").info)
     model, config, path = loaded.model, loaded.config, loaded.source
@@ -151,7 +219,7 @@ def evaluate(argv=None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     if path.resolve() != (out_dir / path.name).resolve():
         shutil.copy2(path, out_dir / path.name)  # the reference keeps a copy beside its results
-    log_name = "log_all_evaluation.txt" if opt.benchmark_all_eval else "log_evaluation.txt"
+    log_name = "log_all_evaluation.txt" if opt.benchmark_all_eval or opt.benchmark else "log_evaluation.txt"
     logger = get_logger("test", out_dir / log_name)
     log = logger.info
     log(f"model {config.name} from {path}: {count_parameters(model) / 1e6:0.3f}M parameters, "
@@ -161,6 +229,8 @@ def evaluate(argv=None) -> dict:
     with torch.inference_mode():
         if opt.benchmark_all_eval:
             return benchmark_all_eval(model, converter, config, data_opt, opt, device, log)
+        if opt.benchmark:
+            return benchmark_suite(opt.benchmark, model, converter, config, data_opt, opt, device, log)
         result = evaluate_folder(opt.eval_data, model, converter, config, data_opt, opt, device, log)
     ms = result.infer_time / result.n_samples * 1000
     log(f"{result.accuracy:0.3f}")

@@ -109,3 +109,64 @@ def test_benchmark_all_eval_names_missing_folders(trained):
                       "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "IIIT5k_3000" in proc.stderr and "CUTE80" in proc.stderr
+
+
+def copy_lmdb(trained, folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "data.mdb").exists():  # a copy: LMDB opens each file once per process
+        shutil.copy(trained / "lmdb" / "train" / "data.mdb", folder / "data.mdb")
+
+
+def test_benchmark_union14m_table_average_and_missing_subsets(trained):
+    from dataset import LmdbWriter, read_lmdb_samples
+    from test import UNION14M_BENCHMARKS
+    bench = trained / "u14m"
+    for name in ["curve", "artistic", "general"]:
+        copy_lmdb(trained, bench / name)
+    # "salient": the same images with every label wrong, so the mean of the sets differs from any one set
+    (bench / "salient").mkdir(parents=True, exist_ok=True)
+    with LmdbWriter(bench / "salient" / "lmdb", overwrite=True) as writer:
+        for _, image, label in read_lmdb_samples(trained / "lmdb" / "train", 20):
+            writer.add(image, label + "zz")
+    out = run_script("test.py", "--eval_data", "u14m", "--benchmark", "union14m", "--saved_model",
+                     "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained).stdout
+    line = next(l for l in out.splitlines() if l.startswith("accuracy: "))
+    fields = {k: float(v) for k, v in (f.split(": ") for f in line[len("accuracy: "):].strip().split("\t"))}
+    assert list(fields)[:4] == [n for n in UNION14M_BENCHMARKS if n in ("curve", "artistic", "salient", "general")]
+    assert fields["salient"] == 0.0 and fields["curve"] >= 90.0
+    assert fields["average"] == pytest.approx(sum(fields[n] for n in ("curve", "artistic", "salient", "general")) / 4,
+                                              abs=2e-3)
+    assert fields["weighted"] > fields["average"]  # salient has 20 samples, the others 64
+    for name in ("multi_oriented", "contextless", "multi_words", "incomplete"):
+        assert re.search(rf"^{name}\s+missing", out, re.M), name
+    assert "missing from --benchmark union14m: multi_oriented, contextless, multi_words, incomplete" in out
+
+
+def test_benchmark_union14m_asks_for_conversion_of_the_shipped_json(trained):
+    (trained / "u14m_raw" / "curve").mkdir(parents=True, exist_ok=True)
+    (trained / "u14m_raw" / "curve" / "annotation.json").write_text('{"data_list": []}')
+    proc = run_script("test.py", "--eval_data", "u14m_raw", "--benchmark", "union14m", "--saved_model",
+                      "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "convert_real_dataset.py --format union14m" in proc.stderr
+    proc = run_script("test.py", "--eval_data", "nowhere", "--benchmark", "union14m", "--saved_model",
+                      "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained, check=False)
+    assert proc.returncode == 1 and "curve, multi_oriented" in proc.stderr
+
+
+def test_benchmark_long_text_refuses_labels_the_model_cannot_hold(trained):
+    from dataset import LmdbWriter, read_lmdb_samples
+    copy_lmdb(trained, trained / "long" / "short_words")
+    out = run_script("test.py", "--eval_data", "long", "--benchmark", "long_text", "--saved_model",
+                     "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained).stdout
+    assert re.search(r"^accuracy: short_words: [\d.]+\taverage: ", out, re.M)
+    (trained / "long" / "long_words").mkdir()
+    with LmdbWriter(trained / "long" / "long_words" / "lmdb") as writer:
+        for index, image, label in read_lmdb_samples(trained / "lmdb" / "train", 6):
+            writer.add(image, "x" * 30 if index <= 3 else label)  # filtering would keep the 3 short ones
+    proc = run_script("test.py", "--eval_data", "long", "--benchmark", "long_text", "--saved_model",
+                      "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained, check=False)
+    assert proc.returncode == 1 and "3 labels are longer than the model's batch_max_length 25" in proc.stderr
+    proc = run_script("test.py", "--eval_data", "long", "--benchmark", "long_text", "--benchmark_all_eval",
+                      "--saved_model", "saved_models/e2e/best_accuracy.pth", cwd=trained, check=False)
+    assert proc.returncode == 2 and "give one of them" in proc.stderr
