@@ -158,3 +158,13 @@ def test_contact_sheet_draws_augmented_samples(train_opt, tmp_path):
         sheets[name] = Image.open(out)
     assert sheets["none"].size == sheets["rand"].size
     assert sheets["none"].convert("RGB").tobytes() != sheets["rand"].convert("RGB").tobytes()
+
+
+def test_resume_continues_with_the_same_augmentations(train_opt):
+    train_opt.augment, train_opt.augment_m = "rand", 9
+    whole = batches(train_opt, 3)
+    resumed = BatchBalancedDataset(train_opt, log=lambda s: None)
+    resumed.load_state_dict({"batches": 2})
+    images, labels = resumed.get_batch()
+    assert labels == whole[2][1] and torch.equal(images, whole[2][0])
+    assert resumed.state_dict()["augment"] == {"policy": "RandAugment", "n": 3, "m": 9}
