@@ -423,31 +423,51 @@ def decode(model, image: torch.Tensor, config, options: DecodeOptions = DecodeOp
     strings and confidences); ``logits`` is the greedy forward's output, for a loss (``None``
     after an attention beam search, which runs the decoder itself).
     """
-    character = make_converter(config.Prediction, config.character).character
-    num_special = 1 if config.Prediction == "CTC" else 2
-    lexicon = options.lexicon
-    constraint = (Constraint(lexicon, character, num_special)
-                  if lexicon is not None and options.lexicon_mode == "constrain" else None)
-    logits = None
-    if options.decoder == "greedy" or config.Prediction == "CTC":
-        logits = forward_logits(model, image, config, amp_dtype)  # [B, T or steps, C]
+    if options.decoder == "beam" and config.Prediction == "Attn":
+        with torch.autocast(image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            contextual = encode(model, image)  # [B, T, C]
+        return BatchDecoding(None, decode_attention(model.Prediction, contextual.float(), config, options))
+    logits = forward_logits(model, image, config, amp_dtype)  # [B, T or steps, C]
+    return BatchDecoding(logits, decode_logits(logits, config, options))
+
+
+def decode_logits(logits: torch.Tensor, config, options: DecodeOptions) -> list[Decoded]:
+    """Decode the model's output logits [B, T or steps, C]: greedy (either head) or the CTC beam."""
+    character, lexicon = _classes(config), options.lexicon
     if options.decoder == "greedy":
-        greedy = greedy_ctc if config.Prediction == "CTC" else greedy_attention
-        results = greedy(logits, character)
-    else:
-        if config.Prediction == "CTC":
-            nbest = ctc_beam_search(logits, character, options.beam_size, options.topk, constraint,
-                                    options.prune_chars, lexicon)
-        else:
-            with torch.autocast(image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                contextual = encode(model, image)  # [B, T, C]
-            nbest = attention_beam_search(model.Prediction, contextual.float(), character, options.beam_size,
-                                          config.batch_max_length + 1, options.topk, constraint,
-                                          options.length_penalty, lexicon)
+        results = (greedy_ctc if config.Prediction == "CTC" else greedy_attention)(logits, character)
+    elif config.Prediction == "CTC":
+        nbest = ctc_beam_search(logits, character, options.beam_size, options.topk,
+                                _constraint(options, character, 1), options.prune_chars, lexicon)
         results = [_from_nbest(hyps) for hyps in nbest]
-    if lexicon is not None and options.lexicon_mode == "snap":
-        results = [snap(r, lexicon) for r in results]
-    return BatchDecoding(logits, results)
+    else:
+        raise ValueError("the attention beam search runs the decoder: call decode() or decode_attention()")
+    return _maybe_snap(results, options)
+
+
+def decode_attention(attention, contextual: torch.Tensor, config, options: DecodeOptions) -> list[Decoded]:
+    """Attention beam search from the encoder's contextual features [B, T, C]."""
+    character = _classes(config)
+    nbest = attention_beam_search(attention, contextual, character, options.beam_size, config.batch_max_length + 1,
+                                  options.topk, _constraint(options, character, 2), options.length_penalty,
+                                  options.lexicon)
+    return _maybe_snap([_from_nbest(hyps) for hyps in nbest], options)
+
+
+def _classes(config) -> list[str]:
+    return make_converter(config.Prediction, config.character).character
+
+
+def _constraint(options: DecodeOptions, character: list[str], num_special: int) -> Constraint | None:
+    if options.lexicon is None or options.lexicon_mode != "constrain":
+        return None
+    return Constraint(options.lexicon, character, num_special)
+
+
+def _maybe_snap(results: list[Decoded], options: DecodeOptions) -> list[Decoded]:
+    if options.lexicon is None or options.lexicon_mode != "snap":
+        return results
+    return [snap(r, options.lexicon) for r in results]
 
 
 def _from_nbest(hyps: list[Hypothesis]) -> Decoded:

@@ -1,0 +1,134 @@
+"""Cost of beam search against greedy (forward + decode), and the word-list trie's build time.
+
+    flock /tmp/cpu_heavy.lock python benchmarks/bench_decoding.py --device cpu
+
+For each head (CTC: ``english_g2``; Attn: ``--attn_model``, or a freshly initialised
+None-VGG-BiLSTM-Attn at the reference's sizes when none is given) it reads one batch of real word
+crops (``--data``; rendered words when the folder is missing) and times ``decoding.decode``
+greedy and with ``--beam_size``, median of ``--repeats`` runs after one warm-up. Then it builds the
+trie of a ``--lexicon_size``-word list from the ``english-words`` package, once cold and once from
+the per-file cache. Prints one JSON object and a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from decoding import DecodeOptions, decode  # noqa: E402
+from lexicon import load_lexicon  # noqa: E402
+from model import ModelConfig, build_model  # noqa: E402
+
+GOALS = {"CTC": 3.0, "Attn": 4.0}  # issue 10: beam 5 within this factor of greedy's forward + decode
+
+
+def load(saved_model: str | None, prediction: str, device):
+    """→ (model, config): a checkpoint or registered name, or (Attn without one) a fresh reference-size model."""
+    if saved_model is None:
+        config = ModelConfig("None", "VGG", "BiLSTM", prediction)
+        return build_model(config).to(device).eval(), config
+    from test import load_model_for_eval
+
+    model, config, _ = load_model_for_eval(SimpleNamespace(saved_model=saved_model), device)
+    return model, config
+
+
+def batch_of_images(config: ModelConfig, data: Path, batch_size: int) -> torch.Tensor:
+    """[batch_size, C, H, W]: the first crops of ``data`` (a gt.txt folder), preprocessed as test.py does."""
+    from dataset import AlignCollate, hierarchical_dataset
+    from test import data_options
+
+    if not (data / "gt.txt").is_file():
+        sys.path.insert(0, str(ROOT / "tests"))
+        from helpers import make_gt_folder
+
+        data = make_gt_folder(Path(tempfile.mkdtemp()) / "words", copies=batch_size // 16 + 1)
+    opt = data_options(config, SimpleNamespace(workers=0, batch_size=batch_size))
+    dataset, _ = hierarchical_dataset(str(data), opt)
+    samples = [dataset[i] for i in range(min(batch_size, len(dataset)))]
+    images, _ = AlignCollate(imgH=config.imgH, imgW=config.imgW, keep_ratio_with_pad=config.PAD)(samples)
+    return images
+
+
+def time_decode(model, image, config, options: DecodeOptions, repeats: int) -> float:
+    """Median seconds of forward + decode for the batch."""
+    with torch.inference_mode():
+        decode(model, image, config, options)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            decode(model, image, config, options)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_head(prediction: str, saved_model: str | None, opt, device) -> dict:
+    model, config = load(saved_model, prediction, device)
+    image = batch_of_images(config, Path(opt.data), opt.batch_size).to(device)
+    greedy = time_decode(model, image, config, DecodeOptions(), opt.repeats)
+    beam = time_decode(model, image, config, DecodeOptions("beam", beam_size=opt.beam_size), opt.repeats)
+    return {"head": prediction, "model": saved_model or f"{config.name} (untrained)", "batch": image.size(0),
+            "greedy_s": greedy, "beam_s": beam, "ratio": beam / greedy, "goal": GOALS[prediction]}
+
+
+def bench_trie(size: int) -> dict:
+    from english_words import get_english_words_set
+
+    words = sorted(get_english_words_set(["web2", "gcide"], lower=True))[:size]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "words.txt"
+        path.write_text("\n".join(words) + "\n", encoding="utf-8")
+        start = time.perf_counter()
+        lexicon = load_lexicon(path, "0123456789abcdefghijklmnopqrstuvwxyz", ignore_case=True)
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        load_lexicon(path, "0123456789abcdefghijklmnopqrstuvwxyz", ignore_case=True)
+        cached = time.perf_counter() - start
+    return {"words": len(words), "kept": len(lexicon.words), "build_s": cold, "cached_s": cached}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "real" / "svt_647"),
+                        help="a folder with gt.txt whose first --batch_size crops are read")
+    parser.add_argument("--ctc_model", default="english_g2")
+    parser.add_argument("--attn_model", default=None, help="an Attn checkpoint (default: untrained reference size)")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--beam_size", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--lexicon_size", type=int, default=100_000)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    opt = parse_args(argv)
+    if opt.threads:
+        torch.set_num_threads(opt.threads)
+    device = torch.device(opt.device)
+    heads = [bench_head("CTC", opt.ctc_model, opt, device), bench_head("Attn", opt.attn_model, opt, device)]
+    trie = bench_trie(opt.lexicon_size)
+    result = {"device": str(device), "threads": torch.get_num_threads(), "heads": heads, "trie": trie}
+    print(json.dumps(result, indent=1))
+    print(f"\n{'head':5s} {'model':32s} {'batch':>5s} {'greedy s':>9s} {'beam s':>8s} {'ratio':>6s} goal")
+    for h in heads:
+        print(f"{h['head']:5s} {h['model']:32s} {h['batch']:5d} {h['greedy_s']:9.3f} {h['beam_s']:8.3f} "
+              f"{h['ratio']:6.2f} <= {h['goal']:.0f}x")
+    print(f"trie: {trie['words']} words ({trie['kept']} kept) built in {trie['build_s']:.3f} s, "
+          f"cached load {trie['cached_s'] * 1000:.2f} ms")
+    return result
+
+
+if __name__ == "__main__":
+    main()
