@@ -19,6 +19,7 @@ every image as one batch).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -26,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lexicon import Lexicon, fold_char
+from lexicon import Lexicon, fold_char, load_lexicon
 from modules.prediction import EOS_INDEX, GO_INDEX
-from utils import make_converter
+from utils import UsageError, make_converter
 
 DECODERS = ("greedy", "beam")
 LEXICON_MODES = ("constrain", "snap")
@@ -49,23 +50,35 @@ class DecodeOptions:
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
-            raise ValueError(f"--decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
+            raise UsageError(f"--decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
         if self.lexicon_mode not in LEXICON_MODES:
-            raise ValueError(f"--lexicon_mode {self.lexicon_mode!r} is not one of {', '.join(LEXICON_MODES)}")
+            raise UsageError(f"--lexicon_mode {self.lexicon_mode!r} is not one of {', '.join(LEXICON_MODES)}")
         if not isinstance(self.beam_size, int) or self.beam_size < 1:
-            raise ValueError(f"--beam_size {self.beam_size}: must be an integer of at least 1 (1 = greedy-like)")
+            raise UsageError(f"--beam_size {self.beam_size}: must be an integer of at least 1 (1 = greedy-like)")
         if not isinstance(self.topk, int) or self.topk < 1:
-            raise ValueError(f"--topk {self.topk}: must be an integer of at least 1")
+            raise UsageError(f"--topk {self.topk}: must be an integer of at least 1")
         if self.decoder == "beam" and self.topk > self.beam_size:
-            raise ValueError(f"--topk {self.topk} is more than --beam_size {self.beam_size}: a beam search keeps "
+            raise UsageError(f"--topk {self.topk} is more than --beam_size {self.beam_size}: a beam search keeps "
                              f"only beam_size hypotheses; use --topk 1..{self.beam_size} or a wider beam")
         if self.decoder == "greedy" and self.topk > 1:
-            raise ValueError(f"--topk {self.topk} needs --decoder beam (greedy reads one string)")
+            raise UsageError(f"--topk {self.topk} needs --decoder beam (greedy reads one string)")
         if self.decoder == "greedy" and self.lexicon is not None and self.lexicon_mode == "constrain":
-            raise ValueError("--lexicon_mode constrain needs --decoder beam (greedy cannot follow a word list); "
+            raise UsageError("--lexicon_mode constrain needs --decoder beam (greedy cannot follow a word list); "
                              "use --decoder beam, or --lexicon_mode snap")
         if self.prune_chars < 1:
-            raise ValueError(f"prune_chars {self.prune_chars}: must be at least 1")
+            raise UsageError(f"prune_chars {self.prune_chars}: must be at least 1")
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy without a word list: what ``evaluation.predict`` does."""
+        return self.decoder == "greedy" and self.lexicon is None
+
+    def describe(self) -> str:
+        text = "greedy" if self.decoder == "greedy" else f"beam {self.beam_size}"
+        if self.lexicon is not None:
+            text += (f", lexicon {self.lexicon.source or ''} ({len(self.lexicon.words)} words, "
+                     f"{self.lexicon_mode}{', ignoring case' if self.lexicon.ignore_case else ''})")
+        return text
 
 
 @dataclass
@@ -116,21 +129,25 @@ def greedy_ctc(logits: torch.Tensor, character: list[str]) -> list[Decoded]:
                 char_conf.append(p)
             previous = i
         text = "".join(chars)
-        results.append(Decoded(text, confidence, char_conf, [Hypothesis(text, math.log(confidence or 1e-45),
-                                                                          math.log(confidence or 1e-45), char_conf)]))
+        log_conf = math.log(confidence) if confidence > 0 else NEG_INF
+        results.append(Decoded(text, confidence, char_conf, [Hypothesis(text, log_conf, log_conf, char_conf)]))
     return results
 
 
 def greedy_attention(logits: torch.Tensor, character: list[str]) -> list[Decoded]:
-    """Argmax per step, cut at the first [s] (all steps when there is none), as ``predict``."""
+    """Argmax per step, cut at the first [s] (all steps when there is none).
+
+    Confidence: the product of the kept steps' max probabilities (an empty reading: its [s]'s).
+    """
     max_probs, index = F.softmax(logits.float(), dim=2).max(dim=2)  # [B, steps]
+    is_eos = index == EOS_INDEX
+    first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), index.size(1))  # [B]
+    within = torch.arange(index.size(1), device=index.device) < first_eos.clamp(min=1)[:, None]
+    confidences = max_probs.masked_fill(~within, 1.0).prod(dim=1).tolist()
     results = []
-    for row, probs in zip(index.tolist(), max_probs.tolist()):
-        n = row.index(EOS_INDEX) if EOS_INDEX in row else len(row)
-        char_conf = probs[:n]
-        confidence = math.prod(probs[:max(n, 1)])  # an empty reading: the confidence of its [s]
-        text = "".join(character[i] for i in row[:n])
-        log_conf = math.log(confidence or 1e-45)
+    for row, probs, n, confidence in zip(index.tolist(), max_probs.tolist(), first_eos.tolist(), confidences):
+        text, char_conf = "".join(character[i] for i in row[:n]), probs[:n]
+        log_conf = math.log(confidence) if confidence > 0 else NEG_INF
         results.append(Decoded(text, confidence, char_conf, [Hypothesis(text, log_conf, log_conf, char_conf)]))
     return results
 
@@ -425,7 +442,7 @@ def decode(model, image: torch.Tensor, config, options: DecodeOptions = DecodeOp
     """
     if options.decoder == "beam" and config.Prediction == "Attn":
         with torch.autocast(image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            contextual = encode(model, image)  # [B, T, C]
+            contextual = model.encode(image)  # [B, T, C]
         return BatchDecoding(None, decode_attention(model.Prediction, contextual.float(), config, options))
     logits = forward_logits(model, image, config, amp_dtype)  # [B, T or steps, C]
     return BatchDecoding(logits, decode_logits(logits, config, options))
@@ -470,6 +487,42 @@ def _maybe_snap(results: list[Decoded], options: DecodeOptions) -> list[Decoded]
     return [snap(r, options.lexicon) for r in results]
 
 
+def add_decoding_arguments(parser, readout: bool = False) -> None:
+    """``--decoder --beam_size --lexicon --lexicon_mode --lexicon_ignore_case`` (test.py and demo.py);
+    with ``readout`` also ``--topk`` and ``--char_conf`` (demo.py prints them)."""
+    g = parser.add_argument_group("decoding")
+    g.add_argument("--decoder", choices=DECODERS, default="greedy",
+                   help="greedy (default, the reference's) or beam (CTC prefix / attention beam search)")
+    g.add_argument("--beam_size", type=int, default=5, help="hypotheses kept by --decoder beam (1 or more)")
+    g.add_argument("--lexicon", default=None,
+                   help="word list (UTF-8, one word per line): readings are restricted to it (--lexicon_mode)")
+    g.add_argument("--lexicon_mode", choices=LEXICON_MODES, default="constrain",
+                   help="constrain: the beam follows the list (needs --decoder beam); snap: the reading is "
+                        "replaced by the nearest list word by edit distance")
+    g.add_argument("--lexicon_ignore_case", action="store_true",
+                   help="match the list case-insensitively (always so for a lower-case model, and with "
+                        "test.py --case_insensitive)")
+    if readout:
+        g.add_argument("--topk", type=int, default=1, help="print the K best readings with scores (--decoder beam)")
+        g.add_argument("--char_conf", action="store_true", help="print each character's confidence")
+
+
+def options_from_args(opt, config, log=print) -> DecodeOptions:
+    """The decoding flags checked and the lexicon loaded for ``config``'s model (dropped words logged)."""
+    options = DecodeOptions(getattr(opt, "decoder", "greedy"), getattr(opt, "beam_size", 5), getattr(opt, "topk", 1),
+                            lexicon_mode=getattr(opt, "lexicon_mode", "constrain"))  # the numbers checked first
+    if getattr(opt, "lexicon", None):
+        ignore_case = (not config.sensitive or getattr(opt, "case_insensitive", False)
+                       or getattr(opt, "lexicon_ignore_case", False))
+        lexicon = load_lexicon(opt.lexicon, config.character, ignore_case)
+        log(f"lexicon {opt.lexicon}: {len(lexicon.words)} words, matched "
+            f"{'ignoring' if ignore_case else 'keeping'} case")
+        if lexicon.dropped:
+            log(lexicon.describe_dropped())
+        options = dataclasses.replace(options, lexicon=lexicon)
+    return options
+
+
 def _from_nbest(hyps: list[Hypothesis]) -> Decoded:
     best = hyps[0]
     return Decoded(best.text, math.exp(best.log_prob), best.char_confidences, hyps)
@@ -497,12 +550,3 @@ def forward_logits(model, image: torch.Tensor, config, amp_dtype: torch.dtype | 
     with torch.autocast(image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         preds = model(image, text_for_pred, is_train=False)
     return preds.float()
-
-
-def encode(model, image: torch.Tensor) -> torch.Tensor:
-    """Stages 1-3: image → contextual features [B, T, C] (``Model.encode`` where the model has it)."""
-    if hasattr(model, "encode"):
-        return model.encode(image)
-    visual = model.FeatureExtraction(model.Transformation(image))  # [B, C, H', T]
-    visual = model.AdaptiveAvgPool(visual.permute(0, 3, 1, 2)).squeeze(3)  # [B, T, C]
-    return model.SequenceModeling(visual).contiguous()  # [B, T, hidden or C]

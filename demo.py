@@ -2,7 +2,9 @@
 
     python demo.py --image_folder demo_image/ --saved_model saved_models/<exp>/best_accuracy.pth
 
-Prints the reference's table and appends it to ./log_demo_result.txt.
+Prints the reference's table and appends it to ./log_demo_result.txt. ``--decoder beam``,
+``--lexicon words.txt``, ``--topk 3`` (the three best readings with scores) and ``--char_conf``
+(each character's confidence) add lines under each row.
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import torch
 
 from checkpoint import load_model
 from dataset import RawDataset, data_options
-from evaluation import make_eval_loader, predict
+from decoding import Decoded, add_decoding_arguments, decode, options_from_args
+from evaluation import make_eval_loader
 from model import add_model_arguments
-from utils import add_runtime_arguments, amp_dtype, get_logger, make_converter, resolve_device, run_cli
+from utils import add_runtime_arguments, amp_dtype, get_logger, resolve_device, run_cli
 
 DEFAULT_MODEL = "english_g2"
 
@@ -27,32 +30,54 @@ def parse_args(argv=None):
                         help=f"checkpoint path or pretrained model name (default {DEFAULT_MODEL})")
     parser.add_argument("--log_file", default="log_demo_result.txt", help="where the table is appended")
     add_runtime_arguments(parser)
+    add_decoding_arguments(parser, readout=True)
     add_model_arguments(parser)
     return parser.parse_args(argv)
 
 
 def read_images(opt) -> list[tuple[str, str, float]]:
     """→ [(image path, prediction, confidence)] in natural path order."""
+    return [(path, d.text, d.confidence) for path, d in read_decoded(opt)]
+
+
+def read_decoded(opt) -> list[tuple[str, Decoded]]:
+    """→ [(image path, ``decoding.Decoded``)]: text, confidence, per-character confidences, N best."""
     device = resolve_device(getattr(opt, "device", "auto"))
-    loaded = load_model(opt.saved_model, opt, device, log=get_logger("demo.load").info)
+    log = get_logger("demo.load").info
+    loaded = load_model(opt.saved_model, opt, device, log=log)
     config = loaded.config
-    converter = make_converter(config.Prediction, config.character)
+    options = options_from_args(opt, config, log)
     data_opt = data_options(config, opt)
     loader = make_eval_loader(RawDataset(opt.image_folder, data_opt), data_opt)
     dtype = amp_dtype(getattr(opt, "amp", "off"))
     results = []
     with torch.inference_mode():
         for image_tensors, paths in loader:
-            _, preds, confidences = predict(loaded.model, image_tensors.to(device), converter, config, dtype)
-            results += list(zip(paths, preds, confidences))
+            results += zip(paths, decode(loaded.model, image_tensors.to(device), config, options, dtype).results)
     return results
 
 
-def format_table(results) -> str:
+def format_table(results, details: list[list[str]] | None = None) -> str:
+    """The reference's table of (path, prediction, confidence); ``details[i]`` lines follow row i."""
     dashed = "-" * 80
     lines = [dashed, f'{"image_path":25s}\t{"predicted_labels":25s}\tconfidence score', dashed]
-    lines += [f"{path:25s}\t{pred:25s}\t{confidence:0.4f}" for path, pred, confidence in results]
+    for i, (path, pred, confidence) in enumerate(results):
+        lines.append(f"{path:25s}\t{pred:25s}\t{confidence:0.4f}")
+        lines += details[i] if details else []
     return "\n".join(lines)
+
+
+def detail_lines(decoded: Decoded, topk: int, char_conf: bool) -> list[str]:
+    """Indented lines under a row: per-character confidences, the K best readings with scores."""
+    lines = []
+    if decoded.snapped_from is not None:
+        lines.append(f"    snapped from {decoded.snapped_from!r}")
+    if char_conf:
+        lines.append("    chars: " + " ".join(f"{c}:{p:0.3f}" for c, p in zip(decoded.text, decoded.char_confidences)))
+    if topk > 1:
+        lines += [f"    {rank}. {h.text!r} score {h.score:0.4f} log_prob {h.log_prob:0.4f}"
+                  for rank, h in enumerate(decoded.nbest[:topk], 1)]
+    return lines
 
 
 def main(argv=None):
@@ -61,8 +86,10 @@ def main(argv=None):
 
 def read_folder(argv=None):
     opt = parse_args(argv)
-    results = read_images(opt)
-    table = format_table(results)
+    decoded = read_decoded(opt)
+    results = [(path, d.text, d.confidence) for path, d in decoded]
+    details = [detail_lines(d, opt.topk, opt.char_conf) for _, d in decoded]
+    table = format_table(results, details)
     print(table)
     with open(opt.log_file, "a", encoding="utf-8") as log:
         log.write(table + "\n")

@@ -9,10 +9,9 @@ import re
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from dataset import AlignCollate
-from modules.prediction import EOS_INDEX
+from decoding import forward_logits, greedy_attention, greedy_ctc
 from utils import edit_distance
 
 NON_ALNUM = re.compile("[^0-9a-z]")
@@ -49,27 +48,15 @@ def score_batch(labels, preds, case_insensitive: bool = False) -> tuple[int, flo
 
 
 def predict(model, image: torch.Tensor, converter, config, amp_dtype: torch.dtype | None = None):
-    """Forward + greedy decode → (logits, strings, confidences). Attn strings are cut at the first [s]."""
-    batch_size = image.size(0)
-    text_for_pred = torch.zeros(batch_size, config.batch_max_length + 1, dtype=torch.long, device=image.device)
-    with torch.autocast(image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        preds = model(image, text_for_pred, is_train=False)
-    preds = preds.float()
-    probs = F.softmax(preds, dim=2)
-    max_probs, preds_index = probs.max(dim=2)
-    if config.Prediction == "CTC":
-        strings = converter.decode(preds_index, [preds.size(1)] * batch_size)
-        confidences = max_probs.prod(dim=1).tolist()  # over all T frames, blanks included (reference)
-        return preds, strings, confidences
-    # Cut at the first [s]; without one keep every step (the reference dropped the last character).
-    is_eos = preds_index == EOS_INDEX  # [B, steps]
-    first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), preds_index.size(1))  # [B]
-    # An empty prediction's confidence is that of its [s] at the first step.
-    within = torch.arange(preds_index.size(1), device=image.device) < first_eos.clamp(min=1)[:, None]
-    confidences = max_probs.masked_fill(~within, 1.0).prod(dim=1).tolist()  # one copy, not one per sample
-    strings = ["".join(converter.character[i] for i in row[:n])
-               for row, n in zip(preds_index.tolist(), first_eos.tolist())]
-    return preds, strings, confidences
+    """Forward + greedy decode → (logits, strings, confidences). Attn strings are cut at the first [s].
+
+    The greedy decoders live in ``decoding.py`` with the beam searches (one implementation each);
+    ``decoding.decode`` gives the per-character confidences and the other decoders.
+    """
+    logits = forward_logits(model, image, config, amp_dtype)  # [B, T or steps, num_class]
+    greedy = greedy_ctc if config.Prediction == "CTC" else greedy_attention
+    results = greedy(logits, converter.character)
+    return logits, [r.text for r in results], [r.confidence for r in results]
 
 
 def make_eval_loader(dataset, data_opt, shuffle: bool = False) -> torch.utils.data.DataLoader:

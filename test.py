@@ -20,6 +20,7 @@ import torch
 
 from checkpoint import load_model
 from dataset import data_options, hierarchical_dataset
+from decoding import DecodeOptions, add_decoding_arguments, decode, options_from_args
 from error_analysis import write_errors
 from evaluation import ValidationResult, make_eval_loader, predict, score_batch, synchronize
 from model import ModelConfig, add_model_arguments, count_parameters, sequence_loss
@@ -36,8 +37,13 @@ UNION14M_BENCHMARKS = ["curve", "multi_oriented", "artistic", "contextless", "sa
 
 
 def validation(model, loader, converter, config: ModelConfig, device,
-               case_insensitive: bool = False, amp_dtype=None, keep_all: bool = False) -> ValidationResult:
-    """Accuracy, normalised edit distance and loss over ``loader`` (model must be in eval mode)."""
+               case_insensitive: bool = False, amp_dtype=None, keep_all: bool = False,
+               options: DecodeOptions | None = None) -> ValidationResult:
+    """Accuracy, normalised edit distance and loss over ``loader`` (model must be in eval mode).
+
+    ``options`` picks another decoder than greedy (``decoding.py``); the time it takes counts as
+    inference time. After an attention beam search there are no logits, so the loss is NaN.
+    """
     n_correct, norm_ED, length_of_data = 0, 0.0, 0
     infer_time = 0.0
     loss_avg = Averager()
@@ -52,11 +58,17 @@ def validation(model, loader, converter, config: ModelConfig, device,
 
         synchronize(device)
         start = time.perf_counter()
-        preds, preds_str, confidences = predict(model, image, converter, config, amp_dtype)
+        if options is None:
+            preds, preds_str, confidences = predict(model, image, converter, config, amp_dtype)
+        else:
+            decoded = decode(model, image, config, options, amp_dtype)
+            preds = decoded.logits
+            preds_str, confidences = [r.text for r in decoded.results], [r.confidence for r in decoded.results]
         synchronize(device)
         infer_time += time.perf_counter() - start
 
-        loss_avg.add(sequence_loss(preds, text_for_loss, length_for_loss, config.Prediction))
+        if preds is not None:
+            loss_avg.add(sequence_loss(preds, text_for_loss, length_for_loss, config.Prediction))
         correct, ed = score_batch(labels, preds_str, case_insensitive)
         n_correct += correct
         norm_ED += ed
@@ -71,7 +83,7 @@ def validation(model, loader, converter, config: ModelConfig, device,
     if length_of_data == 0:
         raise ValueError("the evaluation data produced no samples (all filtered or unreadable); see the "
                          "per-dataset counts above")
-    result.loss = loss_avg.val()
+    result.loss = loss_avg.val() if loss_avg.n_count else float("nan")
     result.accuracy = n_correct / length_of_data * 100
     result.norm_ED = norm_ED / length_of_data
     result.n_samples = length_of_data
@@ -79,15 +91,17 @@ def validation(model, loader, converter, config: ModelConfig, device,
     return result
 
 
-def evaluate_folder(root: str, model, converter, config, data_opt, opt, device, log) -> ValidationResult:
+def evaluate_folder(root: str, model, converter, config, data_opt, opt, device, log,
+                    options: DecodeOptions | None = None) -> ValidationResult:
     dataset, dataset_log = hierarchical_dataset(root, data_opt)
     log(dataset_log.rstrip("\n"))
     return validation(model, make_eval_loader(dataset, data_opt), converter, config, device,
                       case_insensitive=opt.case_insensitive, amp_dtype=amp_dtype(opt.amp),
-                      keep_all=bool(getattr(opt, "save_errors", False)))
+                      keep_all=bool(getattr(opt, "save_errors", False)), options=options)
 
 
-def benchmark_all_eval(model, converter, config, data_opt, opt, device, log) -> dict:
+def benchmark_all_eval(model, converter, config, data_opt, opt, device, log,
+                       options: DecodeOptions | None = None) -> dict:
     """The reference's ten sets, its 10-set total, and the paper's 7-set total."""
     missing = [name for name in BENCHMARKS if not (Path(opt.eval_data) / name).is_dir()]
     if missing:
@@ -99,7 +113,7 @@ def benchmark_all_eval(model, converter, config, data_opt, opt, device, log) -> 
     log("-" * 80)
     for name in BENCHMARKS:
         result = evaluate_folder(os.path.join(opt.eval_data, name), model, converter, config, data_opt, opt,
-                                 device, log)
+                                 device, log, options)
         accuracies[name], counts[name] = result.accuracy, result.n_samples
         total_time += result.infer_time
         log(f"Acc {result.accuracy:0.3f}\t normalized_ED {result.norm_ED:0.3f}")
@@ -140,7 +154,8 @@ def suite_sets(suite: str, root: Path) -> tuple[list[str], list[str]]:
     return found, [n for n in names if n not in found]
 
 
-def benchmark_suite(suite: str, model, converter, config, data_opt, opt, device, log) -> dict:
+def benchmark_suite(suite: str, model, converter, config, data_opt, opt, device, log,
+                    options: DecodeOptions | None = None) -> dict:
     """``--benchmark union14m`` / ``long_text``: each set found, a table, the mean over the sets found."""
     root = Path(opt.eval_data)
     found, missing = suite_sets(suite, root)
@@ -155,7 +170,7 @@ def benchmark_suite(suite: str, model, converter, config, data_opt, opt, device,
                              f"{config.batch_max_length}; a long-text benchmark needs them all. Train with a larger "
                              "--batch_max_length (CTC: and an --imgW of about 4-5 px per character).")
         result = validation(model, make_eval_loader(dataset, data_opt), converter, config, device,
-                            case_insensitive=opt.case_insensitive, amp_dtype=amp_dtype(opt.amp))
+                            case_insensitive=opt.case_insensitive, amp_dtype=amp_dtype(opt.amp), options=options)
         rows[name] = (result.accuracy, result.norm_ED, result.n_samples)
     mean = sum(acc for acc, _, _ in rows.values()) / len(rows)
     weighted = sum(acc * n for acc, _, n in rows.values()) / sum(n for _, _, n in rows.values())
@@ -200,6 +215,7 @@ def parse_args(argv=None):
                         help="write wrong predictions (image, label, prediction, confidence) and an HTML gallery here")
     parser.add_argument("--baiduCTC", action="store_true", help=argparse.SUPPRESS)  # accepted, has no effect
     add_runtime_arguments(parser)
+    add_decoding_arguments(parser)
     add_model_arguments(parser)
     return parser.parse_args(argv)
 
@@ -226,12 +242,17 @@ def evaluate(argv=None) -> dict:
         f"{len(config.character)} characters, input {config.imgH}x{config.imgW}{' PAD' if config.PAD else ''}")
     converter = make_converter(config.Prediction, config.character)
     data_opt = data_options(config, opt)
+    options = options_from_args(opt, config, log)
+    if options.plain_greedy:
+        options = None  # test.py's output exactly as before
+    else:
+        log(f"decoder: {options.describe()}")
     with torch.inference_mode():
         if opt.benchmark_all_eval:
-            return benchmark_all_eval(model, converter, config, data_opt, opt, device, log)
+            return benchmark_all_eval(model, converter, config, data_opt, opt, device, log, options)
         if opt.benchmark:
-            return benchmark_suite(opt.benchmark, model, converter, config, data_opt, opt, device, log)
-        result = evaluate_folder(opt.eval_data, model, converter, config, data_opt, opt, device, log)
+            return benchmark_suite(opt.benchmark, model, converter, config, data_opt, opt, device, log, options)
+        result = evaluate_folder(opt.eval_data, model, converter, config, data_opt, opt, device, log, options)
     ms = result.infer_time / result.n_samples * 1000
     log(f"{result.accuracy:0.3f}")
     log(f"accuracy: {result.accuracy:0.3f}\tnormalized_ED: {result.norm_ED:0.3f}\tsamples: {result.n_samples}\t"

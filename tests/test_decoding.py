@@ -12,7 +12,7 @@ from decoding import (Constraint, DecodeOptions, attention_beam_search, ctc_beam
 from lexicon import Lexicon, build_lexicon, load_lexicon
 from model import ModelConfig, build_model
 from modules.prediction import Attention
-from test import predict
+from evaluation import predict
 from utils import edit_distance, make_converter
 
 CTC_AB = ["[CTCblank]", "a", "b"]
@@ -151,16 +151,27 @@ def test_attention_beam_width_one_equals_predict_through_the_model():
     assert [r.text for r in beam] == strings
 
 
+def test_greedy_ctc_equals_the_converters_collapse():
+    """greedy_ctc (per-character confidences) and CTCLabelConverter.decode (vectorised) read alike."""
+    generator = torch.Generator().manual_seed(1)
+    converter = make_converter("CTC", "abcdefghij")
+    logits = peaked_ctc_logits(generator, 16, 20, 11) + torch.randn(16, 20, 11, generator=generator) * 3
+    texts = converter.decode(logits.argmax(2), [20] * 16)
+    assert [r.text for r in greedy_ctc(logits, converter.character)] == texts
+    assert len(set(texts)) > 8
+
+
 @pytest.mark.parametrize("prediction", ["CTC", "Attn"])
-def test_greedy_decode_equals_predict(prediction):
+def test_decode_greedy_is_predict(prediction):
     model, config = small_model(prediction)
     image = torch.rand(5, 1, 32, 100, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         logits, strings, confidences = predict(model, image, make_converter(prediction, config.character), config)
         out = decode(model, image, config)
     assert [r.text for r in out.results] == strings
-    assert [r.confidence for r in out.results] == pytest.approx(confidences, rel=1e-6)
+    assert [r.confidence for r in out.results] == confidences
     assert torch.equal(out.logits, logits)
+    assert all(len(r.char_confidences) == len(r.text) for r in out.results)
 
 
 # ------------------------------------------------------------------------- attention batching

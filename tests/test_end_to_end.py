@@ -170,3 +170,55 @@ def test_benchmark_long_text_refuses_labels_the_model_cannot_hold(trained):
     proc = run_script("test.py", "--eval_data", "long", "--benchmark", "long_text", "--benchmark_all_eval",
                       "--saved_model", "saved_models/e2e/best_accuracy.pth", cwd=trained, check=False)
     assert proc.returncode == 2 and "give one of them" in proc.stderr
+
+
+def test_decoders_and_word_lists_on_the_command_line(trained):
+    """test.py: beam 5 and a word list read the trained words at least as well as greedy (decoding.py)."""
+    from helpers import WORDS
+    (trained / "words.txt").write_text("\n".join(WORDS + ["c@t"]) + "\n", encoding="utf-8")
+
+    def accuracy(*flags):
+        out = run_script("test.py", "--eval_data", "lmdb", "--saved_model", "saved_models/e2e/best_accuracy.pth",
+                         "--workers", "0", *flags, cwd=trained).stdout
+        return float(re.search(r"accuracy: ([\d.]+)", out).group(1)), out
+
+    greedy, _ = accuracy()
+    beam, out = accuracy("--decoder", "beam", "--beam_size", "5")
+    assert "decoder: beam 5" in out
+    constrained, out = accuracy("--decoder", "beam", "--lexicon", "words.txt")
+    assert "dropped 1 word" in out and "'c@t'" in out  # '@' is not in the model's set
+    snapped, _ = accuracy("--lexicon", "words.txt", "--lexicon_mode", "snap")
+    assert min(beam, constrained, snapped) >= greedy - 5.0
+    assert constrained >= greedy and snapped >= greedy
+
+
+def test_demo_prints_the_k_best_and_character_confidences(trained):
+    from helpers import WORDS
+    (trained / "words.txt").write_text("\n".join(WORDS) + "\n", encoding="utf-8")
+    out = run_script("demo.py", "--image_folder", "words/images", "--saved_model", "saved_models/e2e/best_accuracy.pth",
+                     "--workers", "0", "--decoder", "beam", "--topk", "3", "--char_conf", "--lexicon", "words.txt",
+                     cwd=trained).stdout
+    rows = demo_predictions(out)
+    assert len(rows) == 64 and all(pred in WORDS for pred, _ in rows.values())
+    lines = out.splitlines()
+    for i, line in enumerate(lines):
+        if line.count("\t") == 2 and "image_path" not in line:
+            pred = line.split("\t")[1].strip()
+            chars = lines[i + 1].split()[1:]
+            assert lines[i + 1].startswith("    chars: ") and "".join(c.split(":")[0] for c in chars) == pred
+            assert lines[i + 2].startswith(f"    1. {pred!r} score ")
+            assert lines[i + 4].startswith("    3. ")
+
+
+@pytest.mark.parametrize("flags, code, message", [
+    (["--decoder", "beam", "--beam_size", "0"], 2, "--beam_size 0: must be an integer of at least 1"),
+    (["--lexicon", "missing.txt", "--decoder", "beam"], 1, "--lexicon missing.txt: no such file"),
+    (["--lexicon", "words.txt"], 2, "--lexicon_mode constrain needs --decoder beam"),
+    (["--decoder", "beam", "--beam_size", "2", "--topk", "3"], 2, "--topk 3 is more than --beam_size 2"),
+])
+def test_bad_decoding_flags_are_clear_errors(trained, flags, code, message):
+    (trained / "words.txt").write_text("cat\n", encoding="utf-8")
+    proc = run_script("demo.py", "--image_folder", "words/images", "--saved_model",
+                      "saved_models/e2e/best_accuracy.pth", "--workers", "0", *flags, cwd=trained, check=False)
+    assert proc.returncode == code and "Traceback" not in proc.stderr
+    assert message in proc.stderr, proc.stderr
