@@ -155,16 +155,42 @@ def greedy_attention(logits: torch.Tensor, character: list[str]) -> list[Decoded
 # ----------------------------------------------------------------------------- word-list constraint
 
 class Constraint:
-    """A lexicon's trie seen in a model's class indices: which classes continue a word from a node."""
+    """A lexicon's trie seen in a model's class indices: which classes continue a word from a node.
+
+    When the list is matched ignoring case and the model writes both cases, the classes of one
+    letter ('a', 'A') form a group: the searches add up a group's probability and follow the
+    group, so that case variants of one word do not fill the beam (``fold_log_probs``). A
+    constrained reading is returned as the list writes the word.
+    """
 
     def __init__(self, lexicon: Lexicon, character: list[str], num_special: int):
+        self.lexicon = lexicon
         self.trie = lexicon.trie
+        self.num_special = num_special
         self.class_key = [None] * num_special + [fold_char(c, lexicon.ignore_case) for c in character[num_special:]]
         self.classes_of: dict[str, list[int]] = {}
         for index, key in enumerate(self.class_key):
             if key is not None:
                 self.classes_of.setdefault(key, []).append(index)
+        self.folds = any(len(classes) > 1 for classes in self.classes_of.values())
+        # class → group: specials are groups of their own, then one group per key.
+        group_of = list(range(num_special)) + [0] * (len(character) - num_special)
+        for g, classes in enumerate(self.classes_of.values(), num_special):
+            for c in classes:
+                group_of[c] = g
+        self.group_of = torch.tensor(group_of, dtype=torch.long)  # [C]
+        self.group_character = list(character[:num_special]) + list(self.classes_of)
         self._allowed: dict[int, np.ndarray] = {}
+
+    def fold_log_probs(self, log_p: torch.Tensor) -> torch.Tensor:
+        """log_p [..., C] → [..., G]: each group's summed probability (G = specials + distinct keys)."""
+        group = self.group_of.to(log_p.device)
+        summed = log_p.new_zeros(*log_p.shape[:-1], len(self.group_character))
+        return summed.index_add_(-1, group, log_p.exp()).clamp_min(1e-30).log()
+
+    def word(self, node: int) -> str:
+        """The list's spelling of the word ending at ``node``."""
+        return self.lexicon.words[self.trie.word_index[node]]
 
     def allowed(self, node: int) -> np.ndarray:
         """Class indices (int64) that lead from ``node`` towards some word."""
@@ -231,6 +257,11 @@ def ctc_beam_search(logits: torch.Tensor, character: list[str], beam_size: int, 
     ``constraint`` only characters continuing a list word are tried, and only complete words end.
     """
     log_probs = F.log_softmax(logits.float(), dim=2)  # [B, T, C]
+    if constraint is not None and constraint.folds:
+        # Search over letter groups ('a' + 'A'): the reading is the list's spelling anyway.
+        log_probs = constraint.fold_log_probs(log_probs)  # [B, T, G]
+        character = constraint.group_character
+        constraint = Constraint(constraint.lexicon, character, 1)
     k = min(prune_chars, log_probs.size(2) - 1)
     top_chars = (log_probs[:, :, 1:].topk(k, dim=2).indices + 1).cpu().numpy()  # [B, T, k]
     log_probs = log_probs.cpu().numpy()
@@ -293,7 +324,8 @@ def _ctc_hypotheses(beams, character: list[str], topk: int, constraint: Constrai
         if constraint is not None and not constraint.is_word(state.node):
             continue  # the frames ended inside a word
         score = state.total
-        hyps.append(Hypothesis("".join(character[i] for i in prefix), score, score, list(state.confs)))
+        text = constraint.word(state.node) if constraint else "".join(character[i] for i in prefix)
+        hyps.append(Hypothesis(text, score, score, list(state.confs)))
     if not hyps and constraint is not None:
         best_prefix = beams[0][0] if beams else ()
         hyps = [_no_word_fallback("".join(character[i] for i in best_prefix), lexicon)]
@@ -342,6 +374,8 @@ def attention_beam_search(attention, contextual: torch.Tensor, character: list[s
         hidden, _ = attention.attention_cell(hidden, batch_H, batch_H_proj, onehot)
         log_p = F.log_softmax(attention.generator(hidden[0]).float(), dim=1).view(B, K, C)
         if constraint is not None:
+            if constraint.folds:
+                log_p = _fold_to_representatives(log_p, constraint)
             log_p = log_p + _constraint_mask(constraint, beams.nodes, C, device)
         origin = _beam_step(beams, log_p, K, length_penalty, constraint)  # [B, K] beam each new one came from
         rows = (origin + torch.arange(B, device=device)[:, None] * K).view(-1)  # [B*K] rows to carry on
@@ -350,6 +384,16 @@ def attention_beam_search(attention, contextual: torch.Tensor, character: list[s
         if bool((beams.finished | (beams.scores == NEG_INF)).all()):
             break  # every beam ended (or died under the word list)
     return [_attention_hypotheses(beams, b, character, topk, length_penalty, constraint, lexicon) for b in range(B)]
+
+
+def _fold_to_representatives(log_p: torch.Tensor, constraint: Constraint) -> torch.Tensor:
+    """log_p [B, K, C]: a letter group's summed probability on its most probable class (the one fed
+    back to the decoder), -inf on the group's other classes."""
+    group = constraint.group_of.to(log_p.device).expand_as(log_p)  # [B, K, C]
+    folded = constraint.fold_log_probs(log_p)  # [B, K, G]
+    best = torch.full_like(folded, NEG_INF).scatter_reduce(2, group, log_p, "amax")  # [B, K, G]
+    representative = log_p >= best.gather(2, group)
+    return torch.where(representative, folded.gather(2, group), NEG_INF)
 
 
 def _constraint_mask(constraint: Constraint, nodes: np.ndarray, num_class: int, device) -> torch.Tensor:
@@ -420,7 +464,7 @@ def _attention_hypotheses(beams: _Beams, b: int, character: list[str], topk: int
         if constraint is not None and not (finished[k] or constraint.is_word(int(beams.nodes[b, k]))):
             continue  # ran out of steps inside a word
         n = tokens.index(EOS_INDEX) if EOS_INDEX in tokens else len(tokens)
-        text = "".join(character[i] for i in tokens[:n])
+        text = constraint.word(int(beams.nodes[b, k])) if constraint else "".join(character[i] for i in tokens[:n])
         hyps.append(Hypothesis(text, scores[k] / max(lengths[k], 1) ** length_penalty, scores[k], probs[:n]))
     hyps.sort(key=lambda h: h.score, reverse=True)
     if not hyps and constraint is not None:

@@ -281,16 +281,18 @@ def test_constrained_attention_through_the_model():
         assert r.nbest and all(h.text in lexicon.words for h in r.nbest)
 
 
-def test_constraint_ignores_case_for_a_lower_case_model():
-    # A case-sensitive model seen through a case-insensitive list: 'A' and 'a' both continue "ab".
+def test_constraint_ignoring_case_adds_up_both_cases():
+    # The model reads "Ab" (A .6, then b .6); the list says "ab". Ignoring case, reading "ab" has
+    # probability (.1+.6) * (.6+.1) = .49; keeping case, only a .1 * b .6 = .06. Either way the
+    # reading is written as the list writes it.
     character = ["[CTCblank]", "a", "b", "A", "B"]
-    lexicon = build_lexicon(["AB"], "abAB", ignore_case=True)
-    logits = log_probs([[0.1, 0.1, 0.1, 0.6, 0.1], [0.1, 0.1, 0.6, 0.1, 0.1]])  # A then b
-    hyps = ctc_beam_search(logits, character, 3, constraint=Constraint(lexicon, character, 1), lexicon=lexicon)[0]
-    assert hyps[0].text == "Ab"
-    strict = build_lexicon(["AB"], "abAB", ignore_case=False)
-    hyps = ctc_beam_search(logits, character, 3, constraint=Constraint(strict, character, 1), lexicon=strict)[0]
-    assert hyps[0].text == "AB"
+    logits = log_probs([[0.1, 0.1, 0.1, 0.6, 0.1], [0.1, 0.1, 0.6, 0.1, 0.1]])
+    for ignore_case, probability in [(True, 0.49), (False, 0.06)]:
+        lexicon = build_lexicon(["ab"], "abAB", ignore_case=ignore_case)
+        constraint = Constraint(lexicon, character, 1)
+        hyps = ctc_beam_search(logits, character, 3, constraint=constraint, lexicon=lexicon)[0]
+        assert [h.text for h in hyps] == ["ab"]
+        assert math.exp(hyps[0].score) == pytest.approx(probability)
 
 
 def test_snap_replaces_the_reading_with_the_nearest_word():
@@ -383,3 +385,28 @@ def test_constrain_needs_beam():
     with pytest.raises(ValueError, match="--lexicon_mode constrain needs --decoder beam"):
         DecodeOptions("greedy", lexicon=lexicon, lexicon_mode="constrain")
     assert isinstance(DecodeOptions("greedy", lexicon=lexicon, lexicon_mode="snap").lexicon, Lexicon)
+
+
+def test_case_variants_are_one_hypothesis():
+    """Ignoring case, "ab", "Ab", "aB", "AB" are one reading of the word: one hypothesis whose
+    probability is their sum, (a|A .7) * (b|B .75) = .525, not four hypotheses filling the beam."""
+    character = ["[CTCblank]", "a", "b", "A", "B"]
+    lexicon = build_lexicon(["ab", "ba"], "abAB", ignore_case=True)
+    logits = log_probs([[0.05, 0.4, 0.1, 0.3, 0.15], [0.05, 0.1, 0.35, 0.1, 0.4]])
+    hyps = ctc_beam_search(logits, character, 4, topk=4, constraint=Constraint(lexicon, character, 1),
+                           lexicon=lexicon)[0]
+    assert texts_and_probs(hyps) == [("ab", 0.525), ("ba", 0.05)]  # b|B .25 * a|A .2
+
+
+def test_constrained_attention_with_case_groups_reads_list_spellings():
+    attention, contextual = lively_attention(5)
+    character = ["[GO]", "[s]", *"abcdeABCDE"]
+    lexicon = build_lexicon(["Bad", "cab", "DEAD", "ace", "bee"], "abcdeABCDE", ignore_case=True)
+    constraint = Constraint(lexicon, character, 2)
+    assert constraint.folds
+    with torch.inference_mode():
+        nbest = attention_beam_search(attention, contextual, character, 3, 9, topk=3, constraint=constraint,
+                                      lexicon=lexicon)
+    for hyps in nbest:
+        texts = [h.text for h in hyps]
+        assert hyps and set(texts) <= set(lexicon.words) and len(set(texts)) == len(texts)
