@@ -209,8 +209,8 @@ class Constraint:
 
 
 def _no_word_fallback(text: str, lexicon: Lexicon) -> Hypothesis:
-    """No hypothesis completed a word inside the beam: the list word nearest the best partial reading
-    (score and log-probability -inf: the model did not read it)."""
+    """No hypothesis completed a word inside the beam: the list word nearest the unconstrained
+    reading, i.e. "snap" (score and log-probability -inf: the model did not read it)."""
     word, _ = lexicon.nearest(text)
     return Hypothesis(word, NEG_INF, NEG_INF, [])
 
@@ -257,6 +257,7 @@ def ctc_beam_search(logits: torch.Tensor, character: list[str], beam_size: int, 
     ``constraint`` only characters continuing a list word are tried, and only complete words end.
     """
     log_probs = F.log_softmax(logits.float(), dim=2)  # [B, T, C]
+    greedy = [r.text for r in greedy_ctc(logits, character)] if constraint else [""] * len(logits)
     if constraint is not None and constraint.folds:
         # Search over letter groups ('a' + 'A'): the reading is the list's spelling anyway.
         log_probs = constraint.fold_log_probs(log_probs)  # [B, T, G]
@@ -266,9 +267,9 @@ def ctc_beam_search(logits: torch.Tensor, character: list[str], beam_size: int, 
     top_chars = (log_probs[:, :, 1:].topk(k, dim=2).indices + 1).cpu().numpy()  # [B, T, k]
     log_probs = log_probs.cpu().numpy()
     out = []
-    for lp, chars in zip(log_probs, top_chars):
+    for lp, chars, reading in zip(log_probs, top_chars, greedy):
         beams = _ctc_search_row(lp, chars, beam_size, constraint, k)
-        out.append(_ctc_hypotheses(beams, character, topk, constraint, lexicon))
+        out.append(_ctc_hypotheses(beams, character, topk, constraint, lexicon, reading))
     return out
 
 
@@ -318,7 +319,7 @@ def _candidates(row: np.ndarray, top_chars: np.ndarray, node: int, constraint: C
 
 
 def _ctc_hypotheses(beams, character: list[str], topk: int, constraint: Constraint | None,
-                    lexicon: Lexicon | None) -> list[Hypothesis]:
+                    lexicon: Lexicon | None, greedy_reading: str) -> list[Hypothesis]:
     hyps = []
     for prefix, state in beams:
         if constraint is not None and not constraint.is_word(state.node):
@@ -327,8 +328,7 @@ def _ctc_hypotheses(beams, character: list[str], topk: int, constraint: Constrai
         text = constraint.word(state.node) if constraint else "".join(character[i] for i in prefix)
         hyps.append(Hypothesis(text, score, score, list(state.confs)))
     if not hyps and constraint is not None:
-        best_prefix = beams[0][0] if beams else ()
-        hyps = [_no_word_fallback("".join(character[i] for i in best_prefix), lexicon)]
+        hyps = [_no_word_fallback(greedy_reading, lexicon)]
     return hyps[:topk]
 
 
