@@ -11,7 +11,7 @@ From Python::
     out = decode(model, image, config, options)        # image [B, C, H, W] on the model's device
     out.results[0].text, out.results[0].char_confidences, out.results[0].nbest
 
-Greedy (the default) gives exactly what ``predict`` gives. The beam searches work in log space;
+Greedy (the default) is what ``evaluation.predict`` runs, so its output is test.py's. The beam searches work in log space;
 CTC runs one sample at a time over the frames (prefixes must be merged, which is bookkeeping, not
 arithmetic) with the vocabulary pruned to the best characters per frame, computed for the whole
 batch at once; the attention search runs the decoder once per step on B x K rows (the K beams of

@@ -5,14 +5,16 @@
 For each head (CTC: ``english_g2``; Attn: ``--attn_model``, or a freshly initialised
 None-VGG-BiLSTM-Attn at the reference's sizes when none is given) it reads one batch of real word
 crops (``--data``; rendered words when the folder is missing) and times ``decoding.decode``
-greedy and with ``--beam_size``, median of ``--repeats`` runs after one warm-up. Then it builds the
-trie of a ``--lexicon_size``-word list from the ``english-words`` package, once cold and once from
-the per-file cache. Prints one JSON object and a table.
+greedy, with ``--beam_size``, and with ``--beam_size`` constrained to a ``--lexicon_size``-word
+list from the ``english-words`` package (median of ``--repeats`` runs after one warm-up). The
+list's trie is timed once cold and once from the per-file cache. Prints one JSON object and a table.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -25,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from checkpoint import load_model  # noqa: E402
 from decoding import DecodeOptions, decode  # noqa: E402
 from lexicon import load_lexicon  # noqa: E402
 from model import ModelConfig, build_model  # noqa: E402
@@ -37,20 +40,17 @@ def load(saved_model: str | None, prediction: str, device):
     if saved_model is None:
         config = ModelConfig("None", "VGG", "BiLSTM", prediction)
         return build_model(config).to(device).eval(), config
-    from test import load_model_for_eval
-
-    model, config, _ = load_model_for_eval(SimpleNamespace(saved_model=saved_model), device)
-    return model, config
+    loaded = load_model(saved_model, None, device)
+    return loaded.model, loaded.config
 
 
 def batch_of_images(config: ModelConfig, data: Path, batch_size: int) -> torch.Tensor:
     """[batch_size, C, H, W]: the first crops of ``data`` (a gt.txt folder), preprocessed as test.py does."""
-    from dataset import AlignCollate, hierarchical_dataset
-    from test import data_options
+    from dataset import AlignCollate, data_options, hierarchical_dataset
 
     if not (data / "gt.txt").is_file():
         sys.path.insert(0, str(ROOT / "tests"))
-        from helpers import make_gt_folder
+        from helpers import make_gt_folder  # tests/helpers.py: rendered words, no external data
 
         data = make_gt_folder(Path(tempfile.mkdtemp()) / "words", copies=batch_size // 16 + 1)
     opt = data_options(config, SimpleNamespace(workers=0, batch_size=batch_size))
@@ -72,28 +72,31 @@ def time_decode(model, image, config, options: DecodeOptions, repeats: int) -> f
     return statistics.median(times)
 
 
-def bench_head(prediction: str, saved_model: str | None, opt, device) -> dict:
+def bench_head(prediction: str, saved_model: str | None, opt, device, words: Path) -> dict:
     model, config = load(saved_model, prediction, device)
     image = batch_of_images(config, Path(opt.data), opt.batch_size).to(device)
     greedy = time_decode(model, image, config, DecodeOptions(), opt.repeats)
-    beam = time_decode(model, image, config, DecodeOptions("beam", beam_size=opt.beam_size), opt.repeats)
+    beam_options = DecodeOptions("beam", beam_size=opt.beam_size)
+    beam = time_decode(model, image, config, beam_options, opt.repeats)
+    lexicon = load_lexicon(words, config.character, ignore_case=True)
+    with_list = time_decode(model, image, config, dataclasses.replace(beam_options, lexicon=lexicon), opt.repeats)
     return {"head": prediction, "model": saved_model or f"{config.name} (untrained)", "batch": image.size(0),
-            "greedy_s": greedy, "beam_s": beam, "ratio": beam / greedy, "goal": GOALS[prediction]}
+            "greedy_s": greedy, "beam_s": beam, "ratio": beam / greedy, "goal": GOALS[prediction],
+            "beam_lexicon_s": with_list, "lexicon_words": len(lexicon.words)}
 
 
-def bench_trie(size: int) -> dict:
+def bench_trie(size: int, path: Path) -> dict:
+    """Writes ``size`` English words to ``path``, then times the first (building) and a cached load."""
     from english_words import get_english_words_set
 
-    words = sorted(get_english_words_set(["web2", "gcide"], lower=True))[:size]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "words.txt"
-        path.write_text("\n".join(words) + "\n", encoding="utf-8")
-        start = time.perf_counter()
-        lexicon = load_lexicon(path, "0123456789abcdefghijklmnopqrstuvwxyz", ignore_case=True)
-        cold = time.perf_counter() - start
-        start = time.perf_counter()
-        load_lexicon(path, "0123456789abcdefghijklmnopqrstuvwxyz", ignore_case=True)
-        cached = time.perf_counter() - start
+    words = random.Random(0).sample(sorted(get_english_words_set(["web2", "gcide"], lower=True)), size)
+    path.write_text("\n".join(words) + "\n", encoding="utf-8")
+    start = time.perf_counter()
+    lexicon = load_lexicon(path, "0123456789abcdefghijklmnopqrstuvwxyz", ignore_case=True)
+    cold = time.perf_counter() - start
+    start = time.perf_counter()
+    load_lexicon(path, "0123456789abcdefghijklmnopqrstuvwxyz", ignore_case=True)
+    cached = time.perf_counter() - start
     return {"words": len(words), "kept": len(lexicon.words), "build_s": cold, "cached_s": cached}
 
 
@@ -117,14 +120,18 @@ def main(argv=None) -> dict:
     if opt.threads:
         torch.set_num_threads(opt.threads)
     device = torch.device(opt.device)
-    heads = [bench_head("CTC", opt.ctc_model, opt, device), bench_head("Attn", opt.attn_model, opt, device)]
-    trie = bench_trie(opt.lexicon_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        words = Path(tmp) / "words.txt"
+        trie = bench_trie(opt.lexicon_size, words)
+        heads = [bench_head("CTC", opt.ctc_model, opt, device, words),
+                 bench_head("Attn", opt.attn_model, opt, device, words)]
     result = {"device": str(device), "threads": torch.get_num_threads(), "heads": heads, "trie": trie}
     print(json.dumps(result, indent=1))
-    print(f"\n{'head':5s} {'model':32s} {'batch':>5s} {'greedy s':>9s} {'beam s':>8s} {'ratio':>6s} goal")
+    print(f"\n{'head':5s} {'model':32s} {'batch':>5s} {'greedy s':>9s} {'beam s':>8s} {'ratio':>6s} {'goal':>6s} "
+          f"{'beam+list s':>11s}")
     for h in heads:
         print(f"{h['head']:5s} {h['model']:32s} {h['batch']:5d} {h['greedy_s']:9.3f} {h['beam_s']:8.3f} "
-              f"{h['ratio']:6.2f} <= {h['goal']:.0f}x")
+              f"{h['ratio']:6.2f} {'<=' + format(h['goal'], '.0f') + 'x':>6s} {h['beam_lexicon_s']:11.3f}")
     print(f"trie: {trie['words']} words ({trie['kept']} kept) built in {trie['build_s']:.3f} s, "
           f"cached load {trie['cached_s'] * 1000:.2f} ms")
     return result
