@@ -207,7 +207,10 @@ def test_demo_prints_the_k_best_and_character_confidences(trained):
             chars = lines[i + 1].split()[1:]
             assert lines[i + 1].startswith("    chars: ") and "".join(c.split(":")[0] for c in chars) == pred
             assert lines[i + 2].startswith(f"    1. {pred!r} score ")
-            assert lines[i + 4].startswith("    3. ")
+            # Up to 3 readings (a constrained beam may complete fewer words), ranked 1, 2, 3.
+            ranks = [int(line.split(".")[0]) for line in lines[i + 2:i + 5] if re.match(r"    \d\. ", line)]
+            assert ranks == list(range(1, len(ranks) + 1)) and len(ranks) <= 3
+    assert "    3. " in out  # some image had three words in its beam
 
 
 @pytest.mark.parametrize("flags, code, message", [
