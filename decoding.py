@@ -551,10 +551,15 @@ def add_decoding_arguments(parser, readout: bool = False) -> None:
         g.add_argument("--char_conf", action="store_true", help="print each character's confidence")
 
 
+def check_decoding_flags(opt) -> DecodeOptions:
+    """The decoding flags checked before anything is loaded (the word list is added by ``options_from_args``)."""
+    return DecodeOptions(getattr(opt, "decoder", "greedy"), getattr(opt, "beam_size", 5), getattr(opt, "topk", 1),
+                         lexicon_mode=getattr(opt, "lexicon_mode", "constrain"))
+
+
 def options_from_args(opt, config, log=print) -> DecodeOptions:
     """The decoding flags checked and the lexicon loaded for ``config``'s model (dropped words logged)."""
-    options = DecodeOptions(getattr(opt, "decoder", "greedy"), getattr(opt, "beam_size", 5), getattr(opt, "topk", 1),
-                            lexicon_mode=getattr(opt, "lexicon_mode", "constrain"))  # the numbers checked first
+    options = check_decoding_flags(opt)
     if getattr(opt, "lexicon", None):
         ignore_case = (not config.sensitive or getattr(opt, "case_insensitive", False)
                        or getattr(opt, "lexicon_ignore_case", False))

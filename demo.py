@@ -14,7 +14,7 @@ import torch
 
 from checkpoint import load_model
 from dataset import RawDataset, data_options
-from decoding import Decoded, add_decoding_arguments, decode, options_from_args
+from decoding import Decoded, add_decoding_arguments, check_decoding_flags, decode, options_from_args
 from evaluation import make_eval_loader
 from model import add_model_arguments
 from utils import add_runtime_arguments, amp_dtype, get_logger, resolve_device, run_cli
@@ -42,6 +42,7 @@ def read_images(opt) -> list[tuple[str, str, float]]:
 
 def read_decoded(opt) -> list[tuple[str, Decoded]]:
     """→ [(image path, ``decoding.Decoded``)]: text, confidence, per-character confidences, N best."""
+    check_decoding_flags(opt)  # a bad flag fails before the model loads
     device = resolve_device(getattr(opt, "device", "auto"))
     log = get_logger("demo.load").info
     loaded = load_model(opt.saved_model, opt, device, log=log)

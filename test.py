@@ -20,7 +20,7 @@ import torch
 
 from checkpoint import load_model
 from dataset import data_options, hierarchical_dataset
-from decoding import DecodeOptions, add_decoding_arguments, decode, options_from_args
+from decoding import DecodeOptions, add_decoding_arguments, check_decoding_flags, decode, options_from_args
 from error_analysis import write_errors
 from evaluation import ValidationResult, make_eval_loader, predict, score_batch, synchronize
 from model import ModelConfig, add_model_arguments, count_parameters, sequence_loss
@@ -228,6 +228,7 @@ def evaluate(argv=None) -> dict:
     opt = parse_args(argv)
     if opt.benchmark and opt.benchmark_all_eval:
         raise UsageError("--benchmark and --benchmark_all_eval each choose the sets; give one of them.")
+    check_decoding_flags(opt)  # a bad flag fails before the model loads
     device = resolve_device(opt.device)
     loaded = load_model(opt.saved_model, opt, device, log=get_logger("test.load").info)
     model, config, path = loaded.model, loaded.config, loaded.source
