@@ -19,14 +19,20 @@ import dataclasses
 import functools
 import hashlib
 import io
+import json
+import logging
 import math
 import multiprocessing
+import os
 import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+import PIL
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_FONT_DIRS = ("/usr/share/fonts", "/usr/share/texmf/fonts/opentype", "/usr/local/share/fonts")
 FONT_SPLITS = ("train", "heldout", "all")
@@ -35,6 +41,9 @@ IMAGE_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
 # Hairline, Thin and ExtraLight weights fade to nothing at 32 pixels once blurred or scaled.
 LIGHT_STYLES = re.compile(r"hairline|thin|(extra|ultra)[ -]?light", re.IGNORECASE)
 MIN_WEIGHT_CLASS = 300
+# Bump when the discovery rules change (exclusions, glyph checks, design names): cached font
+# lists made by older rules are then ignored.
+FONT_CACHE_VERSION = 1
 
 # Fonts whose cmap maps Latin letters to something else (Greek symbols, dingbats, key caps,
 # small capitals); the cmap check cannot tell, the family name can.
@@ -171,10 +180,74 @@ def discover_fonts(character: str, font_dirs: tuple[str, ...] = DEFAULT_FONT_DIR
     label can be drawn with a font that lacks one of its characters. Weights lighter than
     Light are dropped as illegible at this size. Fonts that render
     exactly like one already kept (the same file installed twice) are dropped too.
+
+    Checking ~800 fonts takes seconds, so the result is cached on disk (``font_cache_path``),
+    keyed by every font file's path, size and mtime and by the character set: adding, removing
+    or touching a font file rescans. A cache that cannot be written only costs speed.
     """
     chars = render_characters(character)
+    files = list_font_files(font_dirs)
+    key = font_cache_key(chars, files)
+    cache = font_cache_path(key)
+    fonts = load_font_cache(cache, key, chars)
+    if fonts is None:
+        fonts = scan_fonts(chars, files)
+        save_font_cache(cache, key, fonts)
+    return fonts
+
+
+def font_cache_key(chars: str, files: Sequence[Path]) -> str:
+    from fontTools import version as fonttools_version
+
+    stats = []
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError:
+            continue  # vanished between listing and stat; the scan skips it as well
+        stats.append((str(path), st.st_size, st.st_mtime_ns))
+    return json.dumps({"version": FONT_CACHE_VERSION, "characters": chars, "files": stats,
+                       "pillow": PIL.__version__, "fonttools": fonttools_version})
+
+
+def font_cache_path(key: str) -> Path:
+    """``$STR_FONT_CACHE_DIR``, else ``$STR_CACHE_DIR/fonts``, else ``~/.cache/str_toolkit/fonts``."""
+    base = os.environ.get("STR_FONT_CACHE_DIR")
+    if not base:
+        shared = os.environ.get("STR_CACHE_DIR")
+        base = Path(shared) / "fonts" if shared else Path.home() / ".cache" / "str_toolkit" / "fonts"
+    return Path(base) / f"{hashlib.sha1(key.encode()).hexdigest()}.json"
+
+
+def load_font_cache(path: Path, key: str, chars: str) -> tuple[FontInfo, ...] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data["key"] != key:
+            return None
+        return tuple(FontInfo(f["path"], f["family"], f["style"], design_family(f["family"]), frozenset(chars))
+                     for f in data["fonts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing, unreadable or from another layout: rescan
+
+
+def save_font_cache(path: Path, key: str, fonts: Sequence[FontInfo]) -> None:
+    # The design is not stored: it is recomputed, so a change of DESIGN_ALIASES needs no rescan.
+    data = {"key": key, "fonts": [{"path": f.path, "family": f.family, "style": f.style} for f in fonts]}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+    except OSError as e:
+        logger.warning("could not write the font cache %s (%s); the next run rescans the fonts", path, e)
+
+
+def scan_fonts(chars: str, files: Sequence[Path]) -> tuple[FontInfo, ...]:
+    """The checks behind ``discover_fonts``, uncached."""
+    from fontTools.ttLib import TTLibError
+
     fonts, fingerprints = [], set()
-    for path in list_font_files(font_dirs):
+    for path in files:
         try:
             cmap, family, style, weight = font_metadata(str(path))
             if not set(chars) <= cmap or EXCLUDED_FAMILIES.search(f"{family} {style}"):
@@ -184,7 +257,7 @@ def discover_fonts(character: str, font_dirs: tuple[str, ...] = DEFAULT_FONT_DIR
             if glyph_problem(str(path), chars) is not None:
                 continue
             mask = load_font(str(path), 24).getmask("Hamburgefonstiv 0123456789 QRWgjy")
-        except (OSError, ValueError, KeyError, AssertionError):
+        except (OSError, ValueError, KeyError, AssertionError, TTLibError):
             continue  # unreadable or malformed font file
         fingerprint = hashlib.md5(bytes(mask) + str(mask.size).encode()).digest()
         if fingerprint in fingerprints:

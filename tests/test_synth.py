@@ -200,3 +200,36 @@ def test_cli_long_labels_widen_the_image(fonts, tmp_path):
         if name == "long":
             assert all(26 <= len(label) <= 40 for label in labels)
     assert widths["long"] > 4 * widths["short"]
+
+
+def test_font_discovery_is_cached_on_disk_and_rescans_when_a_font_changes(fonts, tmp_path, monkeypatch):
+    monkeypatch.setenv("STR_FONT_CACHE_DIR", str(tmp_path / "cache"))
+    font_dir = tmp_path / "fonts"
+    font_dir.mkdir()
+    (font_dir / "a.ttf").write_bytes(Path(fonts[0].path).read_bytes())
+    dirs = (str(font_dir),)
+    first = synth.discover_fonts.__wrapped__(DEFAULT, dirs)
+    assert [f.path for f in first] == [str(font_dir / "a.ttf")]
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+
+    def no_scan(*args):
+        raise AssertionError("rescanned although the cache is valid")
+    monkeypatch.setattr(synth, "font_metadata", no_scan)
+    assert synth.discover_fonts.__wrapped__(DEFAULT, dirs) == first
+
+    (font_dir / "b.ttf").write_bytes(b"not a font")  # a new file: the key changes, the scan runs again
+    monkeypatch.undo()
+    monkeypatch.setenv("STR_FONT_CACHE_DIR", str(tmp_path / "cache"))
+    assert synth.discover_fonts.__wrapped__(DEFAULT, dirs) == first
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2
+
+
+def test_unwritable_font_cache_only_costs_speed(fonts, tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("STR_FONT_CACHE_DIR", str(blocker / "sub"))
+    font_dir = tmp_path / "fonts"
+    font_dir.mkdir()
+    (font_dir / "a.ttf").write_bytes(Path(fonts[0].path).read_bytes())
+    found = synth.discover_fonts.__wrapped__(DEFAULT, (str(font_dir),))
+    assert len(found) == 1 and "could not write the font cache" in caplog.text
