@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import io
 import json
 import logging
@@ -44,6 +45,7 @@ MIN_WEIGHT_CLASS = 300
 # Bump when the discovery rules change (exclusions, glyph checks, design names): cached font
 # lists made by older rules are then ignored.
 FONT_CACHE_VERSION = 1
+WORDS_CACHE_VERSION = 1
 
 # Fonts whose cmap maps Latin letters to something else (Greek symbols, dingbats, key caps,
 # small capitals); the cmap check cannot tell, the family name can.
@@ -71,8 +73,18 @@ TEX_GYRE_DESIGNS = {"adventor": "avant garde", "bonum": "bookman", "chorus": "za
 # lengths 1, 2, ...; longer words share the last weight. Words of 15+ letters are about 2% of
 # the dictionary words drawn: squeezed into a 100-pixel crop they are barely legible.
 WORD_LENGTH_WEIGHTS = (2, 6, 10, 12, 12, 12, 11, 10, 8, 6, 4, 3, 2, 1.2, 0.8, 0.5, 0.3, 0.2, 0.1, 0.05)
-TEXT_KINDS = (("word", 0.70), ("random", 0.15), ("number", 0.15))
-CASES = (("lower", 0.5), ("title", 0.3), ("upper", 0.2))
+# "common": English words drawn by frequency (wordfreq's list), as signs and shop fronts use them;
+# "word": any dictionary word, uniformly, so rare words are seen too; "random": letters and digits
+# with no language model to lean on; "number": numbers and codes.
+TEXT_KINDS = (("common", 0.55), ("word", 0.20), ("random", 0.08), ("number", 0.17))
+# Signs are often set in capitals: about a third of scene words are all caps.
+CASES = (("lower", 0.35), ("title", 0.30), ("upper", 0.35))
+NUMBER_STYLES = (("digits", 0.25), ("year", 0.12), ("phone", 0.08), ("unit", 0.2), ("word", 0.15),
+                 ("code", 0.2))
+NUMBER_SUFFIXES = ("st", "nd", "rd", "th", "h", "am", "pm", "p", "kg", "km", "m", "cm", "mm", "g", "ml", "s", "x",
+                   "mph", "ft", "in", "d", "k")
+COMMON_WORDS = 50000  # the most frequent English words considered
+COMMON_FLATTEN = 0.5  # p(word) ~ rank ** -0.5: common words often, the long tail still seen
 
 
 # --- fonts --------------------------------------------------------------------------------
@@ -181,18 +193,20 @@ def discover_fonts(character: str, font_dirs: tuple[str, ...] = DEFAULT_FONT_DIR
     Light are dropped as illegible at this size. Fonts that render
     exactly like one already kept (the same file installed twice) are dropped too.
 
-    Checking ~800 fonts takes seconds, so the result is cached on disk (``font_cache_path``),
+    Checking ~800 fonts takes seconds, so the result is cached on disk (``cache_path``),
     keyed by every font file's path, size and mtime and by the character set: adding, removing
     or touching a font file rescans. A cache that cannot be written only costs speed.
     """
     chars = render_characters(character)
     files = list_font_files(font_dirs)
     key = font_cache_key(chars, files)
-    cache = font_cache_path(key)
-    fonts = load_font_cache(cache, key, chars)
-    if fonts is None:
-        fonts = scan_fonts(chars, files)
-        save_font_cache(cache, key, fonts)
+    cached = load_cached("fonts", key)
+    if cached is not None:
+        return tuple(FontInfo(path, family, style, design_family(family), frozenset(chars))
+                     for path, family, style in cached)
+    fonts = scan_fonts(chars, files)
+    # The design is not stored but recomputed, so a change of DESIGN_ALIASES needs no rescan.
+    save_cached("fonts", key, [(f.path, f.family, f.style) for f in fonts])
     return fonts
 
 
@@ -210,36 +224,36 @@ def font_cache_key(chars: str, files: Sequence[Path]) -> str:
                        "pillow": PIL.__version__, "fonttools": fonttools_version})
 
 
-def font_cache_path(key: str) -> Path:
-    """``$STR_FONT_CACHE_DIR``, else ``$STR_CACHE_DIR/fonts``, else ``~/.cache/str_toolkit/fonts``."""
+def cache_path(kind: str, key: str) -> Path:
+    """Where a cached result lives: ``$STR_FONT_CACHE_DIR`` (the historical name; words are cached
+    beside fonts), else ``$STR_CACHE_DIR/synth``, else ``~/.cache/str_toolkit/synth``; one JSON file
+    per ``kind`` and key digest."""
     base = os.environ.get("STR_FONT_CACHE_DIR")
     if not base:
         shared = os.environ.get("STR_CACHE_DIR")
-        base = Path(shared) / "fonts" if shared else Path.home() / ".cache" / "str_toolkit" / "fonts"
-    return Path(base) / f"{hashlib.sha1(key.encode()).hexdigest()}.json"
+        base = Path(shared) / "synth" if shared else Path.home() / ".cache" / "str_toolkit" / "synth"
+    return Path(base) / f"{kind}-{hashlib.sha1(key.encode()).hexdigest()}.json"
 
 
-def load_font_cache(path: Path, key: str, chars: str) -> tuple[FontInfo, ...] | None:
+def load_cached(kind: str, key: str):
+    """The value saved under ``key``, or None when missing, unreadable or saved under another key."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data["key"] != key:
-            return None
-        return tuple(FontInfo(f["path"], f["family"], f["style"], design_family(f["family"]), frozenset(chars))
-                     for f in data["fonts"])
+        data = json.loads(cache_path(kind, key).read_text(encoding="utf-8"))
+        return data["value"] if data["key"] == key else None
     except (OSError, ValueError, KeyError, TypeError):
-        return None  # missing, unreadable or from another layout: rescan
+        return None
 
 
-def save_font_cache(path: Path, key: str, fonts: Sequence[FontInfo]) -> None:
-    # The design is not stored: it is recomputed, so a change of DESIGN_ALIASES needs no rescan.
-    data = {"key": key, "fonts": [{"path": f.path, "family": f.family, "style": f.style} for f in fonts]}
+def save_cached(kind: str, key: str, value) -> None:
+    """Atomic write; a cache that cannot be written only costs the next run the time to recompute."""
+    path = cache_path(kind, key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+        tmp.write_text(json.dumps({"key": key, "value": value}), encoding="utf-8")
+        os.replace(tmp, path)  # a concurrent reader sees the old file or the new one
     except OSError as e:
-        logger.warning("could not write the font cache %s (%s); the next run rescans the fonts", path, e)
+        logger.warning("could not write the %s cache %s (%s); the next run recomputes it", kind, path, e)
 
 
 def scan_fonts(chars: str, files: Sequence[Path]) -> tuple[FontInfo, ...]:
@@ -288,8 +302,14 @@ def describe_split(fonts: Sequence[FontInfo]) -> str:
 # --- words --------------------------------------------------------------------------------
 
 def choose(rng: np.random.Generator, table: Sequence[tuple[str, float]]) -> str:
-    names, weights = zip(*table)
-    return names[rng.choice(len(names), p=np.asarray(weights) / sum(weights))]
+    """One name of a (name, weight) table; one uniform draw (``rng.choice(p=...)`` is 10x slower)."""
+    total = sum(weight for _, weight in table)
+    point = rng.random() * total
+    for name, weight in table:
+        point -= weight
+        if point < 0:
+            return name
+    return table[-1][0]
 
 
 @dataclasses.dataclass
@@ -320,8 +340,27 @@ class TextSource:
             raise ValueError(f"no dictionary word fits the character set {self.character!r}")
         weights = np.array([WORD_LENGTH_WEIGHTS[min(n, len(WORD_LENGTH_WEIGHTS)) - 1] for n in lengths])
         self.word_lengths, self.word_length_p = np.array(lengths), weights / weights.sum()
+        # rank ** -COMMON_FLATTEN times the scene-text length weight, as a cumulative distribution
+        weights = np.array([rank ** -COMMON_FLATTEN * WORD_LENGTH_WEIGHTS[min(len(w), len(WORD_LENGTH_WEIGHTS)) - 1]
+                            for rank, w in enumerate(self.common_words, start=1)])
+        self.common_cdf = np.cumsum(weights) / weights.sum() if len(weights) else weights
 
     def _load_words(self) -> list[list[str]]:
+        """Dictionary words that fit the set, by length; cached on disk (loading the lists takes
+        about a second)."""
+        from importlib.metadata import version
+
+        key = json.dumps({"version": WORDS_CACHE_VERSION, "lists": self.word_lists, "chars": self.base_chars,
+                          "max": self.batch_max_length, "english_words": version("english-words"),
+                          "wordfreq": version("wordfreq"), "common": COMMON_WORDS})
+        cached = load_cached("words", key)
+        if cached is None:
+            cached = {"by_length": self._scan_dictionary(), "common": self._scan_common_words()}
+            save_cached("words", key, cached)
+        self.common_words = cached["common"]
+        return cached["by_length"]
+
+    def _scan_dictionary(self) -> list[list[str]]:
         from english_words import get_english_words_set
 
         allowed = set(self.base_chars)
@@ -331,6 +370,19 @@ class TextSource:
             if 0 < len(word) <= self.batch_max_length and set(word) <= allowed:
                 by_length[len(word)].append(word)
         return by_length
+
+    def _scan_common_words(self) -> list[str]:
+        """The most frequent English words that fit the set, most frequent first."""
+        from wordfreq import top_n_list
+
+        allowed = set(self.base_chars)
+        return [word for word in top_n_list("en", COMMON_WORDS)
+                if 1 < len(word) <= self.batch_max_length and set(word) <= allowed]
+
+    def common_word(self, rng: np.random.Generator) -> str:
+        if not self.common_words:
+            return self.word(rng)
+        return self.common_words[min(int(np.searchsorted(self.common_cdf, rng.random())), len(self.common_words) - 1)]
 
     @property
     def length_range_requested(self) -> bool:
@@ -363,6 +415,8 @@ class TextSource:
 
     def base_text(self, rng: np.random.Generator) -> str:
         kind = choose(rng, TEXT_KINDS)
+        if kind == "common":
+            return self.common_word(rng)
         if kind == "word":
             return self.word(rng)
         if kind == "random" or not self.digits:
@@ -374,23 +428,35 @@ class TextSource:
         return words[rng.integers(len(words))]
 
     def number(self, rng: np.random.Generator) -> str:
-        """Numbers and letter-digit mixtures: '2019', '123456', 'a4b', 'room12', '3d'."""
-        style = rng.integers(4)
-        if style == 0 or not self.letters:
-            return self.random_string(rng, self.digits, int(rng.integers(1, 9)))
-        if style == 1:
-            word = self.word(rng)[:int(rng.integers(2, 8))]
-            digits = self.random_string(rng, self.digits, int(rng.integers(1, 5)))
+        """Numbers as signs carry them: '24', '1999', '5551234', '20p', '3rd', '10am', 'room12', 'a4'."""
+        style = choose(rng, NUMBER_STYLES)
+        if style == "digits" or not self.letters:
+            return self.random_string(rng, self.digits, int(rng.integers(1, 5)))
+        if style == "year":
+            return str(int(rng.integers(1900, 2031)))
+        if style == "phone":
+            return self.random_string(rng, self.digits, int(rng.integers(6, 12)))
+        if style == "unit":
+            number = str(int(10 ** rng.uniform(0, 3.5)))
+            return number + NUMBER_SUFFIXES[rng.integers(len(NUMBER_SUFFIXES))]
+        if style == "word":
+            word = self.common_word(rng)
+            digits = self.random_string(rng, self.digits, int(rng.integers(1, 4)))
             return word + digits if rng.random() < 0.7 else digits + word
-        if style == 2:
-            pool = self.digits + self.letters[:len(self.digits)]
-            return self.random_string(rng, pool, int(rng.integers(2, 7)))
-        year = str(int(rng.integers(1900, 2031)))
-        return year if set(year) <= set(self.digits) else self.random_string(rng, self.digits, 4)
+        letters = self.random_string(rng, self.letters, int(rng.integers(1, 3)))  # codes: a4, bk52, 7g
+        digits = self.random_string(rng, self.digits, int(rng.integers(1, 5)))
+        return letters + digits if rng.random() < 0.7 else digits + letters
 
     @staticmethod
     def random_string(rng: np.random.Generator, pool: str, length: int) -> str:
         return "".join(pool[i] for i in rng.integers(len(pool), size=length))
+
+    def neighbours(self, rng: np.random.Generator) -> tuple[str, str]:
+        """Text beside a word on a sign: the end of the word before, the start of the one after
+        (a space apart or not)."""
+        before, after = self.apply_case(rng, self.common_word(rng)), self.apply_case(rng, self.common_word(rng))
+        gap = " " if rng.random() < 0.5 else ""
+        return before[-int(rng.integers(1, 4)):] + gap, gap + after[:int(rng.integers(1, 4))]
 
     def apply_case(self, rng: np.random.Generator, text: str) -> str:
         case = choose(rng, CASES)
@@ -400,12 +466,36 @@ class TextSource:
 
 # --- rendering ----------------------------------------------------------------------------
 
+SIGN_COLOURS = np.array([(200, 30, 35), (25, 60, 150), (20, 105, 60), (240, 200, 30), (235, 120, 20),
+                         (245, 245, 240), (20, 20, 25), (110, 60, 30), (130, 20, 60), (0, 120, 150)], np.float64)
+# Photographs shipped inside scikit-image (no download): textures of brick, grass, gravel, coffee,
+# faces, machines. Crops of them, blurred and recoloured, stand in for the surfaces text is painted
+# on. Images holding letters (text.png, page.png) are left out: their ink would be unlabelled text.
+NATURAL_IMAGES = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png",
+                  "gravel.png", "moon.png", "motorcycle_left.png", "motorcycle_right.png", "rocket.jpg",
+                  "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "clock_motion.png", "cell.png")
+
+
+@functools.lru_cache(maxsize=1)
+def natural_images() -> tuple[np.ndarray, ...]:
+    """[H, W, 3] float32 photographs from scikit-image's data folder; () when it is not installed.
+    Loaded once per process, on first use (in each worker, in parallel)."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or spec.origin is None:
+        return ()
+    folder = Path(spec.origin).parent / "data"
+    return tuple(np.asarray(Image.open(folder / name).convert("RGB"), np.float32)
+                 for name in NATURAL_IMAGES if (folder / name).is_file())
+
 def luminance(rgb: np.ndarray) -> float:
     return float(rgb @ np.array([0.299, 0.587, 0.114]))
 
 
 def random_colour(rng: np.random.Generator) -> np.ndarray:
-    """Mostly muted colours, like paint and print; a third are grey."""
+    """Mostly muted colours, like paint and print; a third are grey; a quarter the saturated
+    paints of signs (red, blue, green, yellow, orange, white, black), a little worn."""
+    if rng.random() < 0.25:
+        return np.clip(SIGN_COLOURS[rng.integers(len(SIGN_COLOURS))] + rng.normal(0, 18, 3), 0, 255)
     grey = rng.uniform(0, 255)
     if rng.random() < 0.33:
         return np.full(3, grey)
@@ -421,36 +511,43 @@ def contrasting_colours(rng: np.random.Generator, min_contrast: float = 100) -> 
     return background, np.full(3, 0.0 if luminance(background) > 127 else 255.0)
 
 
-def draw_layers(rng: np.random.Generator, text: str, font: ImageFont.FreeTypeFont) -> Image.Image:
-    """Text masks in one RGB image: R the glyphs, G an optional border, B an optional shadow."""
+def draw_layers(rng: np.random.Generator, text: str, font: ImageFont.FreeTypeFont,
+                neighbours: tuple[str, str] = ("", "")) -> Image.Image:
+    """Text masks in one RGBA image: R the glyphs, G an optional border, B an optional shadow, A the
+    glyphs of ``text`` alone. ``neighbours`` are drawn before and after ``text`` into R, G and B
+    only: the crop follows A, so they show as cut characters in the margins, as in real crops."""
     size = font.size
     stroke = int(rng.integers(1, max(2, size // 14) + 1)) if rng.random() < 0.1 else 0
     shadow = rng.random() < 0.1
     spacing = rng.uniform(0.05, 0.25) * size if rng.random() < 0.1 else 0.0
-    left, top, right, bottom = font.getbbox(text, stroke_width=stroke)
-    width = int(right - left + spacing * (len(text) - 1)) + 2 * stroke + 8
+    before, after = neighbours
+    full = before + text + after
+    left, top, right, bottom = font.getbbox(full, stroke_width=stroke)
+    width = int(right - left + spacing * (len(full) - 1)) + 2 * stroke + 8
     height = int(bottom - top) + 2 * stroke + 8
     origin = (4 + stroke - left, 4 + stroke - top)
-    layers = [Image.new("L", (width, height)) for _ in range(3)]
-    positions = [origin]
-    if spacing:  # letter by letter; kerning is lost, as in letter-spaced signs
-        x, positions = origin[0], []
-        for char in text:
-            positions.append((x, origin[1]))
-            x += font.getlength(char) + spacing
-    pieces = list(text) if spacing else [text]
-    for (x, y), piece in zip(positions, pieces):
-        ImageDraw.Draw(layers[0]).text((x, y), piece, font=font, fill=255)
+    layers = [Image.new("L", (width, height)) for _ in range(4)]
+    # letter by letter when letter-spaced (kerning is lost, as in letter-spaced signs), else three runs
+    pieces = list(full) if spacing else [before, text, after]
+    x, main = origin[0], range(len(before), len(before) + len(text)) if spacing else range(1, 2)
+    for i, piece in enumerate(pieces):
+        position = (x, origin[1])
+        x += font.getlength(piece) + spacing
+        if not piece:
+            continue
+        ImageDraw.Draw(layers[0]).text(position, piece, font=font, fill=255)
+        if i in main:
+            ImageDraw.Draw(layers[3]).text(position, piece, font=font, fill=255)
         if stroke:
-            ImageDraw.Draw(layers[1]).text((x, y), piece, font=font, fill=255, stroke_width=stroke)
+            ImageDraw.Draw(layers[1]).text(position, piece, font=font, fill=255, stroke_width=stroke)
         if shadow:
             dx, dy = rng.integers(1, max(2, size // 12) + 1, size=2)
-            ImageDraw.Draw(layers[2]).text((x + dx, y + dy), piece, font=font, fill=255)
-    return Image.merge("RGB", layers)
+            ImageDraw.Draw(layers[2]).text((position[0] + dx, position[1] + dy), piece, font=font, fill=255)
+    return Image.merge("RGBA", layers)
 
 
 def rotate(rng: np.random.Generator, img: Image.Image) -> Image.Image:
-    angle = float(np.clip(rng.normal(0, 2.0), -5, 5))
+    angle = float(np.clip(rng.normal(0, 3.0), -8, 8))
     return img.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True)
 
 
@@ -458,7 +555,7 @@ def perspective(rng: np.random.Generator, img: Image.Image) -> Image.Image:
     """Mild perspective and shear: each corner of the source quad moves a little."""
     w, h = img.size
     pad = h // 4
-    jitter = rng.uniform(-0.12, 0.12, size=(4, 2)) * h
+    jitter = rng.uniform(-0.2, 0.2, size=(4, 2)) * h
     shear = rng.uniform(-0.3, 0.3) * h
     # QUAD takes the source corners: upper-left, lower-left, lower-right, upper-right.
     corners = np.array([[-pad + shear, -pad], [-pad, h + pad], [w + pad, h + pad], [w + pad + shear, -pad]])
@@ -469,7 +566,7 @@ def perspective(rng: np.random.Generator, img: Image.Image) -> Image.Image:
 def curve(rng: np.random.Generator, img: Image.Image, slices: int = 12) -> Image.Image:
     """A gently curved baseline (an arc), as MESH pieces shifted up or down."""
     w, h = img.size
-    amplitude = rng.uniform(0.1, 0.3) * h * rng.choice([-1, 1])
+    amplitude = rng.uniform(0.1, 0.4) * h * rng.choice([-1, 1])
     pad = int(abs(amplitude)) + 1
     xs = np.linspace(0, w, slices + 1)
     offsets = amplitude * (1 - (2 * xs / w - 1) ** 2)  # 0 at the ends, amplitude mid-word
@@ -483,8 +580,8 @@ def curve(rng: np.random.Generator, img: Image.Image, slices: int = 12) -> Image
 
 
 def crop_with_margins(rng: np.random.Generator, img: Image.Image, text_height: int) -> Image.Image:
-    """Crop around the ink with random margins; now and then cut a pixel or two into it."""
-    box = img.getbbox()
+    """Crop around the ink of the word (alpha) with random margins; now and then cut a pixel or two into it."""
+    box = img.getchannel("A").getbbox()
     if box is None:
         return img
     left, top, right, bottom = box
@@ -510,7 +607,53 @@ def background(rng: np.random.Generator, width: int, height: int, colour: np.nda
         out += np.asarray(noise)[..., None]
     if rng.random() < 0.15:
         out = blobs_and_lines(rng, out, colour)
+    if rng.random() < 0.4:
+        out = natural_texture(rng, out, colour)
     return out
+
+
+def natural_texture(rng: np.random.Generator, out: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """Blend in a crop of a photograph, recentred on the background colour so that the text keeps
+    its contrast on average: a random image, region, scale, flip, blur and strength."""
+    images = natural_images()
+    if not images:
+        return out
+    photo = images[rng.integers(len(images))]
+    height, width = out.shape[:2]
+    scale = rng.uniform(0.5, 4.0)  # photo pixels per output pixel: coarse or fine texture
+    ch, cw = min(photo.shape[0], max(2, int(height * scale))), min(photo.shape[1], max(2, int(width * scale)))
+    y, x = rng.integers(photo.shape[0] - ch + 1), rng.integers(photo.shape[1] - cw + 1)
+    crop = Image.fromarray(photo[y:y + ch, x:x + cw].astype(np.uint8)).resize((width, height), Image.Resampling.BILINEAR)
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if rng.random() < 0.5:
+        crop = crop.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.5)))
+    patch = np.asarray(crop, np.float32)
+    if rng.random() < 0.5:  # keep the photo's colours, or only its light and shade
+        patch = patch.mean(axis=2, keepdims=True)
+    patch = (patch - patch.mean(axis=(0, 1))) * rng.uniform(0.3, 1.0)
+    return out + patch
+
+
+def lighting(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarray:
+    """Light as photographs have it, each to a minority of images: uneven illumination, a cast
+    shadow with a soft edge, a specular glare spot. [H, W, 3] float32 in and out."""
+    height, width = pixels.shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    if rng.random() < 0.25:  # brighter on one side
+        angle = rng.uniform(0, 2 * math.pi)
+        ramp = (xs * math.cos(angle) + ys * math.sin(angle)) / max(width, height)
+        pixels = pixels * (1 + rng.uniform(-0.5, 0.5) * (ramp - ramp.mean()))[..., None]
+    if rng.random() < 0.15:  # a shadow edge across the word
+        angle = rng.uniform(0, 2 * math.pi)
+        across = (xs - rng.uniform(0, width)) * math.cos(angle) + (ys - rng.uniform(0, height)) * math.sin(angle)
+        soft = 0.5 + 0.5 * np.tanh(across / rng.uniform(0.5, 0.15 * height + 1))  # a sigmoid that cannot overflow
+        pixels = pixels * (1 - rng.uniform(0.25, 0.6) * soft)[..., None]
+    if rng.random() < 0.1:  # glare
+        cy, cx, sigma = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(0.3, 1.2) * height
+        spot = np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma ** 2))
+        pixels = pixels + rng.uniform(60, 160) * spot[..., None]
+    return pixels
 
 
 def blobs_and_lines(rng: np.random.Generator, out: np.ndarray, colour: np.ndarray) -> np.ndarray:
@@ -546,13 +689,13 @@ def composite(rng: np.random.Generator, layers: Image.Image) -> np.ndarray:
 def degrade(rng: np.random.Generator, img: Image.Image) -> Image.Image:
     """Camera-like damage, each to a minority of images: low resolution, blur, noise."""
     w, h = img.size
-    if rng.random() < 0.12:
-        factor = rng.uniform(0.45, 0.75)
+    if rng.random() < 0.3:
+        factor = rng.uniform(0.3, 0.75)
         small = img.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BILINEAR)
         img = small.resize((w, h), Image.Resampling.BILINEAR)
-    if rng.random() < 0.15:
+    if rng.random() < 0.25:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * h / 32))
-    if rng.random() < 0.15:
+    if rng.random() < 0.2:
         pixels = np.asarray(img, np.float32) + rng.normal(0, rng.uniform(3, 12), (h, w, 1 if rng.random() < 0.5 else 3))
         img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     return img
@@ -596,16 +739,16 @@ class SynthGenerator:
     def render(self, rng: np.random.Generator) -> tuple[Image.Image, str]:
         text, label = self.texts.sample(rng)
         font = load_font(self.choose_font(rng).path, int(self.imgH * rng.uniform(0.9, 1.4)))
-        layers = draw_layers(rng, text, font)
+        layers = draw_layers(rng, text, font, self.texts.neighbours(rng) if rng.random() < 0.25 else ("", ""))
         text_height = layers.height
         if rng.random() < 0.3:
             layers = rotate(rng, layers)
-        if rng.random() < 0.2:
+        if rng.random() < 0.3:
             layers = perspective(rng, layers)
-        if rng.random() < 0.12:
+        if rng.random() < 0.15:
             layers = curve(rng, layers)
         layers = crop_with_margins(rng, layers, text_height)
-        pixels = composite(rng, layers)
+        pixels = lighting(rng, composite(rng, layers))
         img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
         stretch = rng.uniform(0.8, 1.25)  # aspect ratio of signs and cameras varies
         width = max(1, round(img.width * self.imgH / img.height * stretch))
@@ -613,8 +756,8 @@ class SynthGenerator:
         return degrade(rng, img), label
 
     def encode(self, rng: np.random.Generator, img: Image.Image) -> bytes:
-        heavy_jpeg = rng.random() < 0.15
-        quality = int(rng.integers(25, 60)) if heavy_jpeg else 92
+        heavy_jpeg = rng.random() < 0.3
+        quality = int(rng.integers(15, 60)) if heavy_jpeg else 92
         buffer = io.BytesIO()
         if self.image_format == "png" and heavy_jpeg:  # JPEG artefacts, stored losslessly
             img.save(buffer, format="JPEG", quality=quality)

@@ -232,4 +232,4 @@ def test_unwritable_font_cache_only_costs_speed(fonts, tmp_path, monkeypatch, ca
     font_dir.mkdir()
     (font_dir / "a.ttf").write_bytes(Path(fonts[0].path).read_bytes())
     found = synth.discover_fonts.__wrapped__(DEFAULT, (str(font_dir),))
-    assert len(found) == 1 and "could not write the font cache" in caplog.text
+    assert len(found) == 1 and "could not write the fonts cache" in caplog.text

@@ -1,0 +1,135 @@
+"""How well a model trained only on this toolkit's synthetic words reads real photographs.
+
+Generates a fresh synthetic tree (``create_synth_dataset.py``), trains the quickstart recipe
+on it (narrow CRNN: None-VGG-BiLSTM-CTC, output_channel 128, hidden 128, Adam one-cycle 2e-3,
+3,500 iterations of 64, on the CPU) and scores the checkpoint on the real word crops beside the
+repository, case-insensitive alphanumeric, printing one table::
+
+    flock /tmp/cpu_heavy.lock python benchmarks/real_image_eval.py --tag baseline
+
+    | run      | train images | iterations | SVT 647 | IC03 860 | IIIT5K train 2000 | held-out fonts | minutes |
+    |----------|--------------|------------|---------|----------|-------------------|----------------|---------|
+    | baseline | 40000        | 3500       | 36.5    | 62.0     | ...               | ...            | 11.2    |
+
+Seeds are fixed (``--seed`` for the generator, ``--train_seed`` for training), so a rerun
+differs only by the CPU's non-determinism; ``--num_iter 1500`` is a cheaper proxy for comparing
+two generators against each other. The real sets are only evaluated here, never trained on.
+Results are appended as JSON lines to ``<out>/results.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_SETS = (("svt_647", "SVT 647"), ("ic03_860", "IC03 860"), ("iiit5k_train_2000", "IIIT5K train 2000"))
+ACCURACY = re.compile(r"accuracy: ([0-9.]+)\s")
+
+
+def default_real_dir() -> Path:
+    return Path(os.environ.get("REAL", ROOT.parent / "shared" / "data" / "real"))
+
+
+def run(cmd: list[str], log_path: Path) -> str:
+    """Run a step of the recipe from the repository root; its output goes to ``log_path``."""
+    print("$", " ".join(cmd), flush=True)
+    result = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log_path.write_text(result.stdout)
+    if result.returncode != 0:
+        raise RuntimeError(f"{cmd[1]} failed (exit {result.returncode}); see {log_path}:\n{result.stdout[-2000:]}")
+    return result.stdout
+
+
+def generate(opt: argparse.Namespace, data: Path, logs: Path) -> None:
+    shutil.rmtree(data, ignore_errors=True)
+    run([sys.executable, "create_synth_dataset.py", "--output_dir", str(data), "--layout", "tree",
+         "--num_train", str(opt.num_train), "--num_valid", "500", "--num_eval", "1000", "--seed", str(opt.seed),
+         "--workers", str(opt.gen_workers)], logs / "generate.log")
+
+
+def train(opt: argparse.Namespace, data: Path, exp_name: str, logs: Path) -> Path:
+    shutil.rmtree(ROOT / "saved_models" / exp_name, ignore_errors=True)
+    run([sys.executable, "train.py", "--train_data", str(data / "training"), "--valid_data", str(data / "validation"),
+         "--select_data", "/", "--batch_ratio", "1", "--exp_name", exp_name, "--manualSeed", str(opt.train_seed),
+         "--Transformation", "None", "--FeatureExtraction", "VGG", "--SequenceModeling", "BiLSTM",
+         "--Prediction", "CTC", "--output_channel", "128", "--hidden_size", "128",
+         "--adam", "--lr", "0.002", "--schedule", "onecycle", "--num_iter", str(opt.num_iter),
+         "--valInterval", str(min(250, opt.num_iter)), "--batch_size", "64", "--workers", "1",
+         "--log_interval", "250", "--progress", "off"], logs / "train.log")
+    return ROOT / "saved_models" / exp_name / "best_accuracy.pth"
+
+
+def evaluate(model: Path, eval_data: Path, log_path: Path) -> float:
+    """Case-insensitive alphanumeric word accuracy in percent."""
+    out = run([sys.executable, "test.py", "--eval_data", str(eval_data), "--saved_model", str(model),
+               "--case_insensitive", "--batch_size", "64", "--workers", "0"], log_path)
+    matches = ACCURACY.findall(out)
+    if not matches:
+        raise RuntimeError(f"no accuracy line in the output of test.py; see {log_path}")
+    return float(matches[-1])
+
+
+def print_table(rows: list[dict], real_names: list[str]) -> None:
+    header = ["run", "train images", "iterations", *real_names, "held-out fonts", "minutes"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        cells = [row["tag"], str(row["num_train"]), str(row["num_iter"]),
+                 *(f"{row['real'].get(name, float('nan')):.1f}" for name in real_names),
+                 f"{row['heldout_fonts']:.1f}", f"{row['minutes']:.1f}"]
+        print("| " + " | ".join(cells) + " |")
+
+
+def main(opt: argparse.Namespace) -> None:
+    """Generate, train, evaluate on real crops; print the table of every run in ``--out``."""
+    real_dir = Path(opt.real)
+    present = [(folder, name) for folder, name in REAL_SETS if (real_dir / folder / "gt.txt").is_file()]
+    if not present:
+        raise FileNotFoundError(f"no real evaluation sets ({', '.join(f for f, _ in REAL_SETS)}) under {real_dir}; "
+                                "pass --real or set REAL")
+    out = Path(opt.out).resolve()
+    data, logs = out / opt.tag / "data", out / opt.tag / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if not opt.reuse_data or not (data / "training" / "synth" / "data.mdb").is_file():
+        generate(opt, data, logs)
+    model = train(opt, data, f"real_eval_{opt.tag}", logs)
+    row = {"tag": opt.tag, "num_train": opt.num_train, "num_iter": opt.num_iter, "seed": opt.seed,
+           "train_seed": opt.train_seed, "real": {}}
+    for folder, name in present:
+        row["real"][name] = evaluate(model, real_dir / folder, logs / f"test_{folder}.log")
+    row["heldout_fonts"] = evaluate(model, data / "evaluation", logs / "test_heldout_fonts.log")
+    row["minutes"] = (time.perf_counter() - start) / 60
+    with open(out / "results.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    print_table(rows, [name for _, name in REAL_SETS])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tag", default="run", help="name of this run in the table (e.g. the generator change)")
+    parser.add_argument("--out", default=str(ROOT / "real_eval_out"), help="data, logs and results.jsonl go here")
+    parser.add_argument("--real", default=str(default_real_dir()),
+                        help="folder holding svt_647/, ic03_860/, iiit5k_train_2000/ (default $REAL or ../shared/data/real)")
+    parser.add_argument("--num_train", type=int, default=40000, help="synthetic training images")
+    parser.add_argument("--num_iter", type=int, default=3500, help="training iterations of 64 (1500: a cheaper proxy)")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed")
+    parser.add_argument("--train_seed", type=int, default=1111, help="train.py --manualSeed")
+    parser.add_argument("--gen_workers", type=int, default=2, help="rendering processes")
+    parser.add_argument("--reuse_data", action="store_true", help="keep <out>/<tag>/data when it exists")
+    opt = parser.parse_args(argv)
+    if opt.num_train < 1 or opt.num_iter < 1:
+        parser.error("--num_train and --num_iter must be >= 1")
+    return opt
+
+
+if __name__ == "__main__":
+    main(parse_args())
