@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One command from a fresh machine to a model that reads: install, generate synthetic word images,
-# train a small CRNN on the CPU, evaluate it on held-out fonts, and read a few images with demo.py.
+# train a small CRNN on the CPU, evaluate it on held-out fonts and on real word photographs (when
+# the real crops are beside the repository, ../shared/data/real, or REAL=<folder>), and read a few
+# images with demo.py.
 #
 #   bash quickstart.sh                       # about 15 minutes on a 2-core CPU
 #   NUM_ITER=400 NUM_TRAIN=5000 bash quickstart.sh   # a quick look (lower accuracy)
@@ -13,13 +15,14 @@ OUT=${OUT:-quickstart_out}
 NUM_TRAIN=${NUM_TRAIN:-40000}
 NUM_ITER=${NUM_ITER:-3500}
 WORKERS=${WORKERS:-2}
+REAL=${REAL:-../shared/data/real}
 PY=.venv/bin/python
 start=$(date +%s)
 
-echo "== 1/5 install (scripts/setup.sh)"
+echo "== 1/6 install (scripts/setup.sh)"
 bash scripts/setup.sh
 
-echo "== 2/5 synthetic data: $NUM_TRAIN training images, validation, held-out-font evaluation"
+echo "== 2/6 synthetic data: $NUM_TRAIN training images, validation, held-out-font evaluation"
 if [ ! -f "$OUT/data/evaluation/synth_heldout_fonts/data.mdb" ]; then
   rm -rf "$OUT/data"
   $PY create_synth_dataset.py --output_dir "$OUT/data" --layout tree --num_train "$NUM_TRAIN" \
@@ -27,7 +30,7 @@ if [ ! -f "$OUT/data/evaluation/synth_heldout_fonts/data.mdb" ]; then
 fi
 $PY scripts/make_contact_sheet.py --lmdb "$OUT/data/training/synth" --output "$OUT/training_samples.png"
 
-echo "== 3/5 train a CRNN (None-VGG-BiLSTM-CTC, narrow) for $NUM_ITER iterations on the CPU"
+echo "== 3/6 train a CRNN (None-VGG-BiLSTM-CTC, narrow) for $NUM_ITER iterations on the CPU"
 rm -rf saved_models/quickstart
 $PY train.py --train_data "$OUT/data/training" --valid_data "$OUT/data/validation" \
     --select_data / --batch_ratio 1 --exp_name quickstart \
@@ -36,10 +39,25 @@ $PY train.py --train_data "$OUT/data/training" --valid_data "$OUT/data/validatio
     --adam --lr 0.002 --schedule onecycle --num_iter "$NUM_ITER" --valInterval 250 \
     --batch_size 64 --workers 1 --log_interval 50
 
-echo "== 4/5 evaluate on fonts never seen in training"
+echo "== 4/6 evaluate on fonts never seen in training"
 $PY test.py --eval_data "$OUT/data/evaluation" --saved_model saved_models/quickstart/best_accuracy.pth --workers 1
 
-echo "== 5/5 read a handful of held-out images with demo.py"
+echo "== 5/6 real word photographs (case-insensitive alphanumeric; never trained on)"
+real_found=0
+for set in svt_647 ic03_860 iiit5k_train_2000; do
+  if [ -f "$REAL/$set/gt.txt" ]; then
+    real_found=1
+    acc=$($PY test.py --eval_data "$REAL/$set" --saved_model saved_models/quickstart/best_accuracy.pth \
+          --case_insensitive --batch_size 64 --workers 0 | sed -n 's/^accuracy: \([0-9.]*\).*/\1/p' | tail -1)
+    echo "real images: $set word accuracy $acc %"
+  fi
+done
+if [ "$real_found" = 0 ]; then
+  echo "no real word crops under $REAL (svt_647/, ic03_860/, iiit5k_train_2000/ with gt.txt): skipped the" \
+       "real-image evaluation; set REAL=<folder> to run it"
+fi
+
+echo "== 6/6 read a handful of held-out images with demo.py"
 $PY scripts/export_images.py --lmdb "$OUT/data/evaluation/synth_heldout_fonts" --output "$OUT/demo_images" --count 8
 $PY demo.py --image_folder "$OUT/demo_images" --saved_model saved_models/quickstart/best_accuracy.pth --workers 0
 echo "labels of those images: $OUT/demo_images/gt.txt"

@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import PIL
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 logger = logging.getLogger(__name__)
 
@@ -535,14 +535,13 @@ def draw_layers(rng: np.random.Generator, text: str, font: ImageFont.FreeTypeFon
         x += font.getlength(piece) + spacing
         if not piece:
             continue
-        ImageDraw.Draw(layers[0]).text(position, piece, font=font, fill=255)
-        if i in main:
-            ImageDraw.Draw(layers[3]).text(position, piece, font=font, fill=255)
+        ImageDraw.Draw(layers[3 if i in main else 0]).text(position, piece, font=font, fill=255)
         if stroke:
             ImageDraw.Draw(layers[1]).text(position, piece, font=font, fill=255, stroke_width=stroke)
         if shadow:
             dx, dy = rng.integers(1, max(2, size // 12) + 1, size=2)
             ImageDraw.Draw(layers[2]).text((position[0] + dx, position[1] + dy), piece, font=font, fill=255)
+    layers[0] = ImageChops.lighter(layers[0], layers[3]) if before or after else layers[3]  # all glyphs
     return Image.merge("RGBA", layers)
 
 
@@ -748,11 +747,12 @@ class SynthGenerator:
         if rng.random() < 0.15:
             layers = curve(rng, layers)
         layers = crop_with_margins(rng, layers, text_height)
+        stretch = rng.uniform(0.8, 1.25)  # aspect ratio of signs and cameras varies
+        width = max(1, round(layers.width * self.imgH / layers.height * stretch))
+        # Masks are scaled to the output size before painting: 2-3x fewer pixels to paint and light.
+        layers = layers.resize((width, self.imgH), Image.Resampling.BILINEAR)
         pixels = lighting(rng, composite(rng, layers))
         img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-        stretch = rng.uniform(0.8, 1.25)  # aspect ratio of signs and cameras varies
-        width = max(1, round(img.width * self.imgH / img.height * stretch))
-        img = img.resize((width, self.imgH), Image.Resampling.BILINEAR)
         return degrade(rng, img), label
 
     def encode(self, rng: np.random.Generator, img: Image.Image) -> bytes:

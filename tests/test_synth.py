@@ -233,3 +233,48 @@ def test_unwritable_font_cache_only_costs_speed(fonts, tmp_path, monkeypatch, ca
     (font_dir / "a.ttf").write_bytes(Path(fonts[0].path).read_bytes())
     found = synth.discover_fonts.__wrapped__(DEFAULT, (str(font_dir),))
     assert len(found) == 1 and "could not write the fonts cache" in caplog.text
+
+
+def test_common_words_come_by_frequency():
+    texts = synth.TextSource(DEFAULT, 25)
+    rng = np.random.default_rng(5)
+    drawn = [texts.common_word(rng) for _ in range(3000)]
+    assert set(drawn) <= set(texts.common_words) and all(set(w) <= set(DEFAULT) for w in drawn)
+    top = set(texts.common_words[:200])
+    share = sum(w in top for w in drawn) / len(drawn)
+    assert share > 5 * 200 / len(texts.common_words), "frequent words should be drawn far more often"
+    assert len(set(drawn)) > 1000, "the long tail should still be drawn"
+
+
+def test_word_lists_are_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("STR_FONT_CACHE_DIR", str(tmp_path))
+    first = synth.TextSource(DEFAULT, 12)
+    assert list(tmp_path.glob("words-*.json"))
+    monkeypatch.setattr(synth.TextSource, "_scan_dictionary", lambda self: pytest.fail("rescanned"))
+    second = synth.TextSource(DEFAULT, 12)
+    assert second.words_by_length == first.words_by_length and second.common_words == first.common_words
+
+
+def test_neighbours_are_drawn_but_the_crop_follows_the_word(fonts):
+    font = synth.load_font(fonts[0].path, 32)
+    rng = np.random.default_rng(0)
+    while True:  # plain layers (no letter spacing), so the word's position is known
+        layers = synth.draw_layers(rng, "word", font, ("ab ", " cd"))
+        glyphs, word = (np.asarray(layers.getchannel(c)) for c in ("R", "A"))
+        if glyphs.sum() > word.sum():
+            break
+    left, _, right, _ = layers.getchannel("A").getbbox()
+    ink_left, _, ink_right, _ = layers.getchannel("R").getbbox()
+    assert ink_left < left and ink_right > right
+    cropped = synth.crop_with_margins(np.random.default_rng(1), layers, layers.height)
+    assert cropped.width < layers.width
+
+
+def test_natural_textures_come_from_skimage_photographs():
+    pytest.importorskip("skimage")
+    images = synth.natural_images()
+    assert len(images) >= 10 and all(img.ndim == 3 and img.shape[2] == 3 for img in images)
+    rng = np.random.default_rng(0)
+    plain = np.full((32, 100, 3), 128, np.float32)
+    textured = synth.natural_texture(rng, plain, np.full(3, 128.0))
+    assert textured.shape == plain.shape and textured.std() > 1
