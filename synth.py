@@ -476,6 +476,9 @@ NATURAL_IMAGES = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "co
                   "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "clock_motion.png", "cell.png")
 
 
+NATURAL_TEXTURE_P = 0.4  # share of backgrounds with a photo texture blended in
+
+
 @functools.lru_cache(maxsize=1)
 def natural_images() -> tuple[np.ndarray, ...]:
     """[H, W, 3] float32 photographs from scikit-image's data folder; () when it is not installed.
@@ -606,7 +609,7 @@ def background(rng: np.random.Generator, width: int, height: int, colour: np.nda
         out += np.asarray(noise)[..., None]
     if rng.random() < 0.15:
         out = blobs_and_lines(rng, out, colour)
-    if rng.random() < 0.4:
+    if rng.random() < NATURAL_TEXTURE_P:
         out = natural_texture(rng, out, colour)
     return out
 
