@@ -458,6 +458,13 @@ class TextSource:
         gap = " " if rng.random() < 0.5 else ""
         return before[-int(rng.integers(1, 4)):] + gap, gap + after[:int(rng.integers(1, 4))]
 
+    def lines(self, rng: np.random.Generator) -> tuple[str, str]:
+        """(above, below): one or both neighbouring lines of a sign, a few words each."""
+        def line() -> str:
+            return " ".join(self.apply_case(rng, self.common_word(rng)) for _ in range(int(rng.integers(1, 4))))
+        where = rng.integers(3)
+        return (line() if where != 1 else "", line() if where != 0 else "")
+
     def apply_case(self, rng: np.random.Generator, text: str) -> str:
         case = choose(rng, CASES)
         cased = {"lower": text, "title": text[:1].upper() + text[1:], "upper": text.upper()}[case]
@@ -548,6 +555,23 @@ def draw_layers(rng: np.random.Generator, text: str, font: ImageFont.FreeTypeFon
     return Image.merge("RGBA", layers)
 
 
+def add_lines(rng: np.random.Generator, layers: Image.Image, font: ImageFont.FreeTypeFont, above: str,
+              below: str) -> Image.Image:
+    """Lines of text above and below the word, into the glyph layer only: the crop follows the
+    word, so their descenders and ascenders show cut at the top and bottom, as on real signs."""
+    step = int(layers.height * rng.uniform(0.75, 1.1))  # baseline to baseline
+    pad_top, pad_bottom = (step if above else 0), (step if below else 0)
+    out = Image.new("RGBA", (layers.width, layers.height + pad_top + pad_bottom))
+    out.paste(layers, (0, pad_top))
+    glyphs, border, shadow, word = out.split()
+    draw = ImageDraw.Draw(glyphs)
+    _, top, _, _ = font.getbbox("Hg")
+    for line, y in ((above, 4 - top), (below, pad_top + step + 4 - top)):
+        if line:
+            draw.text((int(rng.integers(-layers.height, layers.height)), y), line, font=font, fill=255)
+    return Image.merge("RGBA", (glyphs, border, shadow, word))
+
+
 def rotate(rng: np.random.Generator, img: Image.Image) -> Image.Image:
     angle = float(np.clip(rng.normal(0, 3.0), -8, 8))
     return img.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True)
@@ -589,8 +613,8 @@ def crop_with_margins(rng: np.random.Generator, img: Image.Image, text_height: i
     left, top, right, bottom = box
     side = rng.uniform(0.0, 0.3, size=2) * text_height
     vertical = rng.uniform(0.0, 0.2, size=2) * text_height
-    if rng.random() < 0.1:
-        vertical = -rng.uniform(0.0, 0.06, size=2) * text_height
+    if rng.random() < 0.2:
+        vertical = -rng.uniform(0.0, 0.08, size=2) * text_height
     return img.crop((int(left - side[0]), int(top - vertical[0]), int(right + side[1]), int(bottom + vertical[1])))
 
 
@@ -676,7 +700,8 @@ def blobs_and_lines(rng: np.random.Generator, out: np.ndarray, colour: np.ndarra
 def composite(rng: np.random.Generator, layers: Image.Image) -> np.ndarray:
     """Paint shadow, border and glyphs over a background; [H, W, 3] float32."""
     masks = np.asarray(layers, np.float32) / 255.0  # [H, W, 3]: glyphs, border, shadow
-    bg_colour, text_colour = contrasting_colours(rng)
+    # Real signs are often faded or dim: two in five images get a contrast well below the usual.
+    bg_colour, text_colour = contrasting_colours(rng, 100 if rng.random() < 0.6 else rng.uniform(35, 100))
     out = background(rng, masks.shape[1], masks.shape[0], bg_colour)
     if masks[..., 2].any():
         shadow_colour = bg_colour * rng.uniform(0.0, 0.5)
@@ -695,8 +720,8 @@ def degrade(rng: np.random.Generator, img: Image.Image) -> Image.Image:
         factor = rng.uniform(0.3, 0.75)
         small = img.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BILINEAR)
         img = small.resize((w, h), Image.Resampling.BILINEAR)
-    if rng.random() < 0.25:
-        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * h / 32))
+    if rng.random() < 0.35:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5) * h / 32))
     if rng.random() < 0.2:
         pixels = np.asarray(img, np.float32) + rng.normal(0, rng.uniform(3, 12), (h, w, 1 if rng.random() < 0.5 else 3))
         img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
@@ -743,6 +768,8 @@ class SynthGenerator:
         font = load_font(self.choose_font(rng).path, int(self.imgH * rng.uniform(0.9, 1.4)))
         layers = draw_layers(rng, text, font, self.texts.neighbours(rng) if rng.random() < 0.25 else ("", ""))
         text_height = layers.height
+        if rng.random() < 0.15:
+            layers = add_lines(rng, layers, font, *self.texts.lines(rng))
         if rng.random() < 0.3:
             layers = rotate(rng, layers)
         if rng.random() < 0.3:

@@ -278,3 +278,14 @@ def test_natural_textures_come_from_skimage_photographs():
     plain = np.full((32, 100, 3), 128, np.float32)
     textured = synth.natural_texture(rng, plain, np.full(3, 128.0))
     assert textured.shape == plain.shape and textured.std() > 1
+
+
+def test_lines_above_and_below_are_glyphs_outside_the_word(fonts):
+    font = synth.load_font(fonts[0].path, 32)
+    rng = np.random.default_rng(2)
+    layers = synth.draw_layers(rng, "word", font)
+    tall = synth.add_lines(rng, layers, font, "above", "below")
+    assert tall.height > 2 * layers.height and tall.width == layers.width
+    word_top, word_bottom = tall.getchannel("A").getbbox()[1::2]
+    ink_top, ink_bottom = tall.getchannel("R").getbbox()[1::2]
+    assert ink_top < word_top and ink_bottom > word_bottom
