@@ -497,6 +497,7 @@ def natural_images() -> tuple[np.ndarray, ...]:
     return tuple(np.asarray(Image.open(folder / name).convert("RGB"), np.float32)
                  for name in NATURAL_IMAGES if (folder / name).is_file())
 
+
 def luminance(rgb: np.ndarray) -> float:
     return float(rgb @ np.array([0.299, 0.587, 0.114]))
 
