@@ -63,7 +63,9 @@ def image_problem(data: bytes) -> str | None:
         with Image.open(io.BytesIO(data)) as img:
             img.verify()  # structure and checksums; the image is unusable afterwards
         with Image.open(io.BytesIO(data)) as img:
-            img.load()  # a real decode: catches truncated pixel data that verify() misses
+            # A real decode (catches truncated pixel data that verify() misses) through the conversion
+            # training uses, so a mode it cannot read is refused here, not found at training time.
+            to_model_image(img, rgb=False)
             width, height = img.size
     except Image.UnidentifiedImageError:
         return "not a valid image (unrecognised format)"
@@ -430,7 +432,7 @@ class LmdbDataset(Dataset):
         try:
             if imgbuf is None:
                 raise OSError("no image stored under this key")
-            img = Image.open(io.BytesIO(imgbuf)).convert("RGB" if self.rgb else "L")
+            img = to_model_image(Image.open(io.BytesIO(imgbuf)), self.rgb)
         except IMAGE_ERRORS as e:
             # The reference substituted a blank image labelled '[dummy_label]' (#17 in docs/differences.md).
             self.stats.unreadable += 1
@@ -465,7 +467,7 @@ class GtFolderDataset(Dataset):
         relpath, label = self.samples[index]
         path = self.root / relpath
         try:
-            img = Image.open(path).convert("RGB" if self.rgb else "L")
+            img = to_model_image(Image.open(path), self.rgb)
         except IMAGE_ERRORS as e:
             self.stats.unreadable += 1
             logger.warning("unreadable image %s (%s at index %d): %s; skipped", path, self.root, index, e)
@@ -605,7 +607,7 @@ class BatchBalancedDataset:
         self.opt, self.rank, self.world_size = opt, rank, world_size
         self.seed = getattr(opt, "manualSeed", 1111)
         self.collate = AlignCollate(opt.imgH, opt.imgW, keep_ratio_with_pad=getattr(opt, "PAD", False),
-                                    dynamic_width=getattr(opt, "dynamic_width", False))
+                                    dynamic_width=getattr(opt, "dynamic_width", False), rgb=getattr(opt, "rgb", None))
         dashed_line = "-" * 80
         log(dashed_line)
         log(f"dataset_root: {opt.train_data}\nopt.select_data: {select_data}\nopt.batch_ratio: {batch_ratio}")
@@ -681,10 +683,52 @@ class BatchBalancedDataset:
 
 # --- images --------------------------------------------------------------------------------
 
+def to_model_image(img: Image.Image, rgb: bool) -> Image.Image:
+    """The one conversion of a Pillow image of any mode for the model: 'RGB' if ``rgb``, else 'L'.
+
+    The result is the picture a person sees. Pillow's own ``convert('L')`` clips 16- and 32-bit
+    samples at 255 (a 16-bit PNG turns white) and drops alpha (a transparent background turns
+    black); here wide samples are scaled by their range (:func:`_wide_to_l`), transparency is
+    composited on white, and palettes are expanded. A mode Pillow cannot convert raises
+    ValueError, one of ``IMAGE_ERRORS``, so the sample is skipped as unreadable.
+    """
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        img = _wide_to_l(img)
+    elif img.has_transparency_data:  # LA, PA, RGBA, RGBa, P or L with a transparent colour
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    if img.mode not in ("1", "L", "P", "RGB"):
+        img = img.convert("RGB")  # RGBA, CMYK, YCbCr, LAB, HSV: Pillow converts all to RGB, not all to L
+    target = "RGB" if rgb else "L"
+    return img if img.mode == target else img.convert(target)
+
+
+def _wide_to_l(img: Image.Image) -> Image.Image:
+    """16-bit ('I;16', 'I;16B', 'I;16L', ...) and 32-bit ('I', 'F') grey → 'L', scaled, not clipped.
+
+    16-bit samples span 0-65535. 32-bit ones have no fixed white, so the white point is the
+    smallest usual range that holds every sample: 0-1 (float only), 0-255 (what Pillow makes from
+    'L'), 0-65535 (16-bit files Pillow widens to 'I'), else the largest sample. Data with negative
+    values is stretched from its minimum to its maximum.
+    """
+    a = np.nan_to_num(np.asarray(img, dtype=np.float64))  # [H, W]; any byte order
+    low, high = 0.0, float(a.max(initial=0.0))
+    if img.mode.startswith("I;16"):
+        white = 65535.0
+    elif a.size and a.min() < 0:
+        low = float(a.min())
+        white = max(high, low + 1e-12)
+    else:
+        usual = ([1.0] if img.mode == "F" else []) + [255.0, 65535.0]
+        white = next((w for w in usual if high <= w), high)
+    scaled = np.rint((a - low) / (white - low) * 255.0)
+    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))  # clip: only float rounding
+
+
 def _to_uint8(img: Image.Image) -> np.ndarray:
-    """[H, W, C] uint8; C = 3 for 'RGB', else 1 (other modes are converted to 'L')."""
+    """[H, W, C] uint8; C = 3 for 'RGB', else 1 (other modes go through to_model_image as grey)."""
     if img.mode not in ("L", "RGB"):
-        img = img.convert("L")
+        img = to_model_image(img, rgb=False)
     array = np.asarray(img, dtype=np.uint8)
     return array[:, :, None] if array.ndim == 2 else array
 
@@ -706,16 +750,19 @@ class AlignCollate:
     """
 
     def __init__(self, imgH: int = 32, imgW: int = 100, keep_ratio_with_pad: bool = False,
-                 dynamic_width: bool = False):
+                 dynamic_width: bool = False, rgb: bool | None = None):
         self.imgH, self.imgW = imgH, imgW
         self.keep_ratio_with_pad = keep_ratio_with_pad
         self.dynamic_width = dynamic_width
+        self.rgb = rgb  # None: 'RGB' items stay colour, every other mode becomes grey
 
     def __call__(self, batch: Sequence[tuple[Image.Image, str] | None]) -> tuple[torch.Tensor, tuple]:
         batch = [item for item in batch if item is not None]
         if not batch:
             return torch.empty(0, 1, self.imgH, self.imgW), ()
         images, labels = zip(*batch)
+        # Before the resize: a palette or 16-bit image must not be resampled in its own mode.
+        images = [to_model_image(img, img.mode == "RGB" if self.rgb is None else self.rgb) for img in images]
         if self.keep_ratio_with_pad:
             width = self.imgW
             if self.dynamic_width:
@@ -767,7 +814,7 @@ class RawDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Image.Image, str] | None:
         path = self.image_path_list[index]
         try:
-            return Image.open(path).convert("RGB" if self.rgb else "L"), path
+            return to_model_image(Image.open(path), self.rgb), path
         except IMAGE_ERRORS as e:
             self.unreadable.append(path)
             logger.warning("unreadable image %s: %s; skipped", path, e)

@@ -62,7 +62,7 @@ def predict(model, image: torch.Tensor, converter, config, amp_dtype: torch.dtyp
 def make_eval_loader(dataset, data_opt, shuffle: bool = False) -> torch.utils.data.DataLoader:
     """Batches of ``(images [B, C, imgH, W], labels or paths)`` collated as the model expects."""
     collate = AlignCollate(imgH=data_opt.imgH, imgW=data_opt.imgW, keep_ratio_with_pad=data_opt.PAD,
-                           dynamic_width=data_opt.dynamic_width)
+                           dynamic_width=data_opt.dynamic_width, rgb=getattr(data_opt, "rgb", None))
     return torch.utils.data.DataLoader(dataset, batch_size=data_opt.batch_size, shuffle=shuffle,
                                        num_workers=data_opt.workers, collate_fn=collate,
                                        pin_memory=torch.cuda.is_available())
