@@ -78,6 +78,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     for a bare reference state_dict.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.pth"))
+        hint = (f"pass one of the .pth files in it: {', '.join(inside[:5])}" if inside else "it holds no .pth file")
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file; {hint} (--saved_model)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check --saved_model "
                               "(a file path, or a pretrained model name listed by `python pretrained.py`)")

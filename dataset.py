@@ -6,6 +6,7 @@ reads image files (``RawDataset``). Every loader collates with ``AlignCollate``.
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import io
@@ -26,6 +27,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from augment import make_augment, sample_rng
+from utils import printable
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # What PIL raises on bad image data: OSError (incl. UnidentifiedImageError), SyntaxError
 # (some plugins, e.g. broken PNG chunks), ValueError, and DecompressionBombError.
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: FilterStats counts labels that are not UTF-8
 
 
 # --- writing LMDB ---------------------------------------------------------------------------
@@ -136,21 +138,29 @@ def parse_gt_file(path: str | os.PathLike) -> tuple[list[GtSample], list[GtProbl
 
     The label is everything after the first tab, so it may contain spaces and tabs.
     The reference split on every tab and crashed on a line with two or more; taking the
-    rest of the line is the fix. A line without a tab, with an empty image path, or an
-    empty line (other than the trailing one) is reported, not fatal.
+    rest of the line is the fix. Lines end at ``\n`` only (a ``\r\n`` ending loses its ``\r``):
+    a lone ``\r`` inside a label stays in it instead of cutting the line, so the line numbers
+    in the messages are the editor's. A line without a tab, with an empty image path, that is
+    not UTF-8, or an empty line (other than the trailing one) is reported, not fatal.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from Windows editors
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text ({e}); re-save it as UTF-8.") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ValueError(f"{path} is UTF-16 text; re-save it as UTF-8.")
+    data = data.removeprefix(codecs.BOM_UTF8)  # a BOM from Windows editors
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
         lines.pop()  # the newline that ends the last line
     samples: list[GtSample] = []
     problems: list[GtProblem] = []
-    for lineno, line in enumerate(lines, start=1):
-        line = line.rstrip("\r")  # CRLF files: the reference kept the '\r' in the label
+    for lineno, raw in enumerate(lines, start=1):
+        raw = raw.removesuffix(b"\r")  # CRLF files: the reference kept the '\r' in the label
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            problems.append((lineno, raw.decode("utf-8", "replace"),
+                             f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); re-save the file as UTF-8"))
+            continue
         if not line:
             problems.append((lineno, line, "empty line"))
             continue
@@ -187,6 +197,7 @@ class FilterStats:
     too_long: int = 0
     out_of_charset: int = 0
     unreadable: int = 0
+    bad_label: int = 0  # LMDB labels that are not UTF-8 (or missing): skipped, as unreadable images are
     filtering: bool = True
 
     def __str__(self) -> str:
@@ -198,6 +209,8 @@ class FilterStats:
             dropped = (f"{self.too_long} too long even with --data_filtering_off; "
                        "characters outside the set are removed from the labels")
         line = f"kept {self.kept} of {self.total} (dropped: {dropped})"
+        if self.bad_label:
+            line += f"; {self.bad_label} labels not UTF-8 skipped"
         if self.unreadable:
             line += f"; {self.unreadable} unreadable images skipped so far"
         return line
@@ -247,12 +260,16 @@ class LabelFilter:
             return "too_long"
         return None
 
-    def filter(self, labels: Iterator[tuple[int, str]]) -> tuple[np.ndarray, FilterStats]:
-        """Keep the indices whose label passes; returns (int32 indices, stats)."""
+    def filter(self, labels: Iterator[tuple[int, str | None]]) -> tuple[np.ndarray, FilterStats]:
+        """Keep the indices whose label passes; returns (int32 indices, stats). A None label
+        (bytes that are not UTF-8, see :func:`iter_lmdb_labels`) is dropped and counted."""
         stats = FilterStats(filtering=self.filtering)
         kept: list[int] = []
         for index, label in labels:
             stats.total += 1
+            if label is None:
+                stats.bad_label += 1
+                continue
             why = self.reason(label)
             if why is None:
                 kept.append(index)
@@ -269,7 +286,8 @@ class LabelFilter:
         raise ValueError(
             f"every sample of {source} was filtered out: {stats.too_long} labels longer than "
             f"--batch_max_length {self.batch_max_length}, {stats.out_of_charset} with characters "
-            f"outside the set {self.character!r} (sensitive={self.sensitive}). Pass the right "
+            f"outside the set {self.character!r} (sensitive={self.sensitive}), {stats.bad_label} "
+            "not UTF-8. Pass the right "
             "--character, --sensitive for case-sensitive labels, a larger --batch_max_length, "
             "or --data_filtering_off.")
 
@@ -300,17 +318,25 @@ def open_lmdb(root: str | os.PathLike, recheck: bool = False) -> lmdb.Environmen
         return cached[0]
     data = os.path.join(key, "data.mdb")
     try:
-        inode = os.stat(data).st_ino
+        st = os.stat(data)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{root} is not an LMDB dataset (no data.mdb). Create one with create_lmdb_dataset.py, "
             "or point at a folder holding LMDB folders or a gt.txt.") from None
+    if st.st_size == 0:
+        raise ValueError(f"{root} is not an LMDB dataset: its data.mdb is empty (0 bytes), as an interrupted "
+                         "or failed write leaves it. Re-create it with create_lmdb_dataset.py ... --overwrite, "
+                         "or remove the folder.")
     if cached is not None:
-        if cached[1] == inode:
+        if cached[1] == st.st_ino:
             return cached[0]
         cached[0].close()
-    env = lmdb.open(key, max_readers=32, readonly=True, lock=False, readahead=False, meminit=False)
-    _ENVS[key] = (env, inode)
+    try:
+        env = lmdb.open(key, max_readers=32, readonly=True, lock=False, readahead=False, meminit=False)
+    except lmdb.Error as e:
+        raise ValueError(f"{root} is not a readable LMDB dataset ({type(e).__name__}: {e}). Re-create it with "
+                         "create_lmdb_dataset.py ... --overwrite.") from None
+    _ENVS[key] = (env, st.st_ino)
     return env
 
 
@@ -324,8 +350,10 @@ def read_num_samples(txn: lmdb.Transaction, root: str | os.PathLike) -> int:
     return int(value)
 
 
-def iter_lmdb_labels(txn: lmdb.Transaction, num_samples: int) -> Iterator[tuple[int, str]]:
-    """(index, label) for every ``label-`` key, in order, with one cursor walk.
+def iter_lmdb_labels(txn: lmdb.Transaction, num_samples: int, root: str | os.PathLike = "the LMDB"
+                     ) -> Iterator[tuple[int, str | None]]:
+    """(index, label) for every ``label-`` key, in order, with one cursor walk; the label is None
+    when its bytes are not UTF-8 (warned about, with ``root`` and the index, for the first few).
 
     The label keys sort together, so this reads a few leaf pages instead of doing
     ``num_samples`` separate B-tree look-ups.
@@ -333,23 +361,41 @@ def iter_lmdb_labels(txn: lmdb.Transaction, num_samples: int) -> Iterator[tuple[
     cursor = txn.cursor()
     if not cursor.set_range(b"label-"):
         return
+    bad = 0
     for key, value in cursor:
         if not key.startswith(b"label-"):
             break
         index = int(key[6:])
         if 1 <= index <= num_samples:
-            yield index, value.decode("utf-8")
+            label = decode_label(value)
+            if label is None:
+                bad += 1
+                if bad <= 5:
+                    logger.warning("label of %s at index %d (key %s) is not UTF-8 (%r); skipped",
+                                   root, index, key.decode("ascii", "replace"), bytes(value[:40]))
+            yield index, label
+
+
+def decode_label(value: bytes | None) -> str | None:
+    """An LMDB label as text, or None if it is missing or not UTF-8."""
+    try:
+        return None if value is None else bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def read_lmdb_samples(root: str | os.PathLike, count: int | None = None) -> Iterator[tuple[int, bytes, str]]:
-    """(1-based index, encoded image bytes, label) of the first ``count`` samples (all when None)."""
+    """(1-based index, encoded image bytes, label) of the first ``count`` samples (all when None).
+
+    For looking at data: a label that is not UTF-8 comes back with U+FFFD replacement characters.
+    """
     env = open_lmdb(root, recheck=True)
     with env.begin(write=False) as txn:
         num_samples = read_num_samples(txn, root)
         for index in range(1, min(num_samples, count if count is not None else num_samples) + 1):
             image = txn.get(f"image-{index:09d}".encode())
             label = txn.get(f"label-{index:09d}".encode())
-            yield index, bytes(image or b""), (label or b"").decode("utf-8")
+            yield index, bytes(image or b""), (label or b"").decode("utf-8", "replace")
 
 
 def filter_cache_path(root: str | os.PathLike, key: dict) -> Path:
@@ -363,11 +409,11 @@ def load_filter_cache(path: Path, key: dict) -> tuple[np.ndarray, FilterStats] |
         with np.load(path, allow_pickle=False) as data:
             if str(data["key"]) != json.dumps(key, sort_keys=True):
                 return None
-            total, kept, too_long, out = (int(v) for v in data["stats"])
+            total, kept, too_long, out, bad_label = (int(v) for v in data["stats"])
             index = data["index"].astype(np.int32, copy=False)
     except (OSError, KeyError, ValueError):
         return None
-    return index, FilterStats(total, kept, too_long, out, filtering=key["filtering"])
+    return index, FilterStats(total, kept, too_long, out, bad_label=bad_label, filtering=key["filtering"])
 
 
 def save_filter_cache(path: Path, key: dict, index: np.ndarray, stats: FilterStats) -> None:
@@ -375,7 +421,7 @@ def save_filter_cache(path: Path, key: dict, index: np.ndarray, stats: FilterSta
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, key=np.array(json.dumps(key, sort_keys=True)), index=index,
-                 stats=np.array([stats.total, stats.kept, stats.too_long, stats.out_of_charset]))
+                 stats=np.array([stats.total, stats.kept, stats.too_long, stats.out_of_charset, stats.bad_label]))
         os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
     except OSError as e:
         logger.warning("could not write the filter cache %s (%s); the next run rescans", path, e)
@@ -411,7 +457,7 @@ class LmdbDataset(Dataset):
             cached = load_filter_cache(cache, key)
             if cached is not None:
                 return cached
-            index, stats = lf.filter(iter_lmdb_labels(txn, num_samples))
+            index, stats = lf.filter(iter_lmdb_labels(txn, num_samples, self.root))
         save_filter_cache(cache, key, index, stats)
         return index, stats
 
@@ -427,8 +473,13 @@ class LmdbDataset(Dataset):
         lmdb_index = int(self.filtered_index_list[index])  # IndexError past the end
         env = open_lmdb(self.root)
         with env.begin(write=False) as txn:
-            label = txn.get(f"label-{lmdb_index:09d}".encode()).decode("utf-8")
+            label = decode_label(txn.get(f"label-{lmdb_index:09d}".encode()))
             imgbuf = txn.get(f"image-{lmdb_index:09d}".encode())
+        if label is None:  # filtering drops these; here if the LMDB changed after the filter ran
+            self.stats.bad_label += 1
+            logger.warning("label in %s at index %d (key label-%09d) is missing or not UTF-8; skipped",
+                           self.root, index, lmdb_index)
+            return None
         try:
             if imgbuf is None:
                 raise OSError("no image stored under this key")
@@ -817,5 +868,5 @@ class RawDataset(Dataset):
             return to_model_image(Image.open(path), self.rgb), path
         except IMAGE_ERRORS as e:
             self.unreadable.append(path)
-            logger.warning("unreadable image %s: %s; skipped", path, e)
+            logger.warning("unreadable image %s: %s; skipped", printable(path), e)
             return None

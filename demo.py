@@ -17,7 +17,7 @@ from dataset import RawDataset, data_options
 from decoding import Decoded, add_decoding_arguments, check_decoding_flags, decode, options_from_args
 from evaluation import make_eval_loader
 from model import add_model_arguments
-from utils import add_runtime_arguments, amp_dtype, get_logger, resolve_device, run_cli
+from utils import add_runtime_arguments, amp_dtype, get_logger, printable, resolve_device, run_cli
 
 DEFAULT_MODEL = "english_g2"
 
@@ -63,7 +63,8 @@ def format_table(results, details: list[list[str]] | None = None) -> str:
     dashed = "-" * 80
     lines = [dashed, f'{"image_path":25s}\t{"predicted_labels":25s}\tconfidence score', dashed]
     for i, (path, pred, confidence) in enumerate(results):
-        lines.append(f"{path:25s}\t{pred:25s}\t{confidence:0.4f}")
+        # printable: a file name that is not UTF-8 must not stop the table from being printed and logged.
+        lines.append(f"{printable(path):25s}\t{pred:25s}\t{confidence:0.4f}")
         lines += details[i] if details else []
     return "\n".join(lines)
 
@@ -92,7 +93,7 @@ def read_folder(argv=None):
     details = [detail_lines(d, opt.topk, opt.char_conf) for _, d in decoded]
     table = format_table(results, details)
     print(table)
-    with open(opt.log_file, "a", encoding="utf-8") as log:
+    with open(opt.log_file, "a", encoding="utf-8", errors="replace") as log:
         log.write(table + "\n")
     return results
 

@@ -183,10 +183,20 @@ def get_logger(name: str, log_file: str | os.PathLike | None = None, mode: str =
     logger.addHandler(console)
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file, mode=mode, encoding="utf-8")
+        fh = logging.FileHandler(log_file, mode=mode, encoding="utf-8", errors="replace")  # odd file names
         fh.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(fh)
     return logger
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print and log as UTF-8: the undecodable bytes of a file name (``os.fsdecode``
+    turns them into lone surrogates) become U+FFFD replacement characters."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that do not stand for a byte
+        data = text.encode("utf-8", "surrogatepass")
+    return data.decode("utf-8", "replace")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
