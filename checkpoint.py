@@ -21,7 +21,7 @@ import torch
 
 from model import STAGES, Model, ModelConfig, build_model, config_from_args
 from pretrained import REGISTRY, resolve_saved_model
-from utils import CONVERTERS
+from utils import CONVERTERS, DiskFullError, disk_errno
 
 FORMAT = "str-toolkit"
 VERSION = 1
@@ -34,20 +34,39 @@ class CheckpointError(ValueError):
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
 
-    A crash (or a full disk) during the write leaves the previous file intact.
+    A crash (or a full disk) during the write leaves the previous file intact; a full disk or an I/O
+    error raises :class:`utils.DiskFullError`, which says so.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        code = disk_errno(e)
+        if code is None:
+            raise
+        intact = (f"The previous {path.name} is intact." if path.exists() else
+                  f"No previous {path.name} existed; nothing was put in its place.")
+        raise DiskFullError(code, "the checkpoint", path, tensor_bytes(obj), intact) from e
+
+
+def tensor_bytes(obj) -> int:
+    """The size of the tensors in ``obj`` (nested dicts, lists, tuples): about the size of its file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def save_checkpoint(path: str | os.PathLike, model: Model, **extra) -> None:

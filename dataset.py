@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -27,7 +28,8 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from augment import make_augment, sample_rng
-from utils import printable
+from utils import DiskFullError, disk_errno, printable
+
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ class LmdbWriter:
         self.output_path.mkdir(parents=True, exist_ok=True)
         self.commit_every = commit_every
         self.count = 0
+        self.committed = 0  # samples safely on disk
+        self._pending_bytes = 0  # image and label bytes of the open transaction
         self._env = None
         self._txn = None
 
@@ -107,22 +111,45 @@ class LmdbWriter:
     def add(self, image_bytes: bytes, label: str) -> int:
         """Store one sample; returns its 1-based index."""
         self.count += 1
+        label_bytes = label.encode("utf-8")
         self._txn.put(f"image-{self.count:09d}".encode(), image_bytes)
-        self._txn.put(f"label-{self.count:09d}".encode(), label.encode("utf-8"))
+        self._txn.put(f"label-{self.count:09d}".encode(), label_bytes)
+        self._pending_bytes += len(image_bytes) + len(label_bytes)
         if self.count % self.commit_every == 0:
-            self._txn.commit()
+            self._commit()
             self._txn = self._env.begin(write=True)
         return self.count
+
+    def _commit(self, final: bool = False) -> None:
+        """Commit the open transaction; a full disk or an I/O error becomes a DiskFullError that says
+        what is on disk."""
+        try:
+            self._txn.commit()
+            if final:
+                self._env.sync()
+        except (lmdb.Error, OSError) as e:
+            code = disk_errno(e) or (errno.ENOSPC if isinstance(e, lmdb.DiskError) else None)
+            if code is None:
+                raise
+            intact = (f"{self.committed} samples were committed before; the dataset has no num-samples key, "
+                      "so it is marked incomplete and no reader will use it. The input images and labels are "
+                      "untouched; re-create it with --overwrite.")
+            raise DiskFullError(code, f"the LMDB dataset ({self.count} samples)", self.output_path / "data.mdb",
+                                self._pending_bytes, intact) from e
+        self.committed = self.count
+        self._pending_bytes = 0
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
                 self._txn.put(b"num-samples", str(self.count).encode())
-                self._txn.commit()
-                self._env.sync()
+                self._commit(final=True)
             else:
                 # Keep what was written for inspection, but never mark it complete.
-                self._txn.commit()
+                try:
+                    self._txn.commit()
+                except lmdb.Error:
+                    pass  # already failed (e.g. a full disk): the error being raised says so
         finally:
             self._env.close()
 

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import shutil
 import string
 import sys
 from pathlib import Path
@@ -233,7 +235,58 @@ class UsageError(ValueError):
     """A flag or argument the script cannot run with: exit status 2, like argparse's own errors."""
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)  # CheckpointError is a ValueError
+# Errors of a write that more space (or a working disk) would fix.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EIO, errno.EDQUOT})
+
+
+def disk_errno(error: BaseException | None) -> int | None:
+    """The errno in ``DISK_ERRNOS`` of ``error`` or of an error it was raised from or while handling,
+    else None. torch.save reports a failed write as a RuntimeError raised during the OSError, and
+    lmdb as an ``lmdb.Error`` whose ``code`` is the errno."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        code = error.errno if isinstance(error, OSError) else getattr(error, "code", None)
+        if code in DISK_ERRNOS:
+            return code
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """Free space on the disk that holds ``path`` (or its nearest existing folder), for messages."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return format_bytes(shutil.disk_usage(folder).free)
+    except OSError:
+        return "an unknown amount"
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space, a file-size limit or an I/O error (``DISK_ERRNOS``): exit 1 with
+    what failed, where, how much it needed, how much is free, and what is intact."""
+
+    def __init__(self, code: int, what: str, path: str | os.PathLike, needed: int, intact: str):
+        self.message = (f"could not write {what} {path}: {os.strerror(code)} ({errno.errorcode[code]}). "
+                        f"It needs about {format_bytes(needed)}; {free_space(path)} is free there. {intact} "
+                        "Free some space (or write to another disk) and run again.")
+        super().__init__(code, self.message, str(path))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, DiskFullError)  # CheckpointError is a ValueError
 
 
 class UserErrorExit(SystemExit):
