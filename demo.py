@@ -17,7 +17,8 @@ from dataset import RawDataset, data_options
 from decoding import Decoded, add_decoding_arguments, check_decoding_flags, decode, options_from_args
 from evaluation import make_eval_loader
 from model import add_model_arguments
-from utils import add_runtime_arguments, amp_dtype, get_logger, printable, resolve_device, run_cli
+from utils import (add_runtime_arguments, amp_dtype, check_runtime_arguments, get_logger, printable, resolve_device,
+                   run_cli)
 
 DEFAULT_MODEL = "english_g2"
 
@@ -86,8 +87,15 @@ def main(argv=None):
     return run_cli(read_folder, argv)
 
 
+def check_args(opt) -> None:
+    """Refuse unusable flags (UsageError, exit 2) before a model or image is read; sizes: ModelConfig."""
+    check_runtime_arguments(opt)
+    check_decoding_flags(opt)
+
+
 def read_folder(argv=None):
     opt = parse_args(argv)
+    check_args(opt)
     decoded = read_decoded(opt)
     results = [(path, d.text, d.confidence) for path, d in decoded]
     details = [detail_lines(d, opt.topk, opt.char_conf) for _, d in decoded]

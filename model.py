@@ -12,7 +12,7 @@ from modules.feature_extraction import FEATURE_EXTRACTORS
 from modules.prediction import PREDICTIONS
 from modules.sequence_modeling import SEQUENCE_MODELS
 from modules.transformation import TRANSFORMATIONS
-from utils import CONVERTERS, DEFAULT_CHARACTER, resolve_character
+from utils import CONVERTERS, DEFAULT_CHARACTER, UsageError, resolve_character
 
 STAGES = {
     "Transformation": TRANSFORMATIONS,
@@ -20,6 +20,12 @@ STAGES = {
     "SequenceModeling": SEQUENCE_MODELS,
     "Prediction": PREDICTIONS,
 }
+
+# The smallest input (imgH, imgW) each stage runs on, and the smallest --output_channel of each feature
+# extractor: found by running each stage on ever smaller inputs; tests/test_arguments.py checks both
+# sides of every edge, so a change in modules/ that moves one fails there.
+MIN_INPUT_SIZE = {"VGG": (32, 8), "RCNN": (32, 4), "ResNet": (32, 4), "TPS": (8, 8)}
+MIN_OUTPUT_CHANNEL = {"VGG": 8, "RCNN": 8, "ResNet": 16}
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class ModelConfig:
             value = getattr(self, stage)
             if value not in table:
                 raise ValueError(f"--{stage} {value!r} is not one of {', '.join(table)}")
+        check_sizes(self)
 
     @property
     def name(self) -> str:
@@ -72,6 +79,28 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+def check_sizes(config: ModelConfig) -> None:
+    """Refuse sizes the stages cannot run with (a UsageError naming the flag and the range), instead
+    of a shape error in the first forward pass."""
+    stages = [s for s in (config.Transformation, config.FeatureExtraction) if s in MIN_INPUT_SIZE]
+    for flag, axis in (("imgH", 0), ("imgW", 1)):
+        low, stage = max(((MIN_INPUT_SIZE[s][axis], s) for s in stages), default=(1, None))
+        if getattr(config, flag) < low:
+            kind = "--Transformation" if stage == "TPS" else "--FeatureExtraction"
+            raise UsageError(f"--{flag} {getattr(config, flag)} is too small for {kind} {stage}: it needs "
+                             f"--{flag} of at least {low}")
+    at_least = {"output_channel": MIN_OUTPUT_CHANNEL.get(config.FeatureExtraction, 1), "hidden_size": 1,
+                "batch_max_length": 1}
+    for flag, low in at_least.items():
+        if getattr(config, flag) < low:
+            raise UsageError(f"--{flag} must be at least {low} (with --FeatureExtraction {config.FeatureExtraction}), "
+                             f"got {getattr(config, flag)}")
+    if config.input_channel not in (1, 3):
+        raise UsageError(f"--input_channel must be 1 (grey) or 3 (--rgb), got {config.input_channel}")
+    if config.Transformation == "TPS" and (config.num_fiducial < 4 or config.num_fiducial % 2):
+        raise UsageError(f"--num_fiducial must be an even number of at least 4 for TPS, got {config.num_fiducial}")
 
 
 class Model(nn.Module):

@@ -24,8 +24,8 @@ from decoding import DecodeOptions, add_decoding_arguments, check_decoding_flags
 from error_analysis import write_errors
 from evaluation import ValidationResult, make_eval_loader, predict, score_batch, synchronize
 from model import ModelConfig, add_model_arguments, count_parameters, sequence_loss
-from utils import (Averager, UsageError, add_runtime_arguments, amp_dtype, get_logger, make_converter,
-                   resolve_device, run_cli)
+from utils import (Averager, UsageError, add_runtime_arguments, amp_dtype, check_runtime_arguments, get_logger,
+                   make_converter, resolve_device, run_cli)
 
 BENCHMARKS = ["IIIT5k_3000", "SVT", "IC03_860", "IC03_867", "IC13_857", "IC13_1015",
               "IC15_1811", "IC15_2077", "SVTP", "CUTE80"]
@@ -220,15 +220,21 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def check_args(opt) -> None:
+    """Refuse unusable flags (UsageError, exit 2) before a model or data is read; sizes: ModelConfig."""
+    check_runtime_arguments(opt)
+    check_decoding_flags(opt)
+    if opt.benchmark and opt.benchmark_all_eval:
+        raise UsageError("--benchmark and --benchmark_all_eval each choose the sets; give one of them.")
+
+
 def main(argv=None) -> dict:
     return run_cli(evaluate, argv)
 
 
 def evaluate(argv=None) -> dict:
     opt = parse_args(argv)
-    if opt.benchmark and opt.benchmark_all_eval:
-        raise UsageError("--benchmark and --benchmark_all_eval each choose the sets; give one of them.")
-    check_decoding_flags(opt)  # a bad flag fails before the model loads
+    check_args(opt)
     device = resolve_device(opt.device)
     loaded = load_model(opt.saved_model, opt, device, log=get_logger("test.load").info)
     model, config, path = loaded.model, loaded.config, loaded.source

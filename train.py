@@ -36,8 +36,8 @@ from dataset import BatchBalancedDataset, data_options, hierarchical_dataset
 from evaluation import make_eval_loader
 from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args
 from test import validation
-from utils import (Averager, UsageError, add_runtime_arguments, amp_dtype, get_logger, make_converter,
-                   resolve_device, run_cli)
+from utils import (Averager, FolderLock, UsageError, add_runtime_arguments, amp_dtype, check_runtime_arguments,
+                   get_logger, make_converter, resolve_device, run_cli)
 
 
 def parse_args(argv=None):
@@ -86,6 +86,45 @@ def parse_args(argv=None):
     if opt.baiduCTC:
         print("--baiduCTC is not supported: warp-ctc is replaced by torch.nn.CTCLoss (same model, same checkpoints)")
     return opt
+
+
+def check_args(opt) -> None:
+    """Refuse the flags a run cannot use (UsageError, exit 2) before any data is read or folder made.
+    The model's sizes (--imgH for the feature extractor, ...) are checked by ModelConfig itself."""
+    check_runtime_arguments(opt)
+    at_least = {"num_iter": 1, "valInterval": 1, "saveInterval": 1, "accum_steps": 1, "log_interval": 0,
+                "warmup_iters": 0}
+    for name, low in at_least.items():
+        if getattr(opt, name) < low:
+            raise UsageError(f"--{name} must be at least {low}, got {getattr(opt, name)}")
+    ranges = {"lr": (lambda v: 0 < v < math.inf, "greater than 0"),
+              "grad_clip": (lambda v: v >= 0, "0 or more"),  # NaN fails every comparison, so it is refused
+              "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"), "rho": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+              "eps": (lambda v: 0 < v < math.inf, "greater than 0")}
+    for name, (ok, allowed) in ranges.items():
+        if not ok(getattr(opt, name)):
+            raise UsageError(f"--{name} must be {allowed}, got {getattr(opt, name)}")
+    check_data_shares(opt)
+
+
+def check_data_shares(opt) -> None:
+    """--batch_ratio: one positive number per --select_data entry, summing to 1; --total_data_usage_ratio in (0, 1]."""
+    names, shares = opt.select_data.split("-"), opt.batch_ratio.split("-")
+    if len(names) != len(shares):
+        raise UsageError(f"--batch_ratio {opt.batch_ratio} has {len(shares)} entries but --select_data "
+                         f"{opt.select_data} has {len(names)}: give one share per dataset (e.g. --select_data "
+                         "MJ-ST --batch_ratio 0.5-0.5)")
+    try:
+        values = [float(v) for v in shares]
+        usage = float(opt.total_data_usage_ratio)
+    except ValueError:
+        raise UsageError(f"--batch_ratio {opt.batch_ratio} and --total_data_usage_ratio "
+                         f"{opt.total_data_usage_ratio} must be numbers ('-'-separated for --batch_ratio)") from None
+    if not all(0 < v <= 1 for v in values) or not abs(sum(values) - 1) <= 0.01:
+        raise UsageError(f"--batch_ratio {opt.batch_ratio}: each share must be in (0, 1] and together they must "
+                         f"sum to 1 (within 0.01), got a sum of {sum(values):g}")
+    if not 0 < usage <= 1:
+        raise UsageError(f"--total_data_usage_ratio must be in (0, 1], got {opt.total_data_usage_ratio}")
 
 
 # ---------------------------------------------------------------- set-up
@@ -375,12 +414,14 @@ def restore(run: TrainRun, ckpt: dict, path: Path) -> int:
 
 
 def trim_history(path: Path, last_iteration: int) -> None:
-    """Drop CSV rows written after ``last_iteration`` (a run killed between the CSV and last.pth)."""
+    """Drop CSV rows written after ``last_iteration`` (a run killed between the CSV and last.pth), and
+    a row cut short by a kill in the middle of its write."""
     if not path.exists():
         return
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    kept = [r for r in rows if int(r["iteration"]) <= last_iteration]
+    kept = [r for r in rows if None not in r.values() and str(r["iteration"]).isdigit()
+            and int(r["iteration"]) <= last_iteration]
     if len(kept) == len(rows) or not rows:
         return
     tmp = path.with_suffix(".tmp")
@@ -442,6 +483,7 @@ def progress_bar(opt, start: int, rank: int):
 
 def train(opt) -> dict:
     """A training run, top to bottom: set-up, model, data, optimizer, resume, the loop."""
+    check_args(opt)
     rank, world_size, device = setup_distributed(opt)
     check_device_options(opt, device)
     seed_everything(opt.manualSeed)
@@ -449,31 +491,32 @@ def train(opt) -> dict:
     console = get_logger("train.console").info if rank == 0 else quiet
     config, model, _ = build_config_and_model(opt, console)
     exp_dir = experiment_dir(opt, config)
-    train_log = get_logger("train.log", exp_dir / "log_train.txt").info if rank == 0 else quiet
-    dataset_log = get_logger("train.dataset", exp_dir / "log_dataset.txt").info if rank == 0 else quiet
-    train_data = make_train_data(opt, config, rank, world_size, console, dataset_log)
-    valid_loader = make_valid_loader(opt, config, train_data.batch_size, dataset_log) if rank == 0 else None
-    model = prepare_model(model, config, device, world_size, console)
-    params = [p for p in model.parameters() if p.requires_grad]
-    console(f"Trainable params num :  {sum(p.numel() for p in params)}")
-    optimizer = make_optimizer(opt, params)
-    console(f"Optimizer:\n{optimizer}")
-    run = TrainRun(opt, rank, world_size, device, config, exp_dir, model, train_data, valid_loader,
-                   make_converter(config.Prediction, config.character), optimizer, make_scheduler(opt, optimizer),
-                   torch.amp.GradScaler(device.type, enabled=opt.amp == "fp16"), amp_dtype(opt.amp),
-                   console, train_log)
-    start = resume_or_start(run)
-    if rank == 0:
-        effective = train_data.batch_size * world_size * opt.accum_steps
-        console(write_options(opt, config, exp_dir, {"num_class": config.num_class, "world_size": world_size,
-                                                    "effective_batch_size": effective}).rstrip())
-        if summary_writer is not None:  # purge_step: a resumed run replaces what a killed run logged later
-            run.tb = summary_writer(str(exp_dir / "tensorboard"), purge_step=start + 1)
-    try:
-        return run_loop(run, start)
-    finally:
-        if run.tb is not None:
-            run.tb.close()
+    with lock_experiment(exp_dir, rank, console):
+        train_log = get_logger("train.log", exp_dir / "log_train.txt").info if rank == 0 else quiet
+        dataset_log = get_logger("train.dataset", exp_dir / "log_dataset.txt").info if rank == 0 else quiet
+        train_data = make_train_data(opt, config, rank, world_size, console, dataset_log)
+        valid_loader = make_valid_loader(opt, config, train_data.batch_size, dataset_log) if rank == 0 else None
+        model = prepare_model(model, config, device, world_size, console)
+        params = [p for p in model.parameters() if p.requires_grad]
+        console(f"Trainable params num :  {sum(p.numel() for p in params)}")
+        optimizer = make_optimizer(opt, params)
+        console(f"Optimizer:\n{optimizer}")
+        run = TrainRun(opt, rank, world_size, device, config, exp_dir, model, train_data, valid_loader,
+                       make_converter(config.Prediction, config.character), optimizer, make_scheduler(opt, optimizer),
+                       torch.amp.GradScaler(device.type, enabled=opt.amp == "fp16"), amp_dtype(opt.amp),
+                       console, train_log)
+        start = resume_or_start(run)
+        if rank == 0:
+            effective = train_data.batch_size * world_size * opt.accum_steps
+            console(write_options(opt, config, exp_dir, {"num_class": config.num_class, "world_size": world_size,
+                                                        "effective_batch_size": effective}).rstrip())
+            if summary_writer is not None:  # purge_step: a resumed run replaces what a killed run logged later
+                run.tb = summary_writer(str(exp_dir / "tensorboard"), purge_step=start + 1)
+        try:
+            return run_loop(run, start)
+        finally:
+            if run.tb is not None:
+                run.tb.close()
 
 
 def quiet(message: str) -> None:
@@ -495,6 +538,17 @@ def experiment_dir(opt, config: ModelConfig) -> Path:
     exp_dir = Path("saved_models") / opt.exp_name
     exp_dir.mkdir(parents=True, exist_ok=True)
     return exp_dir
+
+
+def lock_experiment(exp_dir: Path, rank: int, console) -> contextlib.AbstractContextManager:
+    """Rank 0 holds ``exp_dir/train.lock`` for the whole run: a second train.py on the same folder is
+    refused instead of interleaving checkpoints (the other ranks belong to the same run)."""
+    if rank != 0:
+        return contextlib.nullcontext()
+    lock = FolderLock(exp_dir, hint=", or choose another --exp_name").acquire()
+    if lock.previous_owner:
+        console(f"{lock.path}: taking over the lock of {lock.previous_owner}, which ended without releasing it")
+    return lock
 
 
 def make_train_data(opt, config: ModelConfig, rank: int, world_size: int, console, dataset_log
@@ -546,6 +600,9 @@ def resume_or_start(run: TrainRun) -> int:
         elif opt.resume != "auto":
             raise FileNotFoundError(f"--resume {resume_path} does not exist (use --resume auto to continue the "
                                     f"experiment in {run.exp_dir} if there is one)")
+        elif run.rank == 0:
+            # No last.pth yet: a run killed before its first one may have logged validations; it starts over.
+            trim_history(run.exp_dir / "log_valid.csv", start)
     elif start:
         run.console(f"continue to train, start_iter: {start}")
     return start

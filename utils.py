@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import shutil
+import socket
 import string
 import sys
 from pathlib import Path
@@ -235,6 +236,15 @@ class UsageError(ValueError):
     """A flag or argument the script cannot run with: exit status 2, like argparse's own errors."""
 
 
+def check_runtime_arguments(opt) -> None:
+    """The runtime flags every script shares (``add_runtime_arguments``): a UsageError naming the flag
+    and its range. The decoding flags (``--beam_size`` ...) are decoding.check_decoding_flags'."""
+    if opt.batch_size < 1:
+        raise UsageError(f"--batch_size must be at least 1, got {opt.batch_size}")
+    if opt.workers < 0:
+        raise UsageError(f"--workers must be 0 (load in the main process) or more, got {opt.workers}")
+
+
 # Errors of a write that more space (or a working disk) would fix.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EIO, errno.EDQUOT})
 
@@ -287,6 +297,66 @@ class DiskFullError(OSError):
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, DiskFullError)  # CheckpointError is a ValueError
+
+
+class FolderInUseError(FileExistsError):
+    """Another running process holds the folder's lock (:class:`FolderLock`): exit 1."""
+
+
+class FolderLock:
+    """One writer per folder: ``<folder>/<name>`` is ``flock``-ed and holds the owner's pid and host.
+
+    The kernel drops an flock when its process ends, kill -9 included, so a lock file left by a
+    dead run is taken over without guessing from its pid; a live owner is named in the refusal.
+    ``release()`` removes the file while still holding the lock. A second process that opened the
+    old file checks after locking that the path still leads to the file it locked, and retries if not.
+    """
+
+    def __init__(self, folder: str | os.PathLike, name: str = "train.lock", hint: str = ""):
+        self.path = Path(folder) / name
+        self.hint = hint
+        self.fd: int | None = None
+        self.previous_owner = ""  # what a lock file left by a dead run said, for the log
+
+    def acquire(self) -> "FolderLock":
+        import fcntl
+
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise FolderInUseError(f"{self.path.parent} is in use by {owner} (lock file {self.path}); "
+                                       f"wait for that run to end or stop it{self.hint}") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the file was released and removed between our open and our lock
+        self.previous_owner = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)  # drops the flock
+            self.fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self if self.fd is not None else self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class UserErrorExit(SystemExit):

@@ -131,3 +131,163 @@ def test_lmdb_final_commit_on_a_full_disk_exits_1_with_the_story(tmp_path, monke
     with pytest.raises(ValueError, match="no 'num-samples' key"):  # readers refuse the incomplete dataset
         dataset.LmdbDataset(tmp_path / "out", dataset.data_options(
             __import__("model").ModelConfig("None", "VGG", "None", "CTC"), object()))
+
+
+# ---------------------------------------------------------------- training: kills, a second run, a full disk
+
+TINY = ["--select_data", "MJ", "--batch_ratio", "1", "--Transformation", "None", "--FeatureExtraction", "VGG",
+        "--SequenceModeling", "None", "--Prediction", "CTC", "--output_channel", "32", "--hidden_size", "32",
+        "--workers", "0", "--batch_size", "4", "--progress", "off"]
+
+# train.py with every fsync slowed down, so that a kill can be aimed at the middle of a checkpoint write.
+SLOW_FSYNC_TRAIN = ("import os, runpy, sys, time; sys.path.insert(0, {root!r}); real_fsync = os.fsync; "
+                    "os.fsync = lambda fd: (time.sleep(0.1), real_fsync(fd))[1]; "
+                    "sys.argv = [{script!r}] + sys.argv[1:]; runpy.run_path({script!r}, run_name='__main__')")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    make_word_lmdb(root / "train" / "MJ", 32, seed=0, max_len=6)
+    make_word_lmdb(root / "valid" / "v", 4, seed=1, max_len=6)
+    return root
+
+
+def start_training(data: Path, cwd: Path, *args, slow_fsync: bool = False) -> subprocess.Popen:
+    env = {**os.environ, "STR_CACHE_DIR": str(cwd / "cache"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    script = str(ROOT / "train.py")
+    launcher = ["-c", SLOW_FSYNC_TRAIN.format(root=str(ROOT), script=script)] if slow_fsync else [script]
+    log = open(cwd / f"out-{time.monotonic_ns()}.txt", "w+")
+    proc = subprocess.Popen([sys.executable, *launcher, "--train_data", str(data / "train"), "--valid_data",
+                             str(data / "valid"), *TINY, *map(str, args)], cwd=cwd, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
+    proc.log = log
+    return proc
+
+
+def output(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)
+    return proc.log.read()
+
+
+def wait_for(condition, timeout: float = 60.0, step: float = 0.005) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return False
+
+
+def iteration_of(exp: Path) -> int:
+    path = exp / "last.pth"
+    return torch.load(path, weights_only=True)["iteration"] if path.exists() else 0
+
+
+def assert_every_pth_loads(exp: Path) -> None:
+    for path in exp.glob("*.pth"):
+        torch.load(path, weights_only=True)  # raises on a torn file
+
+
+def test_kill_9_at_random_moments_then_resume_auto(data, tmp_path):
+    """Killed four times (twice inside a checkpoint write), resumed each time: the run ends, its
+    iteration count only moves forward, and every .pth in the folder loads."""
+    rng = random.Random(11)
+    exp = tmp_path / "saved_models" / "kill"
+    args = ("--exp_name", "kill", "--num_iter", 24, "--valInterval", 3, "--saveInterval", 6, "--resume", "auto")
+    saved, progress = 0, []
+    for moment in ("write", "random", "write", "random"):
+        left_behind = {p.name for p in exp.glob(".*.tmp")}  # by earlier kills
+        proc = start_training(data, tmp_path, *args, slow_fsync=True)
+        if moment == "write":  # inside the n-th checkpoint write: its hidden temporary file exists only then
+            seen, n = set(), rng.randint(2, 7)
+
+            def in_nth_write() -> bool:
+                now = {p.name for p in exp.glob(".*.tmp")} - left_behind
+                seen.update(now)
+                return bool(now) and len(seen) >= n
+
+            assert wait_for(lambda: in_nth_write() or proc.poll() is not None), output(proc)
+        else:  # anywhere in the training loop
+            assert wait_for(lambda: "Trainable params" in output(proc) or proc.poll() is not None, step=0.05)
+            time.sleep(rng.uniform(0.5, 3.0))
+        assert proc.poll() is None, f"the run ended before the kill:\n{output(proc)}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if "resumed from" in output(proc):  # unless killed before it got that far
+            assert f"resumed from {Path('saved_models', 'kill', 'last.pth')} at iteration {saved}" in output(proc)
+        now = iteration_of(exp)
+        assert now >= saved  # a kill never takes the run back
+        saved = now
+        progress.append(now)
+        assert_every_pth_loads(exp)
+    print("last.pth iteration after each kill:", progress)
+    assert progress[-1] > 0  # later runs resumed from a checkpoint (else nothing was tested)
+    proc = start_training(data, tmp_path, *args)
+    assert proc.wait(timeout=180) == 0, output(proc)
+    out = output(proc)
+    if saved:
+        assert f"resumed from {Path('saved_models', 'kill', 'last.pth')} at iteration {saved}" in out
+    assert "taking over the lock of pid" in out  # the killed run left its lock file behind
+    assert iteration_of(exp) == 24
+    assert_every_pth_loads(exp)
+    with open(exp / "log_valid.csv") as f:
+        iterations = [int(line.split(",")[0]) for line in f.read().splitlines()[1:]]
+    assert iterations == sorted(set(iterations)) and iterations[-1] == 24  # no row twice, none out of order
+    assert not (exp / "train.lock").exists()
+
+
+def test_a_second_run_on_the_same_folder_is_refused(data, tmp_path, monkeypatch, capsys):
+    import train
+
+    exp = tmp_path / "saved_models" / "busy"
+    first = start_training(data, tmp_path, "--exp_name", "busy", "--num_iter", 100000, "--valInterval", 2)
+    assert wait_for(lambda: "Current_accuracy" in _read(exp / "log_train.txt") or first.poll() is not None)
+    assert (exp / "train.lock").read_text().startswith(f"pid {first.pid} on host ")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STR_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["--train_data", str(data / "train"), "--valid_data", str(data / "valid"), *TINY, "--exp_name", "busy",
+            "--num_iter", "2"]
+    with pytest.raises(SystemExit) as info:
+        train.main(argv)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"{Path('saved_models') / 'busy'} is in use by pid {first.pid} on host" in err
+    assert "or choose another --exp_name" in err
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 128 + signal.SIGTERM, output(first)
+    assert not (exp / "train.lock").exists()  # released on exit
+
+    # A lock file left by a dead process is taken over.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (exp / "train.lock").write_text(f"pid {dead.pid} on host elsewhere\n")
+    result = train.main([*argv, "--resume", "auto", "--num_iter", str(iteration_of(exp) + 1)])
+    assert result["iteration"] == iteration_of(exp)
+    assert f"taking over the lock of pid {dead.pid} on host elsewhere" in capsys.readouterr().out
+    assert not (exp / "train.lock").exists()
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def test_training_on_a_full_disk_exits_1_and_keeps_the_last_checkpoint(data, tmp_path, monkeypatch, capsys):
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STR_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["--train_data", str(data / "train"), "--valid_data", str(data / "valid"), *TINY, "--exp_name", "full",
+            "--valInterval", "2"]
+    train.main([*argv, "--num_iter", "2"])
+    monkeypatch.setattr(checkpoint.torch, "save", enospc)
+    with pytest.raises(SystemExit) as info:
+        train.main([*argv, "--num_iter", "4", "--resume", "auto"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    exp = Path("saved_models") / "full"
+    assert "error: could not write the checkpoint saved_models/full/" in err and "(ENOSPC)" in err
+    assert "It needs about" in err and "is free there" in err and ".pth is intact." in err
+    monkeypatch.undo()
+    assert torch.load(tmp_path / exp / "last.pth", weights_only=True)["iteration"] == 2
+    assert not (tmp_path / exp / "train.lock").exists()  # released on the way out
