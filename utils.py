@@ -326,10 +326,10 @@ class FolderLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                owner = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-                os.close(fd)
-                raise FolderInUseError(f"{self.path.parent} is in use by {owner} (lock file {self.path}); "
-                                       f"wait for that run to end or stop it{self.hint}") from None
+                self._refuse(fd)
+            except OSError:  # a file system without flock (some network mounts): judge by the pid
+                if owner_alive(_read_owner(fd)):
+                    self._refuse(fd)
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -337,11 +337,17 @@ class FolderLock:
             if same:
                 break
             os.close(fd)  # the file was released and removed between our open and our lock
-        self.previous_owner = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        self.previous_owner = _read_owner(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
         self.fd = fd
         return self
+
+    def _refuse(self, fd: int) -> None:
+        owner = _read_owner(fd) or "another process"
+        os.close(fd)
+        raise FolderInUseError(f"{self.path.parent} is in use by {owner} (lock file {self.path}); "
+                               f"wait for that run to end or stop it{self.hint}")
 
     def release(self) -> None:
         if self.fd is None:
@@ -357,6 +363,26 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _read_owner(fd: int) -> str:
+    return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the ``pid N on host H`` of a lock file is a running process (on another host: assumed so)."""
+    parts = owner.split()
+    if len(parts) != 5 or parts[0] != "pid" or not parts[1].isdigit():
+        return False
+    if parts[4] != socket.gethostname():
+        return True
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return int(parts[1]) != os.getpid()
 
 
 class UserErrorExit(SystemExit):
@@ -375,7 +401,12 @@ def run_cli(main: Callable, argv: list[str] | None = None):
     status 2 for bad usage (:class:`UsageError`), 1 for work that failed. → ``main(argv)``'s result."""
     try:
         return main(argv)
-    except USER_ERRORS as e:
-        message = f"error: {e}"
+    except Exception as e:
+        # Any write that a full or failing disk broke (a log, a CSV, a plot) is a user error too.
+        disk = not isinstance(e, USER_ERRORS) and disk_errno(e) is not None
+        if not (disk or isinstance(e, USER_ERRORS)):
+            raise
+        message = f"error: {e}" + ("; the disk is full or failing: free some space (or write to another disk) "
+                                   "and run again" if disk else "")
         print(message, file=sys.stderr, flush=True)
         raise UserErrorExit(message, 2 if isinstance(e, UsageError) else 1) from None

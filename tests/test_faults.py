@@ -291,3 +291,41 @@ def test_training_on_a_full_disk_exits_1_and_keeps_the_last_checkpoint(data, tmp
     monkeypatch.undo()
     assert torch.load(tmp_path / exp / "last.pth", weights_only=True)["iteration"] == 2
     assert not (tmp_path / exp / "train.lock").exists()  # released on the way out
+
+
+def test_lock_without_flock_judges_by_the_pid(tmp_path, monkeypatch):
+    """On a file system without flock the lock falls back to the pid: live owners refuse, dead ones not."""
+    import fcntl
+    import socket
+
+    from utils import FolderInUseError, FolderLock
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    lock_file = tmp_path / "train.lock"
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        lock_file.write_text(f"pid {parent.pid} on host {socket.gethostname()}\n")
+        with pytest.raises(FolderInUseError, match=f"is in use by pid {parent.pid} on host"):
+            FolderLock(tmp_path).acquire()
+    finally:
+        parent.kill()
+        parent.wait()
+    with FolderLock(tmp_path) as lock:  # the owner is dead now
+        assert lock.previous_owner.startswith(f"pid {parent.pid}")
+        assert lock_file.read_text() == f"pid {os.getpid()} on host {socket.gethostname()}\n"
+    assert not lock_file.exists()
+
+
+def test_any_write_a_full_disk_breaks_exits_1(capsys):
+    def write_csv(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", "log_valid.csv")
+
+    with pytest.raises(SystemExit) as info:
+        run_cli(write_csv, [])
+    assert info.value.code == 1
+    assert "No space left on device: 'log_valid.csv'; the disk is full or failing" in capsys.readouterr().err
+    with pytest.raises(PermissionError):  # other OS errors keep their traceback
+        run_cli(lambda argv: (_ for _ in ()).throw(PermissionError(errno.EACCES, "denied")), [])
