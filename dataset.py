@@ -772,7 +772,7 @@ def to_model_image(img: Image.Image, rgb: bool) -> Image.Image:
     """
     if img.mode.startswith("I;16") or img.mode in ("I", "F"):
         img = _wide_to_l(img)
-    elif img.has_transparency_data:  # LA, PA, RGBA, RGBa, P or L with a transparent colour
+    elif img.mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in img.info:  # or a transparent colour
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     if img.mode not in ("1", "L", "P", "RGB"):
