@@ -288,3 +288,48 @@ def test_english_g2_on_real_crops(tmp_path):
             assert onnx_strings == strings
             checked += len(strings)
     assert checked == 256
+
+
+NO_TORCH = """
+import runpy, sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("name", ["None-VGG-BiLSTM-CTC", "None-VGG-None-Attn"])
+def test_onnx_infer_runs_without_torch_and_reads_like_demo(name, tmp_path, exports):
+    import subprocess
+    import sys
+
+    from helpers import ROOT, make_gt_folder
+
+    config = tiny_config(name)
+    path = exports / f"{name}.onnx"
+    if not path.exists():  # the parity test wrote it, unless run alone
+        export_onnx(calibrated_model(config), path)
+    images = sorted((make_gt_folder(tmp_path / "words", copies=1) / "images").glob("*.png"))[:6]
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(ROOT / "onnx_infer.py"), str(path), *map(str, images)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = [line.split("\t", 1) for line in proc.stdout.splitlines()]
+
+    from PIL import Image
+    collate = AlignCollate(config.imgH, config.imgW, keep_ratio_with_pad=True)
+    batch, _ = collate([(Image.open(p).convert("L"), str(p)) for p in images])
+    converter = make_converter(config.Prediction, config.character)
+    with torch.inference_mode():
+        _, strings, _ = predict(OnnxModel(path), batch, converter, config)
+    assert printed == [[str(p), s] for p, s in zip(images, strings)]
+    assert any(strings)  # something was read, so the comparison says something
+
+
+def test_onnx_infer_blocks_torch_for_real(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "uses_torch.py"
+    script.write_text("import torch\n")
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "import of torch halted" in proc.stderr, proc.stderr
