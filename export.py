@@ -151,7 +151,7 @@ def export(argv=None) -> list[Path]:
         raise UsageError("--quantize and --calib_data apply to --format onnx only")
     if opt.quantize and not opt.calib_data:
         raise UsageError("--quantize int8 needs --calib_data DIR: a folder of word images to calibrate on")
-    loaded = load_model(opt.saved_model, opt, "cpu")
+    loaded = load_model(opt.saved_model, opt, "cpu", allow_onnx=False)
     if opt.format == "reference":
         export_reference(opt.output, loaded.model)
         written = [Path(opt.output)]

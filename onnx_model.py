@@ -23,8 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import Model, ModelConfig
+from model import Model, ModelConfig, count_parameters
 from modules.prediction import GO_INDEX
+from utils import UsageError
 
 FORMAT = "str-toolkit-onnx"
 VERSION = 1
@@ -41,7 +42,7 @@ OPSET_HELP = (f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET} to {MAX_OPSET},
               "runtimes reject.")
 
 
-class OnnxExportError(ValueError):
+class OnnxExportError(UsageError):
     """A model or option that cannot be exported as asked; the message says why and what to do."""
 
 
@@ -186,7 +187,7 @@ def export_onnx(model: Model, output: str | os.PathLike, opset: int = DEFAULT_OP
     name_output_dims(proto, config)
     if opset < EXPORTER_OPSET:
         proto = convert_opset(proto, opset)
-    set_metadata(proto, config, dynamic_width)
+    set_metadata(proto, config, dynamic_width, count_parameters(model))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     import onnx
@@ -256,9 +257,9 @@ def convert_opset(proto, opset: int):
     return proto
 
 
-def set_metadata(proto, config: ModelConfig, dynamic_width: bool) -> None:
+def set_metadata(proto, config: ModelConfig, dynamic_width: bool, parameters: int) -> None:
     info = {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "dynamic_width": dynamic_width,
-            "torch": torch.__version__}
+            "parameters": parameters, "torch": torch.__version__}
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(info, ensure_ascii=False)
@@ -299,18 +300,25 @@ class OnnxModel:
     the logits as a float32 tensor on the image's device. ``.config`` is the model's ModelConfig.
     """
 
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", threads: int | None = None):
         import onnxruntime as ort
 
         self.source = Path(path)
         info = read_metadata(self.source)
         self.config = ModelConfig.from_dict(info["config"])
         self.dynamic_width = bool(info.get("dynamic_width"))
+        self.num_parameters = int(info.get("parameters", 0))
+        providers = ["CPUExecutionProvider"]
+        if torch.device(device).type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UsageError(f"--device {device}: this onnxruntime has no CUDA provider (it has "
+                                 f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu or use "
+                                 "--device cpu")
+            providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.source), options,
-                                            providers=providers or ["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.source), options, providers=providers)
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or inputs[0].name != "image":
             raise OnnxModelError(f"{self.source} takes {[i.name for i in inputs]}, not one 'image' input; "
@@ -323,7 +331,7 @@ class OnnxModel:
             raise ValueError(f"{self.source} takes images [B, {c.input_channel}, {c.imgH}, W]; got "
                              f"{list(image.shape)}")
         if not self.dynamic_width and image.size(3) != c.imgW:
-            raise ValueError(f"{self.source} was exported with a fixed width of {c.imgW} "
+            raise UsageError(f"{self.source} was exported with a fixed width of {c.imgW} "
                              f"({'TPS' if c.Transformation == 'TPS' else 'fixed-width export'}), but the batch is "
                              f"{image.size(3)} wide. Drop --dynamic_width (batches are then padded or resized "
                              f"to {c.imgW}), or export a model without TPS for dynamic widths")

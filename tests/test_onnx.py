@@ -12,18 +12,17 @@ import itertools
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch
 
 from dataset import AlignCollate
+from evaluation import predict
 from helpers import WORDS, render_word
 from model import STAGES, ModelConfig, build_model
 from modules.prediction import EOS_INDEX
 from onnx_model import (DEFAULT_OPSET, METADATA_KEY, OnnxExportError, OnnxModel, OnnxModelError, export_onnx,
                         read_metadata)
-from test import predict
 from utils import make_converter
 
 ALL_MODELS = ["-".join(stages) for stages in itertools.product(*STAGES.values())]
@@ -246,10 +245,11 @@ def test_int8_quantisation_calibrates_on_a_folder(tmp_path):
 
 
 def test_quantize_needs_calibration_data(tmp_path):
-    from export import main
+    from export import export
+    from utils import UsageError
 
-    with pytest.raises(ValueError, match="--quantize int8 needs --calib_data"):
-        main(["--saved_model", "x.pth", "--format", "onnx", "--output", str(tmp_path / "x.onnx"),
+    with pytest.raises(UsageError, match="--quantize int8 needs --calib_data"):
+        export(["--saved_model", "x.pth", "--format", "onnx", "--output", str(tmp_path / "x.onnx"),
               "--quantize", "int8"])
 
 
@@ -265,15 +265,17 @@ def english_g2_or_skip():
 
 def test_english_g2_on_real_crops(tmp_path):
     """The registered name through the CLI; the first 64 crops of each real set, fixed and dynamic width."""
+    from types import SimpleNamespace
+
+    from checkpoint import load_model
     from dataset import RawDataset
     from export import main
-    from test import load_model_for_eval
-    from types import SimpleNamespace
 
     english_g2_or_skip()
     out = tmp_path / "english_g2.onnx"
     main(["--saved_model", "english_g2", "--format", "onnx", "--output", str(out)])
-    model, config, _ = load_model_for_eval(SimpleNamespace(saved_model="english_g2"), "cpu")
+    loaded = load_model("english_g2")
+    model, config = loaded.model, loaded.config
     onnx_model = OnnxModel(out)
     assert onnx_model.config == config
     checked = 0
@@ -333,3 +335,48 @@ def test_onnx_infer_blocks_torch_for_real(tmp_path):
     script.write_text("import torch\n")
     proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(script)], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "import of torch halted" in proc.stderr, proc.stderr
+
+
+def test_demo_and_test_read_an_onnx_model_as_they_read_its_checkpoint(tmp_path, monkeypatch):
+    import demo
+    import test as test_script
+    from checkpoint import save_checkpoint
+    from helpers import make_gt_folder
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config("None-VGG-BiLSTM-CTC")
+    model = calibrated_model(config)
+    save_checkpoint(tmp_path / "m.pth", model)
+    export_onnx(model, tmp_path / "m.onnx")
+    folder = make_gt_folder(tmp_path / "words", copies=1)
+    tables, scores = {}, {}
+    for name in ("m.pth", "m.onnx"):
+        results = demo.main(["--image_folder", str(folder / "images"), "--saved_model", name,
+                             "--workers", "0", "--log_file", str(tmp_path / f"{name}.log")])
+        tables[name] = [(path, text) for path, text, _ in results]
+        scores[name] = test_script.main(["--eval_data", str(folder), "--saved_model", name,
+                                         "--workers", "0", "--save_errors", str(tmp_path / f"errors_{name}")])
+        assert (tmp_path / f"errors_{name}" / "errors.tsv").is_file()
+    assert tables["m.onnx"] == tables["m.pth"] and any(text for _, text in tables["m.pth"])
+    assert scores["m.onnx"]["n_samples"] == scores["m.pth"]["n_samples"] == len(WORDS)
+    assert scores["m.onnx"]["accuracy"] == scores["m.pth"]["accuracy"]
+    assert scores["m.onnx"]["norm_ED"] == pytest.approx(scores["m.pth"]["norm_ED"], abs=1e-9)
+    log = (tmp_path / "result" / "m.onnx" / "log_evaluation.txt").read_text()
+    assert f"model {config.name} from" in log and "M parameters" in log and "0.000M" not in log
+
+
+def test_onnx_model_refuses_flags_it_cannot_follow(tmp_path):
+    from types import SimpleNamespace
+
+    from checkpoint import load_model
+    from utils import UsageError
+
+    config = tiny_config("None-VGG-BiLSTM-CTC")
+    path = export_onnx(calibrated_model(config), tmp_path / "m.onnx")
+    assert load_model(path, SimpleNamespace(imgH=32, Prediction="CTC")).config == config  # repeating is fine
+    with pytest.raises(UsageError, match=r"--imgH 64 \(exported with 32\).*export again"):
+        load_model(path, SimpleNamespace(imgH=64))
+    with pytest.raises(UsageError, match="--amp bf16 applies to PyTorch models"):
+        load_model(path, SimpleNamespace(amp="bf16"))
+    with pytest.raises(UsageError, match="runs inference only"):
+        load_model(path, SimpleNamespace(), fine_tune=True)
