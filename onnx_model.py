@@ -171,11 +171,7 @@ def export_onnx(model: Model, output: str | os.PathLike, opset: int = DEFAULT_OP
     if dynamic_width and config.Transformation == "TPS":
         raise OnnxExportError("TPS cannot take a dynamic width: its sampling grid is built for imgW "
                               f"{config.imgW}. Export it with a fixed width")
-    module = ExportModule(model.float().eval().cpu())
-    example = torch.zeros(2, config.input_channel, config.imgH, max(config.imgW, MIN_WIDTH))
-    dims = {0: torch.export.Dim("batch", min=1)}
-    if dynamic_width:
-        dims[3] = torch.export.Dim("width", min=MIN_WIDTH)
+    module, example, dims = export_inputs(model, dynamic_width)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
         program = torch.onnx.export(module, (example,), dynamo=True, opset_version=max(opset, EXPORTER_OPSET),
@@ -208,6 +204,27 @@ def name_output_dims(proto, config: ModelConfig) -> None:
         dims[1].dim_param = "frames"
     else:
         dims[1].dim_value = config.batch_max_length + 1
+
+
+def export_inputs(model: Model, dynamic_width: bool) -> tuple[ExportModule, torch.Tensor, dict]:
+    """The module to trace, an example batch, and its dynamic dimensions (batch; width unless fixed)."""
+    config = model.config
+    example = torch.zeros(2, config.input_channel, config.imgH, max(config.imgW, MIN_WIDTH))
+    dims = {0: torch.export.Dim("batch", min=1)}
+    if dynamic_width:
+        dims[3] = torch.export.Dim("width", min=MIN_WIDTH)
+    return ExportModule(model.float().eval().cpu()), example, dims
+
+
+def torch_export(model: Model, dynamic_width: bool | None = None) -> torch.export.ExportedProgram:
+    """The same graph as the ONNX export, as a ``torch.export`` program (PyTorch's maintained path;
+    TorchScript is deprecated). ``torch.export.save(program, "model.pt2")`` writes it to a file."""
+    if dynamic_width is None:
+        dynamic_width = model.config.Transformation == "None"
+    module, example, dims = export_inputs(model, dynamic_width)
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.export.export(module, (example,), dynamic_shapes={"image": dims}, strict=False,
+                                   prefer_deferred_runtime_asserts_over_guards=True)
 
 
 def convert_opset(proto, opset: int):

@@ -380,3 +380,16 @@ def test_onnx_model_refuses_flags_it_cannot_follow(tmp_path):
         load_model(path, SimpleNamespace(amp="bf16"))
     with pytest.raises(UsageError, match="runs inference only"):
         load_model(path, SimpleNamespace(), fine_tune=True)
+
+
+def test_torch_export_program_equals_eager(tmp_path):
+    """torch.export (PyTorch's maintained graph capture) of the same module, saved and loaded as .pt2."""
+    from onnx_model import torch_export
+
+    config = tiny_config("TPS-VGG-BiLSTM-Attn")
+    model = calibrated_model(config)
+    torch.export.save(torch_export(model), tmp_path / "model.pt2")
+    program = torch.export.load(tmp_path / "model.pt2").module()
+    for label, image in parity_batches(config).items():
+        diff, strings, exported_strings = compare(model, lambda x, *_, **__: program(x), image, config)
+        assert diff < 1e-6 and exported_strings == strings, label
