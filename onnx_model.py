@@ -33,10 +33,10 @@ METADATA_KEY = "str_toolkit"
 DEFAULT_OPSET = 17
 EXPORTER_OPSET = 18  # the lowest opset torch.onnx's dynamo exporter writes; 17 is converted from it
 MAX_OPSET = 23
-MIN_OPSET = 13  # below 17, onnx's version converter writes it
+MIN_OPSET = 16  # 16 through onnx's version converter (from 17); older opsets are not tested
 GRID_SAMPLE_OPSET = 16  # TPS's F.grid_sample is ONNX GridSample, new in opset 16
 MIN_WIDTH = 32  # the smallest dynamic width exported (every extractor needs a few columns)
-OPSET_HELP = (f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET} to {MAX_OPSET}, TPS from {GRID_SAMPLE_OPSET}). 17 is the default "
+OPSET_HELP = (f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET} to {MAX_OPSET}). {DEFAULT_OPSET} is the default "
               "because GridSample (TPS) is GridSample-16 there, which TensorRT and older ONNX Runtime builds "
               "parse; opset 20 replaces it with GridSample-20 (new mode names, N-D), which many deployed "
               "runtimes reject.")
