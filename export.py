@@ -3,7 +3,7 @@
     python export.py --saved_model best_accuracy.pth --format reference --output model.pth
     python export.py --saved_model english_g2 --format easyocr --output easyocr_model/ [--name my_recognizer]
     python export.py --saved_model english_g2 --format onnx --output english_g2.onnx [--opset 17]
-    python export.py --saved_model english_g2 --format onnx --output english_g2_int8.onnx \
+    python export.py --saved_model english_g2 --format onnx --output english_g2_int8.onnx \\
         --quantize int8 --calib_data my_crops/
 
 ``reference``: a bare state_dict with the ``module.`` prefix, as the original train.py saves it
