@@ -86,11 +86,23 @@ def exports(tmp_path_factory):
     return tmp_path_factory.mktemp("onnx")
 
 
+@pytest.fixture(scope="module")
+def exported(exports):
+    """name → (tiny model, its .onnx path), each exported once per test run (exports take seconds)."""
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            model = calibrated_model(tiny_config(name))
+            cache[name] = model, export_onnx(model, exports / f"{name}.onnx")
+        return cache[name]
+    return get
+
+
 @pytest.mark.parametrize("name", ALL_MODELS)
-def test_parity_with_pytorch(name, exports):
+def test_parity_with_pytorch(name, exported):
     config = tiny_config(name)
-    model = calibrated_model(config)
-    path = export_onnx(model, exports / f"{name}.onnx")
+    model, path = exported(name)
 
     proto = onnx.load(path)
     onnx.checker.check_model(proto, full_check=True)
@@ -136,9 +148,8 @@ def test_metadata_carries_the_configuration(exports):
     assert OnnxModel(path).config.character == "0123456789abc\\€ "
 
 
-def test_fixed_width_export_refuses_another_width(exports):
-    config = tiny_config("TPS-VGG-None-CTC")
-    path = export_onnx(calibrated_model(config), exports / "tps_fixed.onnx")
+def test_fixed_width_export_refuses_another_width(exported):
+    _, path = exported("TPS-VGG-None-CTC")
     onnx_model = OnnxModel(path)
     with pytest.raises(ValueError, match="fixed width of 160.*Drop --dynamic_width"):
         onnx_model(torch.zeros(2, 1, 32, 96))
@@ -154,9 +165,9 @@ def test_opset_without_grid_sample_is_refused_for_tps(opset, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_other_opsets_export(exports):
+def test_other_opsets_export(exports, exported):
     config = tiny_config("TPS-VGG-None-CTC")
-    model = calibrated_model(config)
+    model, _ = exported(config.name)
     image = word_batch(config, WORDS[:2])
     for opset in (16, 20):
         path = export_onnx(model, exports / f"opset{opset}.onnx", opset=opset)
@@ -301,16 +312,14 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 @pytest.mark.parametrize("name", ["None-VGG-BiLSTM-CTC", "None-VGG-None-Attn"])
-def test_onnx_infer_runs_without_torch_and_reads_like_demo(name, tmp_path, exports):
+def test_onnx_infer_runs_without_torch_and_reads_like_demo(name, tmp_path, exported):
     import subprocess
     import sys
 
     from helpers import ROOT, make_gt_folder
 
     config = tiny_config(name)
-    path = exports / f"{name}.onnx"
-    if not path.exists():  # the parity test wrote it, unless run alone
-        export_onnx(calibrated_model(config), path)
+    _, path = exported(name)
     images = sorted((make_gt_folder(tmp_path / "words", copies=1) / "images").glob("*.png"))[:6]
     proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(ROOT / "onnx_infer.py"), str(path), *map(str, images)],
                           capture_output=True, text=True, timeout=300)
@@ -337,7 +346,9 @@ def test_onnx_infer_blocks_torch_for_real(tmp_path):
     assert proc.returncode != 0 and "import of torch halted" in proc.stderr, proc.stderr
 
 
-def test_demo_and_test_read_an_onnx_model_as_they_read_its_checkpoint(tmp_path, monkeypatch):
+def test_demo_and_test_read_an_onnx_model_as_they_read_its_checkpoint(tmp_path, monkeypatch, exported):
+    import shutil
+
     import demo
     import test as test_script
     from checkpoint import save_checkpoint
@@ -345,9 +356,9 @@ def test_demo_and_test_read_an_onnx_model_as_they_read_its_checkpoint(tmp_path, 
 
     monkeypatch.chdir(tmp_path)
     config = tiny_config("None-VGG-BiLSTM-CTC")
-    model = calibrated_model(config)
+    model, path = exported(config.name)
     save_checkpoint(tmp_path / "m.pth", model)
-    export_onnx(model, tmp_path / "m.onnx")
+    shutil.copy(path, tmp_path / "m.onnx")
     folder = make_gt_folder(tmp_path / "words", copies=1)
     tables, scores = {}, {}
     for name in ("m.pth", "m.onnx"):
@@ -365,14 +376,14 @@ def test_demo_and_test_read_an_onnx_model_as_they_read_its_checkpoint(tmp_path, 
     assert f"model {config.name} from" in log and "M parameters" in log and "0.000M" not in log
 
 
-def test_onnx_model_refuses_flags_it_cannot_follow(tmp_path):
+def test_onnx_model_refuses_flags_it_cannot_follow(exported):
     from types import SimpleNamespace
 
     from checkpoint import load_model
     from utils import UsageError
 
     config = tiny_config("None-VGG-BiLSTM-CTC")
-    path = export_onnx(calibrated_model(config), tmp_path / "m.onnx")
+    _, path = exported(config.name)
     assert load_model(path, SimpleNamespace(imgH=32, Prediction="CTC")).config == config  # repeating is fine
     with pytest.raises(UsageError, match=r"--imgH 64 \(exported with 32\).*export again"):
         load_model(path, SimpleNamespace(imgH=64))
