@@ -188,7 +188,13 @@ def export_onnx(model: Model, output: str | os.PathLike, opset: int = DEFAULT_OP
     output.parent.mkdir(parents=True, exist_ok=True)
     import onnx
 
-    onnx.checker.check_model(proto, full_check=True)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        if opset >= EXPORTER_OPSET:
+            raise
+        raise OnnxExportError(f"this model cannot be written at opset {opset} ({str(e).splitlines()[0]}): "
+                              f"use --opset {EXPORTER_OPSET} or later") from e
     tmp = output.with_name(f".{output.name}.tmp")
     onnx.save_model(proto, tmp, save_as_external_data=False)  # one file; every model here is < 2 GB
     os.replace(tmp, output)
