@@ -297,7 +297,12 @@ def test_english_g2_on_real_crops(tmp_path):
             collate = AlignCollate(config.imgH, config.imgW, keep_ratio_with_pad=True, dynamic_width=dynamic)
             image, _ = collate(items)
             diff, strings, onnx_strings = compare(model, onnx_model, image, config)
-            assert diff < TOLERANCE, f"{name}, dynamic width {dynamic}: {diff:.2e}"
+            # A trained model's logits reach ~46 here; float32 rounding of its deep convolutions then
+            # differs by ~2e-4 between runtimes (5e-6 of the largest logit, also with ONNX Runtime's
+            # optimisations off). The bound is the tiny models' 1e-4 at their logit scale (~10).
+            with torch.inference_mode():
+                bound = TOLERANCE / 10 * float(model(image, None, is_train=False).abs().max())
+            assert diff < bound, f"{name}, dynamic width {dynamic}: {diff:.2e} (bound {bound:.2e})"
             assert onnx_strings == strings
             checked += len(strings)
     assert checked == 256
