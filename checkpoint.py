@@ -21,7 +21,7 @@ import torch
 
 from model import STAGES, Model, ModelConfig, build_model, config_from_args
 from pretrained import REGISTRY, resolve_saved_model
-from utils import CONVERTERS, DiskFullError, disk_errno
+from utils import CONVERTERS, DiskFullError, UsageError, disk_errno
 
 FORMAT = "str-toolkit"
 VERSION = 1
@@ -250,9 +250,12 @@ class LoadedModel:
 
 
 def load_model(saved_model: str | os.PathLike, flags=None, device: torch.device | str = "cpu", *,
-               fine_tune: bool = False, log: Callable[[str], None] = lambda message: None) -> LoadedModel:
-    """The one way to load a model: a checkpoint of this toolkit, a bare reference state_dict, or a
-    registered name (``pretrained.py``). Returns it in eval mode on ``device``.
+               fine_tune: bool = False, log: Callable[[str], None] = lambda message: None,
+               allow_onnx: bool = True) -> LoadedModel:
+    """The one way to load a model: a checkpoint of this toolkit, a bare reference state_dict, a
+    registered name (``pretrained.py``), or an ``.onnx`` file written by ``export.py --format onnx``
+    (an ``onnx_model.OnnxModel`` run by ONNX Runtime; inference only, so not with ``allow_onnx=False``).
+    Returns it in eval mode on ``device``.
 
     The configuration is decided once (``trained_config``, then the flags on top) and the model is
     built once; a state_dict that does not fit it is explained in terms of flags. ``fine_tune``
@@ -260,6 +263,8 @@ def load_model(saved_model: str | os.PathLike, flags=None, device: torch.device 
     state_dict tolerantly (tensors of other shapes keep their fresh initialisation).
     """
     flags = flags if flags is not None else SimpleNamespace()
+    if Path(saved_model).suffix.lower() == ".onnx":
+        return load_onnx_model(Path(saved_model), flags, device, fine_tune or not allow_onnx, log)
     path, registered = resolve_saved_model(str(saved_model))
     ckpt = read_checkpoint(path)
     named = str(saved_model) in REGISTRY and not Path(saved_model).exists()
@@ -268,6 +273,28 @@ def load_model(saved_model: str | os.PathLike, flags=None, device: torch.device 
     model = build_model(config, init=fine_tune)  # fresh rows for new characters need the reference's init
     load_weights(model, ckpt["model"], trained, fine_tune, log)
     return LoadedModel(model.to(device).eval(), config, path, ckpt)
+
+
+def load_onnx_model(path: Path, flags, device, training: bool, log) -> LoadedModel:
+    """An exported model: its configuration comes from the file; flags may only repeat it."""
+    from onnx_model import OnnxModel
+
+    if training:
+        raise UsageError(f"{path} is an exported ONNX model, which runs inference only: train or export from "
+                         "the PyTorch checkpoint it was exported from")
+    if getattr(flags, "amp", "off") not in ("off", None):
+        raise UsageError(f"--amp {flags.amp} applies to PyTorch models; {path.name} runs in the precision it was "
+                         "exported in (for int8: export.py --format onnx --quantize int8 --calib_data DIR)")
+    model = OnnxModel(path, device=torch.device(device))
+    config = config_from_args(flags, model.config)
+    if config != model.config:
+        changed = [f"--{k} {getattr(config, k)!r} (exported with {getattr(model.config, k)!r})"
+                   for k in model.config.to_dict() if getattr(config, k) != getattr(model.config, k)]
+        raise UsageError(f"{path} is an exported model: its input size, decoder length and character set are fixed "
+                         f"in the graph, so these flags cannot apply: {'; '.join(changed)}. Drop them, or export "
+                         "again with them")
+    log(f"ONNX Runtime model {config.name} from {path} ({', '.join(model.session.get_providers())})")
+    return LoadedModel(model, config, path, {})
 
 
 def trained_config(ckpt: dict, registered: dict | None, named: bool, path: Path, flags, log

@@ -17,7 +17,7 @@ from dataset import RawDataset, data_options
 from decoding import Decoded, add_decoding_arguments, check_decoding_flags, decode, options_from_args
 from evaluation import make_eval_loader
 from model import add_model_arguments
-from utils import (add_runtime_arguments, amp_dtype, check_runtime_arguments, get_logger, printable, resolve_device,
+from utils import (add_runtime_arguments, check_amp, check_runtime_arguments, get_logger, printable, resolve_device,
                    run_cli)
 
 DEFAULT_MODEL = "english_g2"
@@ -45,13 +45,13 @@ def read_decoded(opt) -> list[tuple[str, Decoded]]:
     """→ [(image path, ``decoding.Decoded``)]: text, confidence, per-character confidences, N best."""
     check_decoding_flags(opt)  # a bad flag fails before the model loads
     device = resolve_device(getattr(opt, "device", "auto"))
+    dtype = check_amp(getattr(opt, "amp", "off"), device)
     log = get_logger("demo.load").info
     loaded = load_model(opt.saved_model, opt, device, log=log)
     config = loaded.config
     options = options_from_args(opt, config, log)
     data_opt = data_options(config, opt)
     loader = make_eval_loader(RawDataset(opt.image_folder, data_opt), data_opt)
-    dtype = amp_dtype(getattr(opt, "amp", "off"))
     results = []
     with torch.inference_mode():
         for image_tensors, paths in loader:

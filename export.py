@@ -2,6 +2,9 @@
 
     python export.py --saved_model best_accuracy.pth --format reference --output model.pth
     python export.py --saved_model english_g2 --format easyocr --output easyocr_model/ [--name my_recognizer]
+    python export.py --saved_model english_g2 --format onnx --output english_g2.onnx [--opset 17]
+    python export.py --saved_model english_g2 --format onnx --output english_g2_int8.onnx \\
+        --quantize int8 --calib_data my_crops/
 
 ``reference``: a bare state_dict with the ``module.`` prefix, as the original train.py saves it
 (its demo.py / test.py load it with the same stage flags).
@@ -12,6 +15,13 @@ user_network_directory=DIR)``): ``DIR/NAME.pth`` (the bare state_dict), ``DIR/NA
 self-contained ``Model(input_channel, output_channel, hidden_size, num_class)``).
 EasyOCR decodes CTC only, reads grey images, and its custom-model code here covers the
 None-VGG-BiLSTM-CTC layout; other architectures are refused.
+
+``onnx``: one self-contained .onnx file (``image [B, C, imgH, W] → logits``) for any of the 24
+models, run by ONNX Runtime (``demo.py`` / ``test.py --saved_model model.onnx``) or anything
+that reads ONNX. Batch is dynamic, and width too unless the model has TPS. The attention
+decoder runs a fixed batch_max_length + 1 greedy steps. The model's configuration (stages,
+sizes, character set, PAD, sensitive) is in the file's metadata. ``--quantize int8``: static
+QDQ int8 quantisation with ONNX Runtime, calibrated on the images of ``--calib_data``.
 """
 from __future__ import annotations
 
@@ -25,7 +35,8 @@ from checkpoint import atomic_save, export_reference, load_model, to_reference_s
 from model import Model, ModelConfig, add_model_arguments
 from modules.feature_extraction import VGG_FeatureExtractor
 from modules.sequence_modeling import BidirectionalLSTM
-from utils import run_cli
+from onnx_model import DEFAULT_OPSET, OPSET_HELP, export_onnx
+from utils import UsageError, run_cli
 
 EASYOCR_ARCHITECTURE = "None-VGG-BiLSTM-CTC"
 
@@ -100,11 +111,31 @@ def export_easyocr(model: Model, out_dir: str | Path, name: str) -> list[Path]:
     return paths
 
 
+def export_onnx_file(model: Model, opt) -> Path:
+    output = Path(opt.output)
+    if not opt.quantize:
+        return export_onnx(model, output, opset=opt.opset)
+    from onnx_model import quantize_int8
+
+    fp32 = output.with_name(output.stem + ".fp32.tmp.onnx")
+    try:
+        export_onnx(model, fp32, opset=opt.opset)
+        return quantize_int8(fp32, output, opt.calib_data, opt.calib_size)
+    finally:
+        fp32.unlink(missing_ok=True)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--saved_model", required=True, help="checkpoint path or pretrained model name")
-    parser.add_argument("--format", choices=["reference", "easyocr"], required=True)
-    parser.add_argument("--output", required=True, help="reference: the .pth file; easyocr: a folder")
+    parser.add_argument("--format", choices=["reference", "easyocr", "onnx"], required=True)
+    parser.add_argument("--output", required=True, help="reference: the .pth file; easyocr: a folder; onnx: the .onnx file")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="onnx: " + OPSET_HELP)
+    parser.add_argument("--quantize", choices=["int8"], default=None,
+                        help="onnx: static int8 (QDQ) quantisation with ONNX Runtime; needs --calib_data")
+    parser.add_argument("--calib_data", default=None,
+                        help="onnx --quantize: a folder of word images like those the model will read (a few hundred)")
+    parser.add_argument("--calib_size", type=int, default=256, help="onnx --quantize: images used for calibration")
     parser.add_argument("--name", default=None, help="easyocr: the recogniser's name (default: the model's file stem)")
     add_model_arguments(parser)
     return parser.parse_args(argv)
@@ -116,10 +147,16 @@ def main(argv=None) -> list[Path]:
 
 def export(argv=None) -> list[Path]:
     opt = parse_args(argv)
-    loaded = load_model(opt.saved_model, opt, "cpu")
+    if opt.format != "onnx" and (opt.quantize or opt.calib_data):
+        raise UsageError("--quantize and --calib_data apply to --format onnx only")
+    if opt.quantize and not opt.calib_data:
+        raise UsageError("--quantize int8 needs --calib_data DIR: a folder of word images to calibrate on")
+    loaded = load_model(opt.saved_model, opt, "cpu", allow_onnx=False)
     if opt.format == "reference":
         export_reference(opt.output, loaded.model)
         written = [Path(opt.output)]
+    elif opt.format == "onnx":
+        written = [export_onnx_file(loaded.model, opt)]
     else:
         written = export_easyocr(loaded.model, opt.output, opt.name or loaded.source.stem)
     for p in written:

@@ -186,6 +186,8 @@ def compute_loss(model: nn.Module, image: torch.Tensor, labels: list[str], conve
 
 
 def count_parameters(model: nn.Module) -> int:
+    if hasattr(model, "num_parameters"):  # an exported model (onnx_model.OnnxModel) says it in its metadata
+        return model.num_parameters
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

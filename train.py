@@ -173,7 +173,7 @@ def build_config_and_model(opt, log):
         config = config_from_args(opt)
         return config, build_model(config), None
     log(f"loading pretrained model from {opt.saved_model}")
-    loaded = load_model(opt.saved_model, opt, "cpu", fine_tune=opt.FT, log=log)
+    loaded = load_model(opt.saved_model, opt, "cpu", fine_tune=opt.FT, log=log, allow_onnx=False)
     freeze_stages(loaded.model, getattr(opt, "freeze", ""), log)
     return loaded.config, loaded.model, loaded.source
 

@@ -227,7 +227,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, batch_help: str = "ba
     g.add_argument("--workers", type=int, default=4, help="data loading workers")
     g.add_argument("--batch_size", type=int, default=192, help=batch_help)
     g.add_argument("--amp", choices=list(AMP_DTYPES), default="off",
-                   help="autocast precision (fp16 needs CUDA; bf16 works on CPU and recent GPUs)")
+                   help="autocast precision (fp16 needs CUDA; bf16 on recent GPUs, and on CPUs with AVX512-BF16 or AMX)")
     g.add_argument("--dynamic_width", action="store_true",
                    help="with --PAD: batch width follows the widest image (multiple of imgH, at most imgW)")
 
@@ -410,3 +410,35 @@ def run_cli(main: Callable, argv: list[str] | None = None):
                                    "and run again" if disk else "")
         print(message, file=sys.stderr, flush=True)
         raise UserErrorExit(message, 2 if isinstance(e, UsageError) else 1) from None
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (AVX512-BF16, AMX)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none, e.g. not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def check_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """``--amp off|bf16|fp16`` → the autocast dtype, refusing what would be slow or unsupported here.
+
+    bf16 on a CPU without AVX512-BF16 or AMX is emulated, many times slower than fp32.
+    """
+    if amp == "off":
+        return None
+    if amp not in AMP_DTYPES:
+        raise UsageError(f"--amp {amp!r} is not one of {', '.join(AMP_DTYPES)}")
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise UsageError("--amp fp16 needs a CUDA GPU; on a CPU use --amp bf16 (with AVX512-BF16/AMX) or off")
+        return torch.float16
+    if device.type == "cpu" and not cpu_flags() & set(BF16_CPU_FLAGS):
+        raise UsageError(f"--amp bf16 would be slower than fp32 on this CPU: it has neither AVX512-BF16 nor AMX "
+                         f"(/proc/cpuinfo flags {', '.join(BF16_CPU_FLAGS)}; torch reports "
+                         f"{torch.backends.cpu.get_cpu_capability()}), so bf16 is emulated. Use --amp off, or a GPU")
+    return torch.bfloat16
