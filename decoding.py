@@ -485,6 +485,10 @@ def decode(model, image: torch.Tensor, config, options: DecodeOptions = DecodeOp
     after an attention beam search, which runs the decoder itself).
     """
     if options.decoder == "beam" and config.Prediction == "Attn":
+        if not hasattr(model, "encode"):  # an ONNX Runtime model: a fixed greedy loop, no decoder step to search
+            raise UsageError("--decoder beam with an attention model runs the decoder one step at a time, which an "
+                             "exported .onnx (a fixed greedy loop) cannot do: use the PyTorch checkpoint for beam "
+                             "search, or --decoder greedy with the .onnx (CTC models beam-search .onnx outputs)")
         with torch.autocast(image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             contextual = model.encode(image)  # [B, T, C]
         return BatchDecoding(None, decode_attention(model.Prediction, contextual.float(), config, options))

@@ -409,3 +409,23 @@ def test_torch_export_program_equals_eager(tmp_path):
     image = parity_batches(config)["mixed widths"]  # one batch: each call of a program checks its shape asserts
     diff, strings, exported_strings = compare(model, lambda x, *_, **__: program(x), image, config)
     assert diff < 1e-6 and exported_strings == strings
+
+
+def test_beam_search_on_an_onnx_model(exported):
+    """CTC beam search runs on the ONNX Runtime logits (same readings as PyTorch's); an attention beam
+    search needs the decoder step by step, which the exported fixed loop cannot give: a clear error."""
+    from decoding import DecodeOptions, decode
+    from utils import UsageError
+
+    options = DecodeOptions("beam", beam_size=3)
+    config = tiny_config("None-VGG-BiLSTM-CTC")
+    model, path = exported(config.name)
+    image = word_batch(config, ["cat", "road", "42"])
+    with torch.inference_mode():
+        eager = [d.text for d in decode(model, image, config, options).results]
+        onnx = [d.text for d in decode(OnnxModel(path), image, config, options).results]
+    assert onnx == eager
+    config = tiny_config("None-VGG-None-Attn")
+    _, path = exported(config.name)
+    with pytest.raises(UsageError, match="use the PyTorch checkpoint for beam search"):
+        decode(OnnxModel(path), word_batch(config, ["cat"]), config, options)
