@@ -240,6 +240,9 @@ def test_int8_quantisation_calibrates_on_a_folder(tmp_path):
     proto = onnx.load(out)
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # the LSTMs get int8 weights (quantised on the fly), and no ReLU runs in float between two int8 convolutions
+    assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops, ops
+    assert "Relu" not in ops, ops
     int8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert len(int8_weights) >= 7  # every VGG convolution
     assert json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])["quantized"]
