@@ -24,7 +24,7 @@ from decoding import DecodeOptions, add_decoding_arguments, check_decoding_flags
 from error_analysis import write_errors
 from evaluation import ValidationResult, make_eval_loader, predict, score_batch, synchronize
 from model import ModelConfig, add_model_arguments, count_parameters, sequence_loss
-from utils import (Averager, UsageError, add_runtime_arguments, amp_dtype, check_runtime_arguments, get_logger,
+from utils import (Averager, UsageError, add_runtime_arguments, check_amp, check_runtime_arguments, get_logger,
                    make_converter, resolve_device, run_cli)
 
 BENCHMARKS = ["IIIT5k_3000", "SVT", "IC03_860", "IC03_867", "IC13_857", "IC13_1015",
@@ -96,7 +96,7 @@ def evaluate_folder(root: str, model, converter, config, data_opt, opt, device, 
     dataset, dataset_log = hierarchical_dataset(root, data_opt)
     log(dataset_log.rstrip("\n"))
     return validation(model, make_eval_loader(dataset, data_opt), converter, config, device,
-                      case_insensitive=opt.case_insensitive, amp_dtype=amp_dtype(opt.amp),
+                      case_insensitive=opt.case_insensitive, amp_dtype=check_amp(opt.amp, device),
                       keep_all=bool(getattr(opt, "save_errors", False)), options=options)
 
 
@@ -170,7 +170,7 @@ def benchmark_suite(suite: str, model, converter, config, data_opt, opt, device,
                              f"{config.batch_max_length}; a long-text benchmark needs them all. Train with a larger "
                              "--batch_max_length (CTC: and an --imgW of about 4-5 px per character).")
         result = validation(model, make_eval_loader(dataset, data_opt), converter, config, device,
-                            case_insensitive=opt.case_insensitive, amp_dtype=amp_dtype(opt.amp), options=options)
+                            case_insensitive=opt.case_insensitive, amp_dtype=check_amp(opt.amp, device), options=options)
         rows[name] = (result.accuracy, result.norm_ED, result.n_samples)
     mean = sum(acc for acc, _, _ in rows.values()) / len(rows)
     weighted = sum(acc * n for acc, _, n in rows.values()) / sum(n for _, _, n in rows.values())
@@ -236,6 +236,7 @@ def evaluate(argv=None) -> dict:
     opt = parse_args(argv)
     check_args(opt)
     device = resolve_device(opt.device)
+    check_amp(opt.amp, device)  # before the model is read
     loaded = load_model(opt.saved_model, opt, device, log=get_logger("test.load").info)
     model, config, path = loaded.model, loaded.config, loaded.source
     out_dir = result_dir(opt.saved_model if Path(opt.saved_model).exists() else str(path))

@@ -36,7 +36,7 @@ from dataset import BatchBalancedDataset, data_options, hierarchical_dataset
 from evaluation import make_eval_loader
 from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args
 from test import validation
-from utils import (Averager, FolderLock, UsageError, add_runtime_arguments, amp_dtype, check_runtime_arguments,
+from utils import (Averager, FolderLock, UsageError, add_runtime_arguments, check_amp, check_runtime_arguments,
                    get_logger, make_converter, resolve_device, run_cli)
 
 
@@ -485,7 +485,7 @@ def train(opt) -> dict:
     """A training run, top to bottom: set-up, model, data, optimizer, resume, the loop."""
     check_args(opt)
     rank, world_size, device = setup_distributed(opt)
-    check_device_options(opt, device)
+    dtype = check_device_options(opt, device)
     seed_everything(opt.manualSeed)
     summary_writer = tensorboard_class() if opt.tensorboard else None  # every rank: fail before any collective
     console = get_logger("train.console").info if rank == 0 else quiet
@@ -503,7 +503,7 @@ def train(opt) -> dict:
         console(f"Optimizer:\n{optimizer}")
         run = TrainRun(opt, rank, world_size, device, config, exp_dir, model, train_data, valid_loader,
                        make_converter(config.Prediction, config.character), optimizer, make_scheduler(opt, optimizer),
-                       torch.amp.GradScaler(device.type, enabled=opt.amp == "fp16"), amp_dtype(opt.amp),
+                       torch.amp.GradScaler(device.type, enabled=opt.amp == "fp16"), dtype,
                        console, train_log)
         start = resume_or_start(run)
         if rank == 0:
@@ -523,13 +523,13 @@ def quiet(message: str) -> None:
     """The log of ranks other than 0."""
 
 
-def check_device_options(opt, device: torch.device) -> None:
+def check_device_options(opt, device: torch.device) -> torch.dtype | None:
+    """Device settings; → the autocast dtype of --amp (a UsageError before any data is read)."""
     if opt.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not opt.deterministic
-    if opt.amp == "fp16" and device.type != "cuda":
-        raise UsageError("--amp fp16 needs a CUDA GPU; on CPU use --amp bf16")
+    return check_amp(opt.amp, device, training=True)
 
 
 def experiment_dir(opt, config: ModelConfig) -> Path:

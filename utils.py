@@ -215,11 +215,6 @@ def resolve_device(name: str = "auto") -> torch.device:
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def amp_dtype(name: str) -> torch.dtype | None:
-    """``--amp off|bf16|fp16`` → the autocast dtype (None: full precision)."""
-    return AMP_DTYPES[name]
-
-
 def add_runtime_arguments(parser: argparse.ArgumentParser, batch_help: str = "batch size") -> None:
     """How a script runs (not what model it runs): the same flags and defaults in every script."""
     g = parser.add_argument_group("runtime")
@@ -424,11 +419,14 @@ def cpu_flags() -> set[str]:
     return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
 
 
-def check_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """``--amp off|bf16|fp16`` → the autocast dtype, refusing what would be slow or unsupported here.
+def check_amp(amp: str, device: torch.device | str, training: bool = False) -> torch.dtype | None:
+    """``--amp off|bf16|fp16`` → the autocast dtype (None: full precision); every script's one door.
 
-    bf16 on a CPU without AVX512-BF16 or AMX is emulated, many times slower than fp32.
+    fp16 needs CUDA. bf16 on a CPU without AVX512-BF16 or AMX is emulated, many times slower than
+    fp32: refused for reading images (demo.py, test.py), allowed for training (a bf16 run on a small
+    CPU checks a recipe meant for a GPU), with a warning there.
     """
+    device = torch.device(device)
     if amp == "off":
         return None
     if amp not in AMP_DTYPES:
@@ -438,7 +436,10 @@ def check_amp(amp: str, device: torch.device) -> torch.dtype | None:
             raise UsageError("--amp fp16 needs a CUDA GPU; on a CPU use --amp bf16 (with AVX512-BF16/AMX) or off")
         return torch.float16
     if device.type == "cpu" and not cpu_flags() & set(BF16_CPU_FLAGS):
-        raise UsageError(f"--amp bf16 would be slower than fp32 on this CPU: it has neither AVX512-BF16 nor AMX "
-                         f"(/proc/cpuinfo flags {', '.join(BF16_CPU_FLAGS)}; torch reports "
-                         f"{torch.backends.cpu.get_cpu_capability()}), so bf16 is emulated. Use --amp off, or a GPU")
+        problem = (f"--amp bf16 is slower than fp32 on this CPU: it has neither AVX512-BF16 nor AMX (/proc/cpuinfo "
+                   f"flags {', '.join(BF16_CPU_FLAGS)}; torch reports {torch.backends.cpu.get_cpu_capability()}), "
+                   "so bf16 is emulated")
+        if not training:
+            raise UsageError(f"{problem}. Use --amp off, or a GPU")
+        get_logger("amp").warning(f"warning: {problem}; training goes on in bf16 as asked")
     return torch.bfloat16

@@ -1,4 +1,5 @@
-"""--amp for reading images: bf16 only where the CPU has native bf16, fp16 only on CUDA."""
+"""--amp, one check for every script: bf16 reads images only where the CPU has native bf16 (training may
+emulate it, with a warning); fp16 only on CUDA."""
 from __future__ import annotations
 
 import pytest
@@ -12,6 +13,22 @@ def test_bf16_is_refused_on_a_cpu_without_native_bf16(monkeypatch):
     monkeypatch.setattr(utils, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
     with pytest.raises(ValueError, match="slower than fp32 on this CPU.*AVX512-BF16 nor AMX.*--amp off"):
         check_amp("bf16", torch.device("cpu"))
+
+
+def test_training_may_emulate_bf16_with_a_warning(monkeypatch, capfd):
+    monkeypatch.setattr(utils, "cpu_flags", lambda: {"avx2"})
+    assert check_amp("bf16", "cpu", training=True) is torch.bfloat16
+    out, err = capfd.readouterr()
+    assert "warning: --amp bf16 is slower than fp32 on this CPU" in out + err
+
+
+def test_test_py_refuses_emulated_bf16_before_reading_the_model(tmp_path, monkeypatch):
+    from test import main
+
+    monkeypatch.setattr(utils, "cpu_flags", lambda: {"avx2"})
+    with pytest.raises(SystemExit, match="2"):  # a usage error, before the missing model is noticed
+        main(["--eval_data", str(tmp_path), "--saved_model", str(tmp_path / "missing.pth"), "--amp", "bf16",
+              "--device", "cpu"])
 
 
 @pytest.mark.parametrize("flag", ["avx512_bf16", "amx_bf16"])

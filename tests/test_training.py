@@ -110,7 +110,7 @@ def test_bf16_trains_on_cpu(run):
 
 
 def test_fp16_refused_on_cpu(run):
-    with pytest.raises(SystemExit, match="--amp fp16 needs a CUDA GPU; on CPU use --amp bf16"):
+    with pytest.raises(SystemExit, match="--amp fp16 needs a CUDA GPU; on a CPU use --amp bf16"):
         run("--num_iter", 2, "--amp", "fp16", "--device", "cpu")
 
 
