@@ -32,7 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import synth
-from dataset import DatasetExistsError, LmdbWriter, lmdb_is_dataset
+from lmdb_store import DatasetExistsError, LmdbWriter, lmdb_is_dataset
 from utils import DEFAULT_CHARACTER, load_character, run_cli
 
 

@@ -1,4 +1,9 @@
-"""Character sets, label converters and small shared helpers."""
+"""Character sets, label converters and small shared helpers.
+
+torch is imported inside the functions that use it, not at the top: the tools that never touch a
+tensor (``create_synth_dataset.py``, ``lmdb_store.py``) import this module and start without
+paying torch's import (over a second on a small CPU).
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +15,10 @@ import socket
 import string
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_CHARACTER = "0123456789abcdefghijklmnopqrstuvwxyz"
 SENSITIVE_CHARACTER = string.printable[:-6]  # the reference's --sensitive set (94 characters)
@@ -63,6 +69,8 @@ class CTCLabelConverter:
 
     def encode(self, text: list[str], batch_max_length: int = 25, device: torch.device | str = "cpu"):
         """→ (LongTensor [B, batch_max_length] zero-padded, IntTensor [B] lengths)."""
+        import torch
+
         for t in text:
             _check_length(t, batch_max_length)
         rows = [self._indices(t) for t in text]
@@ -77,6 +85,8 @@ class CTCLabelConverter:
 
     def decode(self, text_index: torch.Tensor, length) -> list[str]:
         """Greedy CTC collapse of the first ``length[b]`` frames of row b: merge repeats, drop blanks."""
+        import torch
+
         text_index = text_index.cpu()  # [B, T]; one copy, then tensor ops instead of a loop per frame
         keep = text_index != 0
         keep[:, 1:] &= text_index[:, 1:] != text_index[:, :-1]
@@ -101,6 +111,8 @@ class AttnLabelConverter:
 
     def encode(self, text: list[str], batch_max_length: int = 25, device: torch.device | str = "cpu"):
         """→ (LongTensor [B, batch_max_length + 2]: [GO] label [s] [GO]..., IntTensor [B] = len + 1)."""
+        import torch
+
         for t in text:
             _check_length(t, batch_max_length)
         rows = [[0, *self._indices(t), 1] for t in text]  # [GO] label [s]
@@ -116,6 +128,8 @@ class AttnLabelConverter:
 
 def _pad_rows(rows: list[list[int]], width: int, pad: int) -> torch.Tensor:
     """LongTensor [len(rows), width]: each row left-aligned, then ``pad`` (one tensor built, not one per row)."""
+    import torch
+
     out = torch.full((len(rows), width), pad, dtype=torch.long)
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
     out[torch.arange(width) < lengths[:, None]] = torch.tensor([i for r in rows for i in r], dtype=torch.long)
@@ -204,6 +218,8 @@ def printable(text: str) -> str:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``--device auto`` picks CUDA when present, else CPU."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -212,7 +228,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_CHOICES = ("off", "bf16", "fp16")
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, batch_help: str = "batch size") -> None:
@@ -221,7 +237,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, batch_help: str = "ba
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--workers", type=int, default=4, help="data loading workers")
     g.add_argument("--batch_size", type=int, default=192, help=batch_help)
-    g.add_argument("--amp", choices=list(AMP_DTYPES), default="off",
+    g.add_argument("--amp", choices=AMP_CHOICES, default="off",
                    help="autocast precision (fp16 needs CUDA; bf16 on recent GPUs, and on CPUs with AVX512-BF16 or AMX)")
     g.add_argument("--dynamic_width", action="store_true",
                    help="with --PAD: batch width follows the widest image (multiple of imgH, at most imgW)")
@@ -426,11 +442,13 @@ def check_amp(amp: str, device: torch.device | str, training: bool = False) -> t
     fp32: refused for reading images (demo.py, test.py), allowed for training (a bf16 run on a small
     CPU checks a recipe meant for a GPU), with a warning there.
     """
+    import torch
+
     device = torch.device(device)
     if amp == "off":
         return None
-    if amp not in AMP_DTYPES:
-        raise UsageError(f"--amp {amp!r} is not one of {', '.join(AMP_DTYPES)}")
+    if amp not in AMP_CHOICES:
+        raise UsageError(f"--amp {amp!r} is not one of {', '.join(AMP_CHOICES)}")
     if amp == "fp16":
         if device.type != "cuda":
             raise UsageError("--amp fp16 needs a CUDA GPU; on a CPU use --amp bf16 (with AVX512-BF16/AMX) or off")

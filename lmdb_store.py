@@ -1,0 +1,108 @@
+"""Writing LMDB datasets: the reference's layout (``num-samples``, ``image-%09d``, ``label-%09d``,
+1-based), committed in steps, ``num-samples`` last.
+
+No torch here: ``create_synth_dataset.py`` and ``create_lmdb_dataset.py`` write datasets without
+paying torch's import (over a second, most of a small synthetic run's start-up).
+``dataset.py`` re-exports these names.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import lmdb
+
+from utils import DiskFullError, disk_errno
+
+MAP_SIZE = 1 << 40  # 1 TiB address space; the file on disk stays sparse
+
+
+class DatasetExistsError(FileExistsError):
+    pass
+
+
+def lmdb_is_dataset(path: str | os.PathLike) -> bool:
+    return (Path(path) / "data.mdb").is_file()
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raise DatasetExistsError if ``path`` already holds a dataset and overwrite is off."""
+    if lmdb_is_dataset(path) and not overwrite:
+        raise DatasetExistsError(
+            f"{path} already holds an LMDB dataset; refusing to overwrite it. "
+            "Choose another output path, or pass --overwrite to replace it.")
+
+
+class LmdbWriter:
+    """Writes samples into a new LMDB; ``num-samples`` is committed only on a clean exit.
+
+    Use as a context manager::
+
+        with LmdbWriter("out/train") as w:
+            w.add(png_bytes, "hello")
+    """
+
+    def __init__(self, output_path: str | os.PathLike, overwrite: bool = False, commit_every: int = 1000):
+        self.output_path = Path(output_path)
+        check_output_path(self.output_path, overwrite)
+        if lmdb_is_dataset(self.output_path):
+            for name in ("data.mdb", "lock.mdb"):
+                (self.output_path / name).unlink(missing_ok=True)
+        self.output_path.mkdir(parents=True, exist_ok=True)
+        self.commit_every = commit_every
+        self.count = 0
+        self.committed = 0  # samples safely on disk
+        self._pending_bytes = 0  # image and label bytes of the open transaction
+        self._env = None
+        self._txn = None
+
+    def __enter__(self) -> "LmdbWriter":
+        self._env = lmdb.open(str(self.output_path), map_size=MAP_SIZE)
+        self._txn = self._env.begin(write=True)
+        return self
+
+    def add(self, image_bytes: bytes, label: str) -> int:
+        """Store one sample; returns its 1-based index."""
+        self.count += 1
+        label_bytes = label.encode("utf-8")
+        self._txn.put(f"image-{self.count:09d}".encode(), image_bytes)
+        self._txn.put(f"label-{self.count:09d}".encode(), label_bytes)
+        self._pending_bytes += len(image_bytes) + len(label_bytes)
+        if self.count % self.commit_every == 0:
+            self._commit()
+            self._txn = self._env.begin(write=True)
+        return self.count
+
+    def _commit(self, final: bool = False) -> None:
+        """Commit the open transaction; a full disk or an I/O error becomes a DiskFullError that says
+        what is on disk."""
+        try:
+            self._txn.commit()
+            if final:
+                self._env.sync()
+        except (lmdb.Error, OSError) as e:
+            code = disk_errno(e) or (errno.ENOSPC if isinstance(e, lmdb.DiskError) else None)
+            if code is None:
+                raise
+            intact = (f"{self.committed} samples were committed before; the dataset has no num-samples key, "
+                      "so it is marked incomplete and no reader will use it. The input images and labels are "
+                      "untouched; re-create it with --overwrite.")
+            raise DiskFullError(code, f"the LMDB dataset ({self.count} samples)", self.output_path / "data.mdb",
+                                self._pending_bytes, intact) from e
+        self.committed = self.count
+        self._pending_bytes = 0
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._txn.put(b"num-samples", str(self.count).encode())
+                self._commit(final=True)
+            else:
+                # Keep what was written for inspection, but never mark it complete.
+                try:
+                    self._txn.commit()
+                except lmdb.Error:
+                    pass  # already failed (e.g. a full disk): the error being raised says so
+        finally:
+            self._env.close()
