@@ -6,21 +6,28 @@
 #
 #   bash quickstart.sh                       # about 15 minutes on a 2-core CPU
 #   NUM_ITER=400 NUM_TRAIN=5000 bash quickstart.sh   # a quick look (lower accuracy)
+#   AMP=off bash quickstart.sh               # fp32 (3,500 iterations unless NUM_ITER says otherwise)
 #
 # Everything it writes goes under $OUT (default quickstart_out/) and saved_models/quickstart/.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 OUT=${OUT:-quickstart_out}
-NUM_TRAIN=${NUM_TRAIN:-40000}
-NUM_ITER=${NUM_ITER:-3500}
+NUM_TRAIN=${NUM_TRAIN:-100000}
 WORKERS=${WORKERS:-2}
 REAL=${REAL:-../shared/data/real}
+AMP=${AMP:-auto}  # auto: bf16 where the CPU computes it natively (AVX512-BF16/AMX) or on a GPU, else off
 PY=.venv/bin/python
 start=$(date +%s)
 
 echo "== 1/6 install (scripts/setup.sh)"
 bash scripts/setup.sh
+
+if [ "$AMP" = auto ]; then
+  AMP=$($PY -c "import torch, utils; print('bf16' if (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) or utils.cpu_flags() & set(utils.BF16_CPU_FLAGS) else 'off')")
+fi
+# About 9 minutes of training on a 2-core CPU either way: bf16 trains about 1.5x faster there.
+if [ "$AMP" = bf16 ]; then NUM_ITER=${NUM_ITER:-5000}; else NUM_ITER=${NUM_ITER:-3500}; fi
 
 echo "== 2/6 synthetic data: $NUM_TRAIN training images, validation, held-out-font evaluation"
 if [ ! -f "$OUT/data/evaluation/synth_heldout_fonts/data.mdb" ]; then
@@ -30,14 +37,14 @@ if [ ! -f "$OUT/data/evaluation/synth_heldout_fonts/data.mdb" ]; then
 fi
 $PY scripts/make_contact_sheet.py --lmdb "$OUT/data/training/synth" --output "$OUT/training_samples.png"
 
-echo "== 3/6 train a CRNN (None-VGG-BiLSTM-CTC, narrow) for $NUM_ITER iterations on the CPU"
+echo "== 3/6 train a CRNN (None-VGG-BiLSTM-CTC, narrow) for $NUM_ITER iterations, --amp $AMP"
 rm -rf saved_models/quickstart
 $PY train.py --train_data "$OUT/data/training" --valid_data "$OUT/data/validation" \
     --select_data / --batch_ratio 1 --exp_name quickstart \
     --Transformation None --FeatureExtraction VGG --SequenceModeling BiLSTM --Prediction CTC \
     --output_channel 128 --hidden_size 128 \
     --adam --lr 0.002 --schedule onecycle --num_iter "$NUM_ITER" --valInterval 250 \
-    --batch_size 64 --workers 1 --log_interval 50
+    --batch_size 64 --workers 1 --log_interval 50 --amp "$AMP"
 
 echo "== 4/6 evaluate on fonts never seen in training"
 $PY test.py --eval_data "$OUT/data/evaluation" --saved_model saved_models/quickstart/best_accuracy.pth --workers 1

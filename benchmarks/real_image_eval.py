@@ -59,7 +59,7 @@ def train(opt: argparse.Namespace, data: Path, exp_name: str, logs: Path) -> Pat
     run([sys.executable, "train.py", "--train_data", str(data / "training"), "--valid_data", str(data / "validation"),
          "--select_data", "/", "--batch_ratio", "1", "--exp_name", exp_name, "--manualSeed", str(opt.train_seed),
          "--Transformation", "None", "--FeatureExtraction", "VGG", "--SequenceModeling", "BiLSTM",
-         "--Prediction", "CTC", "--output_channel", "128", "--hidden_size", "128",
+         "--Prediction", "CTC", "--output_channel", str(opt.output_channel), "--hidden_size", str(opt.hidden_size),
          "--adam", "--lr", str(opt.lr), "--schedule", opt.schedule, "--warmup_iters", str(opt.warmup_iters),
          "--num_iter", str(opt.num_iter),
          "--valInterval", str(min(250, opt.num_iter)), "--batch_size", "64", "--workers", "1",
@@ -105,6 +105,7 @@ def main(opt: argparse.Namespace) -> None:
     train_start = time.perf_counter()
     model = train(opt, data, f"real_eval_{opt.tag}", logs)
     row = {"tag": opt.tag, "num_train": opt.num_train, "num_iter": opt.num_iter, "amp": opt.amp, "lr": opt.lr,
+           "output_channel": opt.output_channel, "hidden_size": opt.hidden_size,
            "schedule": opt.schedule, "warmup_iters": opt.warmup_iters, "seed": opt.seed,
            "train_seed": opt.train_seed, "train_minutes": (time.perf_counter() - train_start) / 60, "real": {}}
     for folder, name in present:
@@ -129,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_seed", type=int, default=1111, help="train.py --manualSeed")
     parser.add_argument("--gen_workers", type=int, default=2, help="rendering processes")
     parser.add_argument("--reuse_data", action="store_true", help="keep <out>/<tag>/data when it exists")
+    parser.add_argument("--output_channel", type=int, default=128, help="train.py --output_channel (CNN width)")
+    parser.add_argument("--hidden_size", type=int, default=128, help="train.py --hidden_size (BiLSTM width)")
     parser.add_argument("--lr", type=float, default=0.002, help="train.py --lr (Adam)")
     parser.add_argument("--schedule", choices=["onecycle", "cosine"], default="onecycle", help="train.py --schedule")
     parser.add_argument("--warmup_iters", type=int, default=0, help="train.py --warmup_iters (with --schedule cosine)")
