@@ -63,7 +63,7 @@ def train(opt: argparse.Namespace, data: Path, exp_name: str, logs: Path) -> Pat
          "--adam", "--lr", str(opt.lr), "--schedule", opt.schedule, "--warmup_iters", str(opt.warmup_iters),
          "--num_iter", str(opt.num_iter),
          "--valInterval", str(min(250, opt.num_iter)), "--batch_size", "64", "--workers", "1",
-         "--log_interval", "250", "--progress", "off", "--amp", opt.amp], logs / "train.log")
+         "--log_interval", "250", "--progress", "off", "--amp", opt.amp, "--augment", opt.augment], logs / "train.log")
     return ROOT / "saved_models" / exp_name / "best_accuracy.pth"
 
 
@@ -104,7 +104,7 @@ def main(opt: argparse.Namespace) -> None:
         generate(opt, data, logs)
     train_start = time.perf_counter()
     model = train(opt, data, f"real_eval_{opt.tag}", logs)
-    row = {"tag": opt.tag, "num_train": opt.num_train, "num_iter": opt.num_iter, "amp": opt.amp, "lr": opt.lr,
+    row = {"tag": opt.tag, "num_train": opt.num_train, "num_iter": opt.num_iter, "amp": opt.amp, "augment": opt.augment, "lr": opt.lr,
            "output_channel": opt.output_channel, "hidden_size": opt.hidden_size,
            "schedule": opt.schedule, "warmup_iters": opt.warmup_iters, "seed": opt.seed,
            "train_seed": opt.train_seed, "train_minutes": (time.perf_counter() - train_start) / 60, "real": {}}
@@ -135,6 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.002, help="train.py --lr (Adam)")
     parser.add_argument("--schedule", choices=["onecycle", "cosine"], default="onecycle", help="train.py --schedule")
     parser.add_argument("--warmup_iters", type=int, default=0, help="train.py --warmup_iters (with --schedule cosine)")
+    parser.add_argument("--augment", choices=["none", "rand"], default="none", help="train.py --augment")
     parser.add_argument("--amp", choices=["off", "bf16"], default="off",
                         help="train.py --amp: bf16 trains about 1.5x faster on a CPU with AVX512-BF16 or AMX")
     opt = parser.parse_args(argv)
