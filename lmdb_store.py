@@ -1,9 +1,8 @@
 """Writing LMDB datasets: the reference's layout (``num-samples``, ``image-%09d``, ``label-%09d``,
 1-based), committed in steps, ``num-samples`` last.
 
-No torch here: ``create_synth_dataset.py`` and ``create_lmdb_dataset.py`` write datasets without
-paying torch's import (over a second, most of a small synthetic run's start-up).
-``dataset.py`` re-exports these names.
+No torch here: ``create_synth_dataset.py`` writes its datasets without paying torch's import (over
+a second, most of a small synthetic run's start-up). ``dataset.py`` re-exports these names.
 """
 from __future__ import annotations
 
