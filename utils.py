@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -428,11 +429,18 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (AVX512
 
 def cpu_flags() -> set[str]:
     """The CPU feature flags of /proc/cpuinfo (empty where there is none, e.g. not Linux)."""
+    return set(_read_cpu_flags())
+
+
+@functools.lru_cache(maxsize=1)
+def _read_cpu_flags() -> frozenset[str]:
+    """/proc/cpuinfo is read once per process (check_amp asks again for every evaluated set)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+        return frozenset()
+    return frozenset(flag for line in text.splitlines() if line.startswith("flags")
+                     for flag in line.split(":", 1)[1].split())
 
 
 def check_amp(amp: str, device: torch.device | str, training: bool = False) -> torch.dtype | None:
