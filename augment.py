@@ -19,11 +19,7 @@ import random
 from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as TF
-from PIL import Image, ImageDraw, ImageStat
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as F
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps, ImageStat
 
 Op = Callable[[Image.Image, float, random.Random], Image.Image]  # (image, level in [0, 1], rng)
 
@@ -32,25 +28,45 @@ def _signed(level: float, rng: random.Random) -> float:
     return level if rng.random() < 0.5 else -level
 
 
-def _fill(img: Image.Image) -> list[float]:
+def _fill(img: Image.Image) -> int | tuple[int, ...]:
     """The image's mean colour: what geometric ops paint into the uncovered corners."""
-    return [round(v) for v in ImageStat.Stat(img).mean]
+    mean = tuple(round(v) for v in ImageStat.Stat(img).mean)
+    return mean[0] if len(mean) == 1 else mean
 
 
-# --- geometry (torchvision) ---------------------------------------------------------------
+def _warp(img: Image.Image, method: Image.Transform, coefficients) -> Image.Image:
+    """``img`` resampled (bilinear) through ``coefficients``, which map output to input pixels."""
+    return img.transform(img.size, method, tuple(coefficients), Image.Resampling.BILINEAR, fillcolor=_fill(img))
+
+
+# --- geometry (PIL) -----------------------------------------------------------------------
+# Plain PIL rather than torchvision: the same warps at a fraction of the cost, and no torch import
+# (the loader worker shares two cores with training, where every millisecond here stalls both).
 
 def rotate(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
-    return F.rotate(img, _signed(30 * level, rng), InterpolationMode.BILINEAR, fill=_fill(img))
+    return img.rotate(_signed(30 * level, rng), Image.Resampling.BILINEAR, fillcolor=_fill(img))
 
 
 def shear_x(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
-    return F.affine(img, angle=0.0, translate=[0, 0], scale=1.0, shear=[_signed(30 * level, rng), 0.0],
-                    interpolation=InterpolationMode.BILINEAR, fill=_fill(img))
+    """Shear about the centre line, so the word stays where it was."""
+    t = math.tan(math.radians(_signed(30 * level, rng)))
+    return _warp(img, Image.Transform.AFFINE, (1, t, -t * (img.height - 1) / 2, 0, 1, 0))
 
 
 def shear_y(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
-    return F.affine(img, angle=0.0, translate=[0, 0], scale=1.0, shear=[0.0, _signed(10 * level, rng)],
-                    interpolation=InterpolationMode.BILINEAR, fill=_fill(img))
+    t = math.tan(math.radians(_signed(10 * level, rng)))
+    return _warp(img, Image.Transform.AFFINE, (1, 0, 0, t, 1, -t * (img.width - 1) / 2))
+
+
+def perspective_coefficients(output: list[list[float]], source: list[list[float]]) -> list[float]:
+    """The 8 coefficients of PIL's PERSPECTIVE transform that send each ``output`` corner to its
+    ``source`` corner (x = (a u + b v + c) / (g u + h v + 1), y likewise with d, e, f)."""
+    rows, rhs = [], []
+    for (u, v), (x, y) in zip(output, source):
+        rows.append([u, v, 1, 0, 0, 0, -x * u, -x * v])
+        rows.append([0, 0, 0, u, v, 1, -y * u, -y * v])
+        rhs += [x, y]
+    return np.linalg.solve(np.array(rows, dtype=np.float64), np.array(rhs, dtype=np.float64)).tolist()
 
 
 def perspective(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
@@ -63,7 +79,7 @@ def perspective(img: Image.Image, level: float, rng: random.Random) -> Image.Ima
     inward = [(1, 1), (-1, 1), (-1, -1), (1, -1)]
     end = [[x + sx * rng.uniform(0, dx), y + sy * rng.uniform(0, dy)]
            for (x, y), (sx, sy) in zip(start, inward)]
-    return F.perspective(img, start, end, InterpolationMode.BILINEAR, fill=_fill(img))
+    return _warp(img, Image.Transform.PERSPECTIVE, perspective_coefficients(end, start))
 
 
 # --- blur and noise -----------------------------------------------------------------------
@@ -71,28 +87,23 @@ def perspective(img: Image.Image, level: float, rng: random.Random) -> Image.Ima
 def gaussian_blur(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
     """Sigma up to 4 px (level 1) for a 32-px-high word, in proportion for others."""
     sigma = max(0.1, rng.uniform(0.5, 1.0) * 4 * level * img.height / 32)
-    # torchvision pads by reflection, which needs kernel // 2 < each side: clip for tiny images
-    largest = min(img.size) - 1 if min(img.size) % 2 == 0 else min(img.size)
-    kernel = max(1, min(2 * math.ceil(3 * sigma) + 1, largest))
-    return F.gaussian_blur(img, [kernel, kernel], [sigma, sigma])
+    return img.filter(ImageFilter.GaussianBlur(sigma))
 
 
 def motion_blur(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
-    """A line kernel of up to 20 px (level 1) for a 32-px-high word, in proportion for others, at a
-    random angle (torchvision has no such op on PIL images)."""
+    """The mean along a line of up to 20 px (level 1) for a 32-px-high word, in proportion for
+    others, at a random angle (PIL has no such filter: a sum of shifted copies)."""
     length = max(3, round(20 * level * rng.uniform(0.5, 1.0) * img.height / 32)) | 1  # odd
-    line = Image.new("L", (length, length), 0)
     angle = rng.uniform(0, math.pi)
-    c, r = length // 2, length / 2
-    ImageDraw.Draw(line).line([(c - r * math.cos(angle), c - r * math.sin(angle)),
-                               (c + r * math.cos(angle), c + r * math.sin(angle))], fill=255, width=1)
-    kernel = torch.from_numpy(np.asarray(line, dtype=np.float32))
-    kernel = kernel / kernel.sum()
-    x = F.pil_to_tensor(img).float()[None]  # [1, C, H, W]
-    channels = x.shape[1]
-    x = TF.pad(x, [c, c, c, c], mode="replicate")
-    y = TF.conv2d(x, kernel.expand(channels, 1, length, length), groups=channels)[0]
-    return F.to_pil_image(y.round_().clamp_(0, 255).to(torch.uint8), mode=img.mode)
+    steps = np.linspace(-(length // 2), length // 2, length)
+    shifts = sorted({(round(s * math.sin(angle)), round(s * math.cos(angle))) for s in steps})
+    r = length // 2
+    array = np.asarray(img, dtype=np.float32)
+    pad = [(r, r), (r, r)] + [(0, 0)] * (array.ndim - 2)
+    padded = np.pad(array, pad, mode="edge")
+    h, w = array.shape[:2]
+    out = sum(padded[r + dy:r + dy + h, r + dx:r + dx + w] for dy, dx in shifts) / len(shifts)
+    return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8), mode=img.mode)
 
 
 def gaussian_noise(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
@@ -102,30 +113,30 @@ def gaussian_noise(img: Image.Image, level: float, rng: random.Random) -> Image.
     return Image.fromarray(np.clip(array + noise, 0, 255).round().astype(np.uint8), mode=img.mode)
 
 
-# --- colour (torchvision) -----------------------------------------------------------------
+# --- colour (PIL's ImageEnhance and ImageOps) ---------------------------------------------
 
 def color(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
-    return F.adjust_saturation(img, 1 + _signed(0.9 * level, rng))  # a no-op on 'L'
+    return ImageEnhance.Color(img).enhance(1 + _signed(0.9 * level, rng))  # a no-op on 'L'
 
 
 def contrast(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
-    return F.adjust_contrast(img, 1 + _signed(0.9 * level, rng))
+    return ImageEnhance.Contrast(img).enhance(1 + _signed(0.9 * level, rng))
 
 
 def brightness(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
-    return F.adjust_brightness(img, 1 + _signed(0.9 * level, rng))
+    return ImageEnhance.Brightness(img).enhance(1 + _signed(0.9 * level, rng))
 
 
 def sharpness(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
-    return F.adjust_sharpness(img, 1 + _signed(0.9 * level, rng))
+    return ImageEnhance.Sharpness(img).enhance(1 + _signed(0.9 * level, rng))
 
 
 def posterize(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
-    return F.posterize(img, max(1, 8 - round(6 * level)))  # 8 bits at level 0, 2 at level 1
+    return ImageOps.posterize(img, max(1, 8 - round(6 * level)))  # 8 bits at level 0, 2 at level 1
 
 
 def invert(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
-    return F.invert(img)
+    return ImageOps.invert(img)
 
 
 OPS: dict[str, Op] = {
