@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from augment import OPS, RandAugment, make_augment, sample_rng
+from augment import OPS, RandAugment, make_augment, perspective_coefficients, sample_rng
 from dataset import LmdbWriter
 from dataset import AlignCollate, BatchBalancedDataset, InfiniteBatchSampler, hierarchical_dataset
 from tests.helpers import render_word
@@ -110,6 +110,24 @@ def test_every_op_changes_a_word_image_at_full_magnitude(name):
     changed = [np.asarray(OPS[name](word, 1.0, random.Random(seed))).tobytes() != word.tobytes()
                for seed in range(4)]
     assert any(changed), name
+
+
+def test_perspective_sends_each_corner_where_it_was_drawn():
+    """PIL's PERSPECTIVE maps output to input pixels: the solved coefficients must send every moved
+    corner back to the image corner it came from."""
+    start = [[0, 0], [99, 0], [99, 31], [0, 31]]
+    end = [[7, 3], [90, 1], [95, 28], [4, 30]]
+    a, b, c, d, e, f, g, h = perspective_coefficients(end, start)
+    for (u, v), (x, y) in zip(end, start):
+        denominator = g * u + h * v + 1
+        assert (a * u + b * v + c) / denominator == pytest.approx(x, abs=1e-6)
+        assert (d * u + e * v + f) / denominator == pytest.approx(y, abs=1e-6)
+
+
+def test_motion_blur_keeps_a_flat_image_flat():
+    """A mean along a line: a uniform image stays uniform, edges included (edge padding)."""
+    flat = Image.new("L", (40, 16), 123)
+    assert set(np.asarray(OPS["motion_blur"](flat, 1.0, random.Random(0))).ravel()) == {123}
 
 
 def test_color_changes_rgb():
