@@ -63,7 +63,8 @@ def train(opt: argparse.Namespace, data: Path, exp_name: str, logs: Path) -> Pat
          "--adam", "--lr", str(opt.lr), "--schedule", opt.schedule, "--warmup_iters", str(opt.warmup_iters),
          "--num_iter", str(opt.num_iter),
          "--valInterval", str(min(250, opt.num_iter)), "--batch_size", "64", "--workers", "1",
-         "--log_interval", "250", "--progress", "off", "--amp", opt.amp, "--augment", opt.augment], logs / "train.log")
+         "--log_interval", "250", "--progress", "off", "--amp", opt.amp, "--augment", opt.augment,
+         "--augment_n", str(opt.augment_n), "--augment_m", str(opt.augment_m)], logs / "train.log")
     return ROOT / "saved_models" / exp_name / "best_accuracy.pth"
 
 
@@ -104,7 +105,8 @@ def main(opt: argparse.Namespace) -> None:
         generate(opt, data, logs)
     train_start = time.perf_counter()
     model = train(opt, data, f"real_eval_{opt.tag}", logs)
-    row = {"tag": opt.tag, "num_train": opt.num_train, "num_iter": opt.num_iter, "amp": opt.amp, "augment": opt.augment, "lr": opt.lr,
+    row = {"tag": opt.tag, "num_train": opt.num_train, "num_iter": opt.num_iter, "amp": opt.amp, "augment": opt.augment,
+           "augment_n": opt.augment_n, "augment_m": opt.augment_m, "lr": opt.lr,
            "output_channel": opt.output_channel, "hidden_size": opt.hidden_size,
            "schedule": opt.schedule, "warmup_iters": opt.warmup_iters, "seed": opt.seed,
            "train_seed": opt.train_seed, "train_minutes": (time.perf_counter() - train_start) / 60, "real": {}}
@@ -136,6 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--schedule", choices=["onecycle", "cosine"], default="onecycle", help="train.py --schedule")
     parser.add_argument("--warmup_iters", type=int, default=0, help="train.py --warmup_iters (with --schedule cosine)")
     parser.add_argument("--augment", choices=["none", "rand"], default="none", help="train.py --augment")
+    parser.add_argument("--augment_n", type=int, default=3, help="train.py --augment_n (ops per image)")
+    parser.add_argument("--augment_m", type=float, default=5, help="train.py --augment_m (magnitude, 0-10)")
     parser.add_argument("--amp", choices=["off", "bf16"], default="off",
                         help="train.py --amp: bf16 trains about 1.5x faster on a CPU with AVX512-BF16 or AMX")
     opt = parser.parse_args(argv)
