@@ -2,9 +2,9 @@
 # Fine-tune EasyOCR's english_g2 on real IIIT5K training crops, on CPU, and compare SVT / IC03
 # (case-insensitive alphanumeric) before and after. The whole experiment:
 #
-#   bash scripts/finetune_english_g2.sh              # WORK=<temp dir>, NUM_ITER=400, LR=5e-5
+#   bash scripts/finetune_english_g2.sh              # WORK=<temp dir>, NUM_ITER=400, LR=5e-5, AUGMENT=rand
 #   WORK=/tmp/ft NUM_ITER=200 bash scripts/finetune_english_g2.sh
-#   AUGMENT=rand bash scripts/finetune_english_g2.sh # the same with train.py --augment rand (augment.py)
+#   AUGMENT=none bash scripts/finetune_english_g2.sh # without train.py's --augment rand (augment.py)
 #
 # Data: iiit5k_train_2000's first 1,800 crops train, the last 200 validate (case-sensitive; accuracy
 # plateaus at 83% from iteration 200, so the final weights, last.pth, are evaluated). A quarter of every batch is synthetic words (create_synth_dataset.py)
@@ -21,7 +21,7 @@ LR=${LR:-5e-5}
 VAL_INTERVAL=${VAL_INTERVAL:-100}
 SYNTH=${SYNTH:-4000}
 WORKERS=${WORKERS:-1}
-AUGMENT=${AUGMENT:-none}
+AUGMENT=${AUGMENT:-rand}
 REAL=$(cd "$REAL" && pwd)
 echo "work folder: $WORK"
 
