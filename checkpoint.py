@@ -11,7 +11,6 @@ keys start with ``module.``. Both load here; ``export_reference`` writes the bar
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +20,8 @@ import torch
 
 from model import STAGES, Model, ModelConfig, build_model, config_from_args
 from pretrained import REGISTRY, resolve_saved_model
-from utils import CONVERTERS, DiskFullError, UsageError, disk_errno
+from fileio import atomic_write
+from utils import CONVERTERS, UsageError
 
 FORMAT = "str-toolkit"
 VERSION = 1
@@ -32,30 +32,10 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A crash (or a full disk) during the write leaves the previous file intact; a full disk or an I/O
-    error raises :class:`utils.DiskFullError`, which says so.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        code = disk_errno(e)
-        if code is None:
-            raise
-        intact = (f"The previous {path.name} is intact." if path.exists() else
-                  f"No previous {path.name} existed; nothing was put in its place.")
-        raise DiskFullError(code, "the checkpoint", path, tensor_bytes(obj), intact) from e
+    """torch.save through :func:`fileio.atomic_write`: a crash (or a full disk) during the write leaves the
+    previous file intact; a full disk or an I/O error raises :class:`fileio.DiskFullError`, which says so."""
+    with atomic_write(path, what="the checkpoint", needed=tensor_bytes(obj)) as f:
+        torch.save(obj, f)
 
 
 def tensor_bytes(obj) -> int:

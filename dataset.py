@@ -29,6 +29,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 from augment import make_augment, sample_rng
 # Writing LMDB lives in lmdb_store.py (no torch); its names stay importable from here.
 from lmdb_store import MAP_SIZE, DatasetExistsError, LmdbWriter, check_output_path, lmdb_is_dataset  # noqa: F401
+from fileio import atomic_write, cache_root
 from utils import printable
 
 
@@ -332,9 +333,8 @@ def read_lmdb_samples(root: str | os.PathLike, count: int | None = None) -> Iter
 
 
 def filter_cache_path(root: str | os.PathLike, key: dict) -> Path:
-    base = os.environ.get("STR_CACHE_DIR") or Path.home() / ".cache" / "str_toolkit" / "filter"
     digest = hashlib.sha1(f"{os.path.abspath(root)}\0{json.dumps(key, sort_keys=True)}".encode()).hexdigest()
-    return Path(base) / f"{digest}.npz"
+    return cache_root() / "filter" / f"{digest}.npz"
 
 
 def load_filter_cache(path: Path, key: dict) -> tuple[np.ndarray, FilterStats] | None:
@@ -351,11 +351,9 @@ def load_filter_cache(path: Path, key: dict) -> tuple[np.ndarray, FilterStats] |
 
 def save_filter_cache(path: Path, key: dict, index: np.ndarray, stats: FilterStats) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, key=np.array(json.dumps(key, sort_keys=True)), index=index,
-                 stats=np.array([stats.total, stats.kept, stats.too_long, stats.out_of_charset, stats.bad_label]))
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+        with atomic_write(path, what="the filter cache") as f:  # a concurrent reader sees the old file or the new
+            np.savez(f, key=np.array(json.dumps(key, sort_keys=True)), index=index,
+                     stats=np.array([stats.total, stats.kept, stats.too_long, stats.out_of_charset, stats.bad_label]))
     except OSError as e:
         logger.warning("could not write the filter cache %s (%s); the next run rescans", path, e)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lmdb
 
-from utils import DiskFullError, disk_errno
+from fileio import DiskFullError, disk_errno
 
 MAP_SIZE = 1 << 40  # 1 TiB address space; the file on disk stays sparse
 

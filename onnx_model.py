@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fileio import atomic_write
 from model import Model, ModelConfig, count_parameters
 from modules.prediction import GO_INDEX
 from utils import UsageError
@@ -195,9 +197,8 @@ def export_onnx(model: Model, output: str | os.PathLike, opset: int = DEFAULT_OP
             raise
         raise OnnxExportError(f"this model cannot be written at opset {opset} ({str(e).splitlines()[0]}): "
                               f"use --opset {EXPORTER_OPSET} or later") from e
-    tmp = output.with_name(f".{output.name}.tmp")
-    onnx.save_model(proto, tmp, save_as_external_data=False)  # one file; every model here is < 2 GB
-    os.replace(tmp, output)
+    with atomic_write(output, what="the ONNX model") as f:
+        f.write(proto.SerializeToString())  # one file, no external data: every model here is < 2 GB
     return output
 
 
@@ -430,18 +431,20 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike, calib
             return next(self.batches, None)
 
     output = Path(output)
-    tmp = output.with_name(f".{output.name}.tmp")
-    quantize_static(str(fp32_path), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    op_types_to_quantize=STATIC_INT8_OPS, calibrate_method=CalibrationMethod.Percentile)
-    proto = onnx.load_model(tmp)
-    if any(node.op_type == "LSTM" for node in proto.graph.node):
-        quantize_dynamic(str(tmp), str(tmp), op_types_to_quantize=["LSTM"], weight_type=QuantType.QInt8)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as work:
+        tmp = Path(work) / "int8.onnx"  # onnxruntime's quantisers write to a path, not a file object
+        quantize_static(str(fp32_path), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        op_types_to_quantize=STATIC_INT8_OPS, calibrate_method=CalibrationMethod.Percentile)
         proto = onnx.load_model(tmp)
+        if any(node.op_type == "LSTM" for node in proto.graph.node):
+            quantize_dynamic(str(tmp), str(tmp), op_types_to_quantize=["LSTM"], weight_type=QuantType.QInt8)
+            proto = onnx.load_model(tmp)
     info["quantized"] = "int8 static QDQ"
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(info, ensure_ascii=False)
-    onnx.save_model(proto, tmp, save_as_external_data=False)
-    os.replace(tmp, output)
+    with atomic_write(output, what="the ONNX model") as f:
+        f.write(proto.SerializeToString())
     return output

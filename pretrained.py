@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from fileio import atomic_write, cache_root
 from utils import DEFAULT_CHARACTER, SENSITIVE_CHARACTER
 
 EASYOCR_CHARACTER = "0123456789!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ €ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -35,14 +36,10 @@ class PretrainedError(FileNotFoundError):
     """A registered model whose file is missing or corrupt; the message says what to do."""
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("STR_TOOLKIT_CACHE", Path.home() / ".cache" / "str_toolkit"))
-
-
 def pretrained_dirs() -> list[Path]:
     """Where downloaded checkpoints are looked for, in order."""
     dirs = [Path(os.environ["STR_PRETRAINED_DIR"])] if os.environ.get("STR_PRETRAINED_DIR") else []
-    return dirs + [cache_dir() / "pretrained"]
+    return dirs + [cache_root() / "pretrained"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +84,7 @@ def file_md5(path: Path) -> str:
     """md5 of ``path``, computed once per (path, size, mtime) and cached on disk."""
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    cache = cache_dir() / "checksums.json"
+    cache = cache_root() / "checksums.json"
     try:
         known = json.loads(cache.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -100,10 +97,8 @@ def file_md5(path: Path) -> str:
             digest.update(block)
     known[key] = digest.hexdigest()
     try:  # a read-only home only costs speed
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=0), encoding="utf-8")
-        os.replace(tmp, cache)
+        with atomic_write(cache, "w", what="the checksum cache", encoding="utf-8") as f:
+            json.dump(known, f, indent=0)
     except OSError:
         pass
     return known[key]
@@ -129,7 +124,7 @@ def _config(stages: str, **options) -> dict:
 def _dtrb(name: str, stages: str, **options) -> PretrainedModel:
     return PretrainedModel(name=name, filename=f"{name}.pth", config=_config(stages, **options),
                            source=f"download {name}.pth from {DTRB_URL} and put it in $STR_PRETRAINED_DIR or "
-                                  f"{cache_dir() / 'pretrained'}")
+                                  f"{cache_root() / 'pretrained'}")
 
 
 REGISTRY: dict[str, PretrainedModel] = {m.name: m for m in [

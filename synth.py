@@ -33,6 +33,8 @@ import numpy as np
 import PIL
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
+from fileio import atomic_write, cache_root
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_FONT_DIRS = ("/usr/share/fonts", "/usr/share/texmf/fonts/opentype", "/usr/local/share/fonts")
@@ -226,13 +228,10 @@ def font_cache_key(chars: str, files: Sequence[Path]) -> str:
 
 def cache_path(kind: str, key: str) -> Path:
     """Where a cached result lives: ``$STR_FONT_CACHE_DIR`` (the historical name; words are cached
-    beside fonts), else ``$STR_CACHE_DIR/synth``, else ``~/.cache/str_toolkit/synth``; one JSON file
-    per ``kind`` and key digest."""
+    beside fonts), else ``fileio.cache_root()/synth``; one JSON file per ``kind`` and key digest."""
     base = os.environ.get("STR_FONT_CACHE_DIR")
-    if not base:
-        shared = os.environ.get("STR_CACHE_DIR")
-        base = Path(shared) / "synth" if shared else Path.home() / ".cache" / "str_toolkit" / "synth"
-    return Path(base) / f"{kind}-{hashlib.sha1(key.encode()).hexdigest()}.json"
+    folder = Path(base) if base else cache_root() / "synth"
+    return folder / f"{kind}-{hashlib.sha1(key.encode()).hexdigest()}.json"
 
 
 def load_cached(kind: str, key: str):
@@ -248,10 +247,8 @@ def save_cached(kind: str, key: str, value) -> None:
     """Atomic write; a cache that cannot be written only costs the next run the time to recompute."""
     path = cache_path(kind, key)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "value": value}), encoding="utf-8")
-        os.replace(tmp, path)  # a concurrent reader sees the old file or the new one
+        with atomic_write(path, "w", what=f"the {kind} cache", encoding="utf-8") as f:
+            json.dump({"key": key, "value": value}, f)  # a concurrent reader sees the old file or the new one
     except OSError as e:
         logger.warning("could not write the %s cache %s (%s); the next run recomputes it", kind, path, e)
 

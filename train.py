@@ -34,9 +34,10 @@ from augment import AUGMENTATIONS
 from checkpoint import load_model, load_state, read_checkpoint, save_checkpoint, unwrap
 from dataset import BatchBalancedDataset, data_options, hierarchical_dataset
 from evaluation import make_eval_loader
+from fileio import FolderLock, atomic_write
 from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args
 from test import validation
-from utils import (Averager, FolderLock, UsageError, add_runtime_arguments, check_amp, check_runtime_arguments,
+from utils import (Averager, UsageError, add_runtime_arguments, check_amp, check_runtime_arguments,
                    get_logger, make_converter, resolve_device, run_cli)
 
 
@@ -379,10 +380,11 @@ def plot_history(csv_path: Path, png_path: Path) -> None:
     ax2.plot(it, [float(r["accuracy"]) for r in rows], color="tab:green")
     ax2.set_xlabel("iteration"), ax2.set_ylabel("validation accuracy (%)")
     fig.tight_layout()
-    tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        with atomic_write(png_path, what="the training curves") as f:
+            fig.savefig(f, format="png", dpi=80)
+    finally:
+        plt.close(fig)
 
 
 def save_last(run: TrainRun, next_iteration: int) -> None:
@@ -424,12 +426,10 @@ def trim_history(path: Path, last_iteration: int) -> None:
             and int(r["iteration"]) <= last_iteration]
     if len(kept) == len(rows) or not rows:
         return
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, "w", what="the validation history", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(kept)
-    os.replace(tmp, path)
 
 
 class StopRequest:

@@ -26,7 +26,7 @@ SENSITIVE = string.printable[:-6]
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("STR_CACHE_DIR", str(tmp_path / "filter-cache"))
-    return tmp_path / "filter-cache"
+    return tmp_path / "filter-cache" / "filter"
 
 
 def make_opt(**kw):

@@ -19,7 +19,8 @@ import checkpoint
 import create_lmdb_dataset
 import dataset
 from helpers import make_gt_folder, make_word_lmdb
-from utils import DiskFullError, disk_errno, run_cli
+from fileio import DiskFullError, disk_errno
+from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -302,7 +303,7 @@ def test_lock_without_flock_judges_by_the_pid(tmp_path, monkeypatch):
     import fcntl
     import socket
 
-    from utils import FolderInUseError, FolderLock
+    from fileio import FolderInUseError, FolderLock
 
     def no_flock(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
