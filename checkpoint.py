@@ -21,7 +21,8 @@ import torch
 from model import STAGES, Model, ModelConfig, build_model, config_from_args
 from pretrained import REGISTRY, resolve_saved_model
 from fileio import atomic_write
-from utils import CONVERTERS, UsageError
+from runtime import UsageError
+from utils import CONVERTERS
 
 FORMAT = "str-toolkit"
 VERSION = 1

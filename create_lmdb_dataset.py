@@ -18,7 +18,7 @@ from typing import Iterator
 import fire
 
 from dataset import GtSample, LmdbWriter, check_output_path, image_problem, parse_gt_file
-from utils import run_cli
+from runtime import run_cli
 
 
 def checked_samples(input_path: Path, samples: list[GtSample], check_valid: bool

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 import synth
 from lmdb_store import DatasetExistsError, LmdbWriter, lmdb_is_dataset
-from utils import DEFAULT_CHARACTER, load_character, run_cli
+from runtime import run_cli
+from utils import DEFAULT_CHARACTER, load_character
 
 
 @dataclasses.dataclass(frozen=True)

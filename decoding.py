@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from lexicon import Lexicon, fold_char, load_lexicon
 from modules.prediction import EOS_INDEX, GO_INDEX
-from utils import UsageError, make_converter
+from runtime import UsageError
+from utils import make_converter
 
 DECODERS = ("greedy", "beam")
 LEXICON_MODES = ("constrain", "snap")

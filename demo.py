@@ -17,8 +17,8 @@ from dataset import RawDataset, data_options
 from decoding import Decoded, add_decoding_arguments, check_decoding_flags, decode, options_from_args
 from evaluation import make_eval_loader
 from model import add_model_arguments
-from utils import (add_runtime_arguments, check_amp, check_runtime_arguments, get_logger, printable, resolve_device,
-                   run_cli)
+from runtime import add_runtime_arguments, check_amp, check_runtime_arguments, get_logger, resolve_device, run_cli
+from utils import printable
 
 DEFAULT_MODEL = "english_g2"
 

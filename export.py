@@ -36,7 +36,7 @@ from model import Model, ModelConfig, add_model_arguments
 from modules.feature_extraction import VGG_FeatureExtractor
 from modules.sequence_modeling import BidirectionalLSTM
 from onnx_model import DEFAULT_OPSET, OPSET_HELP, export_onnx
-from utils import UsageError, run_cli
+from runtime import UsageError, run_cli
 
 EASYOCR_ARCHITECTURE = "None-VGG-BiLSTM-CTC"
 

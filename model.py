@@ -12,7 +12,8 @@ from modules.feature_extraction import FEATURE_EXTRACTORS
 from modules.prediction import PREDICTIONS
 from modules.sequence_modeling import SEQUENCE_MODELS
 from modules.transformation import TRANSFORMATIONS
-from utils import CONVERTERS, DEFAULT_CHARACTER, UsageError, resolve_character
+from runtime import UsageError
+from utils import CONVERTERS, DEFAULT_CHARACTER, resolve_character
 
 STAGES = {
     "Transformation": TRANSFORMATIONS,

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from fileio import atomic_write
 from model import Model, ModelConfig, count_parameters
 from modules.prediction import GO_INDEX
-from utils import UsageError
+from runtime import UsageError
 
 FORMAT = "str-toolkit-onnx"
 VERSION = 1

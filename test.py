@@ -24,8 +24,9 @@ from decoding import DecodeOptions, add_decoding_arguments, check_decoding_flags
 from error_analysis import write_errors
 from evaluation import ValidationResult, make_eval_loader, predict, score_batch, synchronize
 from model import ModelConfig, add_model_arguments, count_parameters, sequence_loss
-from utils import (Averager, UsageError, add_runtime_arguments, check_amp, check_runtime_arguments, get_logger,
-                   make_converter, resolve_device, run_cli)
+from runtime import (UsageError, add_runtime_arguments, check_amp, check_runtime_arguments, get_logger,
+                     resolve_device, run_cli)
+from utils import Averager, make_converter
 
 BENCHMARKS = ["IIIT5k_3000", "SVT", "IC03_860", "IC03_867", "IC13_857", "IC13_1015",
               "IC15_1811", "IC15_2077", "SVTP", "CUTE80"]

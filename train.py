@@ -37,8 +37,9 @@ from evaluation import make_eval_loader
 from fileio import FolderLock, atomic_write
 from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args
 from test import validation
-from utils import (Averager, UsageError, add_runtime_arguments, check_amp, check_runtime_arguments,
-                   get_logger, make_converter, resolve_device, run_cli)
+from runtime import (UsageError, add_runtime_arguments, check_amp, check_runtime_arguments, get_logger,
+                     resolve_device, run_cli)
+from utils import Averager, make_converter
 
 
 def parse_args(argv=None):

@@ -79,7 +79,7 @@ def peak_rss_mib() -> float:
 def cpu_features() -> dict:
     import torch
 
-    from utils import cpu_flags
+    from runtime import cpu_flags
 
     flags = cpu_flags()
     return {"flags": {f: f in flags for f in FEATURES}, "torch_capability": torch.backends.cpu.get_cpu_capability()}

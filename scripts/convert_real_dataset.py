@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the library is one level up
 from real_datasets import READERS, convert, read_cocotext  # noqa: E402
-from utils import run_cli  # noqa: E402
+from runtime import run_cli  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Convert one dataset; a user error ends as ``error: ...`` with exit status 1 (utils.run_cli)."""
+    """Convert one dataset; a user error ends as ``error: ...`` with exit status 1 (runtime.run_cli)."""
     opt = get_parser().parse_args(argv)
     annotation = Path(opt.annotation)
     images = Path(opt.images) if opt.images else annotation.parent

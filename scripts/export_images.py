@@ -13,7 +13,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (run as scripts/...)
 from dataset import read_lmdb_samples  # noqa: E402
-from utils import run_cli  # noqa: E402
+from runtime import run_cli  # noqa: E402
 
 
 def export_images(lmdb_path: str, output: str, count: int) -> int:

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (run as scripts/...)
 from augment import AUGMENTATIONS, make_augment, sample_rng  # noqa: E402
 from dataset import read_lmdb_samples  # noqa: E402
-from utils import run_cli  # noqa: E402
+from runtime import run_cli  # noqa: E402
 
 LABEL_FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf"
 

@@ -15,7 +15,7 @@ import train
 from model import MIN_INPUT_SIZE, MIN_OUTPUT_CHANNEL, ModelConfig, build_model
 from modules.feature_extraction import FEATURE_EXTRACTORS
 from modules.transformation import TRANSFORMATIONS
-from utils import UsageError, check_runtime_arguments
+from runtime import UsageError, check_runtime_arguments
 
 STAGES = ["--Transformation", "None", "--FeatureExtraction", "VGG", "--SequenceModeling", "None",
           "--Prediction", "CTC", "--workers", "0", "--batch_size", "4", "--select_data", "MJ", "--batch_ratio", "1"]

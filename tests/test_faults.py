@@ -20,7 +20,7 @@ import create_lmdb_dataset
 import dataset
 from helpers import make_gt_folder, make_word_lmdb
 from fileio import DiskFullError, disk_errno
-from utils import run_cli
+from runtime import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -260,7 +260,7 @@ def test_int8_quantisation_calibrates_on_a_folder(tmp_path):
 
 def test_quantize_needs_calibration_data(tmp_path):
     from export import export
-    from utils import UsageError
+    from runtime import UsageError
 
     with pytest.raises(UsageError, match="--quantize int8 needs --calib_data"):
         export(["--saved_model", "x.pth", "--format", "onnx", "--output", str(tmp_path / "x.onnx"),
@@ -388,7 +388,7 @@ def test_onnx_model_refuses_flags_it_cannot_follow(exported):
     from types import SimpleNamespace
 
     from checkpoint import load_model
-    from utils import UsageError
+    from runtime import UsageError
 
     config = tiny_config("None-VGG-BiLSTM-CTC")
     _, path = exported(config.name)
@@ -418,7 +418,7 @@ def test_beam_search_on_an_onnx_model(exported):
     """CTC beam search runs on the ONNX Runtime logits (same readings as PyTorch's); an attention beam
     search needs the decoder step by step, which the exported fixed loop cannot give: a clear error."""
     from decoding import DecodeOptions, decode
-    from utils import UsageError
+    from runtime import UsageError
 
     options = DecodeOptions("beam", beam_size=3)
     config = tiny_config("None-VGG-BiLSTM-CTC")
