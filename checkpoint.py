@@ -13,12 +13,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
 
-from model import STAGES, Model, ModelConfig, build_model, config_from_args
+from model import STAGES, Model, ModelConfig, build_model, config_from_flags
 from pretrained import REGISTRY, resolve_saved_model
 from fileio import atomic_write
 from runtime import UsageError
@@ -230,9 +229,9 @@ class LoadedModel:
     checkpoint: dict  # read_checkpoint's dict: the weights, and the training state of a last.pth
 
 
-def load_model(saved_model: str | os.PathLike, flags=None, device: torch.device | str = "cpu", *,
+def load_model(saved_model: str | os.PathLike, flags: dict | None = None, device: torch.device | str = "cpu", *,
                fine_tune: bool = False, log: Callable[[str], None] = lambda message: None,
-               allow_onnx: bool = True) -> LoadedModel:
+               allow_onnx: bool = True, amp: str = "off") -> LoadedModel:
     """The one way to load a model: a checkpoint of this toolkit, a bare reference state_dict, a
     registered name (``pretrained.py``), or an ``.onnx`` file written by ``export.py --format onnx``
     (an ``onnx_model.OnnxModel`` run by ONNX Runtime; inference only, so not with ``allow_onnx=False``).
@@ -241,33 +240,35 @@ def load_model(saved_model: str | os.PathLike, flags=None, device: torch.device 
     The configuration is decided once (``trained_config``, then the flags on top) and the model is
     built once; a state_dict that does not fit it is explained in terms of flags. ``fine_tune``
     (train.py ``--FT``) allows a new character set (weights remapped by character) and loads a bare
-    state_dict tolerantly (tensors of other shapes keep their fresh initialisation).
+    state_dict tolerantly (tensors of other shapes keep their fresh initialisation). ``flags`` are the model
+    flags the user gave (``model.model_flags(opt)``: ``{"Prediction": "CTC", "imgH": 64, ...}``); ``amp`` is
+    the script's ``--amp``, which an ONNX model cannot follow.
     """
-    flags = flags if flags is not None else SimpleNamespace()
+    flags = flags or {}
     if Path(saved_model).suffix.lower() == ".onnx":
-        return load_onnx_model(Path(saved_model), flags, device, fine_tune or not allow_onnx, log)
+        return load_onnx_model(Path(saved_model), flags, device, fine_tune or not allow_onnx, log, amp)
     path, registered = resolve_saved_model(str(saved_model))
     ckpt = read_checkpoint(path)
     named = str(saved_model) in REGISTRY and not Path(saved_model).exists()
     trained = trained_config(ckpt, registered, named, path, flags, log)
-    config = config_from_args(flags, trained, allow_character_change=fine_tune)
+    config = config_from_flags(flags, trained, allow_character_change=fine_tune)
     model = build_model(config, init=fine_tune)  # fresh rows for new characters need the reference's init
     load_weights(model, ckpt["model"], trained, fine_tune, log)
     return LoadedModel(model.to(device).eval(), config, path, ckpt)
 
 
-def load_onnx_model(path: Path, flags, device, training: bool, log) -> LoadedModel:
+def load_onnx_model(path: Path, flags: dict, device, training: bool, log, amp: str = "off") -> LoadedModel:
     """An exported model: its configuration comes from the file; flags may only repeat it."""
     from onnx_model import OnnxModel
 
     if training:
         raise UsageError(f"{path} is an exported ONNX model, which runs inference only: train or export from "
                          "the PyTorch checkpoint it was exported from")
-    if getattr(flags, "amp", "off") not in ("off", None):
-        raise UsageError(f"--amp {flags.amp} applies to PyTorch models; {path.name} runs in the precision it was "
+    if amp not in ("off", None):
+        raise UsageError(f"--amp {amp} applies to PyTorch models; {path.name} runs in the precision it was "
                          "exported in (for int8: export.py --format onnx --quantize int8 --calib_data DIR)")
     model = OnnxModel(path, device=torch.device(device))
-    config = config_from_args(flags, model.config)
+    config = config_from_flags(flags, model.config)
     if config != model.config:
         changed = [f"--{k} {getattr(config, k)!r} (exported with {getattr(model.config, k)!r})"
                    for k in model.config.to_dict() if getattr(config, k) != getattr(model.config, k)]
@@ -278,7 +279,7 @@ def load_onnx_model(path: Path, flags, device, training: bool, log) -> LoadedMod
     return LoadedModel(model, config, path, {})
 
 
-def trained_config(ckpt: dict, registered: dict | None, named: bool, path: Path, flags, log
+def trained_config(ckpt: dict, registered: dict | None, named: bool, path: Path, flags: dict, log
                    ) -> ModelConfig | None:
     """The configuration the weights were trained with, where it is known without the flags.
 
@@ -291,7 +292,7 @@ def trained_config(ckpt: dict, registered: dict | None, named: bool, path: Path,
         return ModelConfig.from_dict(ckpt["config"])
     if registered is None:
         return None
-    stage_flags = [s for s in STAGES if getattr(flags, s, None) is not None]
+    stage_flags = [s for s in STAGES if flags.get(s) is not None]
     if named:
         return ModelConfig.from_dict(registered)
     if not stage_flags:

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Iterator, Sequence
 
 import lmdb
@@ -27,10 +26,10 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from augment import make_augment, sample_rng
+from fileio import atomic_write, cache_root
 # Writing LMDB lives in lmdb_store.py (no torch); its names stay importable from here.
 from lmdb_store import MAP_SIZE, DatasetExistsError, LmdbWriter, check_output_path, lmdb_is_dataset  # noqa: F401
-from fileio import atomic_write, cache_root
-from utils import printable
+from utils import DEFAULT_CHARACTER, printable
 
 
 logger = logging.getLogger(__name__)
@@ -110,15 +109,52 @@ def parse_gt_file(path: str | os.PathLike) -> tuple[list[GtSample], list[GtProbl
 
 # --- options -------------------------------------------------------------------------------
 
-def data_options(config, opt) -> SimpleNamespace:
-    """What the data code needs: the model's input options (a ModelConfig) plus the run's loader options."""
-    return SimpleNamespace(
-        character=config.character, sensitive=config.sensitive, batch_max_length=config.batch_max_length,
-        imgH=config.imgH, imgW=config.imgW, rgb=config.rgb, PAD=config.PAD,
-        data_filtering_off=getattr(opt, "data_filtering_off", False), workers=getattr(opt, "workers", 0),
-        batch_size=getattr(opt, "batch_size", 192), manualSeed=getattr(opt, "manualSeed", 1111),
-        dynamic_width=getattr(opt, "dynamic_width", False),
-    )
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """How images and labels are read for one model; a script builds it once (``DataConfig.for_model``).
+
+    The model's input options (character set, case, label length, image size, PAD, colour) and the
+    loader's (dynamic width, filtering, workers, batch size, seed). Library code reads this, never the
+    parsed arguments.
+    """
+
+    character: str = DEFAULT_CHARACTER
+    sensitive: bool = False
+    batch_max_length: int = 25
+    imgH: int = 32
+    imgW: int = 100
+    PAD: bool = False
+    rgb: bool = False
+    dynamic_width: bool = False
+    data_filtering_off: bool = False
+    workers: int = 0
+    batch_size: int = 192
+    seed: int = 1111
+
+    @classmethod
+    def for_model(cls, config, **loader) -> "DataConfig":
+        """The data options of ``config`` (a ModelConfig) plus the loader's (``workers=``, ``batch_size=`` ...)."""
+        return cls(character=config.character, sensitive=config.sensitive, batch_max_length=config.batch_max_length,
+                   imgH=config.imgH, imgW=config.imgW, PAD=config.PAD, rgb=config.rgb, **loader)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainDataConfig:
+    """train.py's training data: which LMDBs under ``train_data``, their batch shares, augmentation."""
+
+    data: DataConfig
+    train_data: str
+    select_data: tuple[str, ...] = ("MJ", "ST")
+    batch_ratio: tuple[float, ...] = (0.5, 0.5)
+    total_data_usage_ratio: float = 1.0
+    augment: str = "none"
+    augment_n: int = 3
+    augment_m: float = 5
+
+    def __post_init__(self):
+        if len(self.select_data) != len(self.batch_ratio):
+            raise ValueError(f"--select_data {list(self.select_data)} and --batch_ratio {list(self.batch_ratio)} "
+                             "must have the same number of entries (e.g. --select_data MJ-ST --batch_ratio 0.5-0.5).")
 
 
 # --- labels -------------------------------------------------------------------------------
@@ -165,9 +201,8 @@ class LabelFilter:
         self.filtering = filtering
 
     @classmethod
-    def from_opt(cls, opt) -> "LabelFilter":
-        return cls(opt.character, getattr(opt, "sensitive", False), opt.batch_max_length,
-                   not getattr(opt, "data_filtering_off", False))
+    def from_data(cls, data: DataConfig) -> "LabelFilter":
+        return cls(data.character, data.sensitive, data.batch_max_length, not data.data_filtering_off)
 
     def normalise(self, label: str) -> str:
         """Lower-case unless sensitive, then delete every character outside the set."""
@@ -366,10 +401,10 @@ class LmdbDataset(Dataset):
     The environment is opened lazily in each process and never pickled.
     """
 
-    def __init__(self, root: str | os.PathLike, opt):
+    def __init__(self, root: str | os.PathLike, data: DataConfig):
         self.root = str(root)
-        self.rgb = getattr(opt, "rgb", False)
-        self.label_filter = LabelFilter.from_opt(opt)
+        self.rgb = data.rgb
+        self.label_filter = LabelFilter.from_data(data)
         self._env: lmdb.Environment | None = None
         self.filtered_index_list, self.stats = self._filtered_index()
         self.nSamples = len(self.filtered_index_list)
@@ -427,13 +462,13 @@ class LmdbDataset(Dataset):
 class GtFolderDataset(Dataset):
     """A folder with a ``gt.txt`` (``relative/path<TAB>label``) read without an LMDB."""
 
-    def __init__(self, root: str | os.PathLike, opt):
+    def __init__(self, root: str | os.PathLike, data: DataConfig):
         self.root = Path(root)
         gt = self.root / "gt.txt"
         if not gt.is_file():
             raise FileNotFoundError(f"{gt} does not exist; a gt folder needs a gt.txt.")
-        self.rgb = getattr(opt, "rgb", False)
-        self.label_filter = LabelFilter.from_opt(opt)
+        self.rgb = data.rgb
+        self.label_filter = LabelFilter.from_data(data)
         samples, self.problems = parse_gt_file(gt)
         for lineno, _, reason in self.problems[:5]:
             logger.warning("%s line %d: %s; skipped", gt, lineno, reason)
@@ -459,7 +494,7 @@ class GtFolderDataset(Dataset):
 
 # --- discovery -----------------------------------------------------------------------------
 
-def hierarchical_dataset(root: str | os.PathLike, opt, select_data: str | Sequence[str] = "/",
+def hierarchical_dataset(root: str | os.PathLike, data: DataConfig, select_data: str | Sequence[str] = "/",
                          log: Callable[[str], None] | None = None) -> tuple[ConcatDataset, str]:
     """Every LMDB leaf folder (or gt.txt folder) under ``root`` whose path relative to root,
     e.g. ``/MJ/MJ_train``, contains an entry of ``select_data``; ``'/'`` selects all.
@@ -488,7 +523,7 @@ def hierarchical_dataset(root: str | os.PathLike, opt, select_data: str | Sequen
         found.append(rel)
         # Matched against the relative path only: the reference also matched the root path (#14 in docs/differences.md).
         if any(s in rel for s in select_data):
-            dataset = make(dirpath, opt)
+            dataset = make(dirpath, data)
             lines += [f"sub-directory:\t{rel}\t num samples: {len(dataset)}", f"\t{dataset.stats}"]
             datasets.append(dataset)
     if not datasets:
@@ -572,46 +607,40 @@ class BatchBalancedDataset:
     Batch shares follow ``batch_ratio`` (reference section 3.6). The batch order is a
     function of (seed, batches consumed), so ``state_dict()``/``load_state_dict()`` resume
     exactly, and ``rank``/``world_size`` shard it for DDP. ``self.batch_size`` is the
-    summed batch size (the reference overwrote ``opt.batch_size`` instead). ``opt.augment``
+    summed batch size (the reference overwrote ``opt.batch_size`` instead). ``train.augment``
     (``'none'`` by default; ``augment_n``, ``augment_m``) augments every training image in
     the loader workers (``AugmentedDataset``); validation loaders never see it.
     """
 
-    def __init__(self, opt, log: Callable[[str], None] = print, rank: int = 0, world_size: int = 1):
-        select_data, batch_ratio = opt.select_data, opt.batch_ratio
-        if isinstance(select_data, str):
-            select_data = select_data.split("-")
-        if isinstance(batch_ratio, str):
-            batch_ratio = batch_ratio.split("-")
-        if len(select_data) != len(batch_ratio):
-            raise ValueError(f"--select_data {select_data} and --batch_ratio {batch_ratio} must have "
-                             "the same number of entries (e.g. --select_data MJ-ST --batch_ratio 0.5-0.5).")
-        self.opt, self.rank, self.world_size = opt, rank, world_size
-        self.seed = getattr(opt, "manualSeed", 1111)
-        self.collate = AlignCollate(opt.imgH, opt.imgW, keep_ratio_with_pad=getattr(opt, "PAD", False),
-                                    dynamic_width=getattr(opt, "dynamic_width", False), rgb=getattr(opt, "rgb", None))
+    def __init__(self, train: TrainDataConfig, log: Callable[[str], None] = print, rank: int = 0,
+                 world_size: int = 1):
+        data = train.data
+        self.workers, self.rank, self.world_size = data.workers, rank, world_size
+        self.seed = data.seed
+        self.collate = AlignCollate(data.imgH, data.imgW, keep_ratio_with_pad=data.PAD,
+                                    dynamic_width=data.dynamic_width, rgb=data.rgb)
         dashed_line = "-" * 80
         log(dashed_line)
-        log(f"dataset_root: {opt.train_data}\nopt.select_data: {select_data}\nopt.batch_ratio: {batch_ratio}")
+        log(f"dataset_root: {train.train_data}\nopt.select_data: {list(train.select_data)}\n"
+            f"opt.batch_ratio: {[str(r) for r in train.batch_ratio]}")
         self.datasets: list[Dataset] = []
         self.batch_sizes: list[int] = []
-        ratio = getattr(opt, "total_data_usage_ratio", "1.0")
-        for name, share in zip(select_data, batch_ratio):
-            batch = max(round(opt.batch_size * float(share)), 1)
+        ratio = train.total_data_usage_ratio
+        for name, share in zip(train.select_data, train.batch_ratio):
+            batch = max(round(data.batch_size * share), 1)
             log(dashed_line)
-            dataset, dataset_log = hierarchical_dataset(opt.train_data, opt, select_data=[name])
+            dataset, dataset_log = hierarchical_dataset(train.train_data, data, select_data=[name])
             log(dataset_log.rstrip("\n"))
             total = len(dataset)
-            used = int(total * float(ratio))  # the first samples, as the reference (#15 in docs/differences.md)
+            used = int(total * ratio)  # the first samples, as the reference (#15 in docs/differences.md)
             if used == 0:
                 raise ValueError(f"--total_data_usage_ratio {ratio} leaves no sample of {name} ({total} in all).")
             log(f"num total samples of {name}: {total} x {ratio} (total_data_usage_ratio) = {used}\n"
-                f"num samples of {name} per batch: {opt.batch_size} x {float(share)} (batch_ratio) = {batch}")
+                f"num samples of {name} per batch: {data.batch_size} x {share} (batch_ratio) = {batch}")
             self.datasets.append(Subset(dataset, range(used)))
             self.batch_sizes.append(batch)
         self.batch_size = sum(self.batch_sizes)
-        self.augment = make_augment(getattr(opt, "augment", "none"), getattr(opt, "augment_n", 3),
-                                    getattr(opt, "augment_m", 5))
+        self.augment = make_augment(train.augment, train.augment_n, train.augment_m)
         if self.augment is not None:
             log(f"augmentation: {self.augment}")
             self.datasets = [AugmentedDataset(dataset, self.augment, self.seed, stream=i)
@@ -621,7 +650,7 @@ class BatchBalancedDataset:
         self._make_loaders()
 
     def _make_loaders(self) -> None:
-        workers = getattr(self.opt, "workers", 0)
+        workers = self.workers
         self.data_loader_list = [
             DataLoader(dataset, num_workers=workers, collate_fn=self.collate,
                        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
@@ -784,8 +813,8 @@ def list_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
 class RawDataset(Dataset):
     """Image files for demo.py; items are ``(PIL image 'L'/'RGB', path)`` or None if unreadable."""
 
-    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], opt):
-        self.rgb = getattr(opt, "rgb", False)
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], data: DataConfig):
+        self.rgb = data.rgb
         self.image_path_list = list_images(paths)
         self.nSamples = len(self.image_path_list)
         self.unreadable: list[str] = []

@@ -11,7 +11,7 @@ From Python::
     out = decode(model, image, config, options)        # image [B, C, H, W] on the model's device
     out.results[0].text, out.results[0].char_confidences, out.results[0].nbest
 
-Greedy (the default) is what ``evaluation.predict`` runs, so its output is test.py's. The beam searches work in log space;
+Greedy (the default) is what test.py and train.py's validation run. The beam searches work in log space;
 CTC runs one sample at a time over the frames (prefixes must be merged, which is bookkeeping, not
 arithmetic) with the vocabulary pruned to the best characters per frame, computed for the whole
 batch at once; the attention search runs the decoder once per step on B x K rows (the K beams of
@@ -71,7 +71,7 @@ class DecodeOptions:
 
     @property
     def plain_greedy(self) -> bool:
-        """Greedy without a word list: what ``evaluation.predict`` does."""
+        """Greedy without a word list: the reference's reading."""
         return self.decoder == "greedy" and self.lexicon is None
 
     def describe(self) -> str:
@@ -108,13 +108,21 @@ class BatchDecoding:
     logits: torch.Tensor | None  # the greedy forward's logits (None when the attention beam ran instead)
     results: list[Decoded]
 
+    @property
+    def texts(self) -> list[str]:
+        return [r.text for r in self.results]
+
+    @property
+    def confidences(self) -> list[float]:
+        return [r.confidence for r in self.results]
+
 
 # ----------------------------------------------------------------------------------------- greedy
 
 def greedy_ctc(logits: torch.Tensor, character: list[str]) -> list[Decoded]:
     """Best path: argmax per frame, merge repeats, drop blanks (``character[0]`` is the blank).
 
-    Confidence as ``predict``: product of every frame's max probability, blanks included. A
+    Confidence as the reference's: product of every frame's max probability, blanks included. A
     character's confidence is the max probability over the frames merged into it.
     """
     max_probs, index = F.softmax(logits.float(), dim=2).max(dim=2)  # [B, T]
@@ -481,9 +489,9 @@ def decode(model, image: torch.Tensor, config, options: DecodeOptions = DecodeOp
            amp_dtype: torch.dtype | None = None) -> BatchDecoding:
     """Read a batch: image [B, C, H, W] on the model's device → one ``Decoded`` per image.
 
-    ``config`` is the model's ``ModelConfig``. Greedy returns what ``predict`` returns (same
-    strings and confidences); ``logits`` is the greedy forward's output, for a loss (``None``
-    after an attention beam search, which runs the decoder itself).
+    ``config`` is the model's ``ModelConfig``; the default options read greedily, as the reference
+    does. ``logits`` is the greedy forward's output, for a loss (``None`` after an attention beam
+    search, which runs the decoder itself). The one way every script reads a batch.
     """
     if options.decoder == "beam" and config.Prediction == "Attn":
         if not hasattr(model, "encode"):  # an ONNX Runtime model: a fixed greedy loop, no decoder step to search
@@ -556,18 +564,18 @@ def add_decoding_arguments(parser, readout: bool = False) -> None:
         g.add_argument("--char_conf", action="store_true", help="print each character's confidence")
 
 
-def check_decoding_flags(opt) -> DecodeOptions:
-    """The decoding flags checked before anything is loaded (the word list is added by ``options_from_args``)."""
-    return DecodeOptions(getattr(opt, "decoder", "greedy"), getattr(opt, "beam_size", 5), getattr(opt, "topk", 1),
-                         lexicon_mode=getattr(opt, "lexicon_mode", "constrain"))
+def check_decoding_flags(opt, topk: int = 1) -> DecodeOptions:
+    """The flags of ``add_decoding_arguments`` checked before anything is loaded (the word list is added by
+    ``options_from_args``); ``topk`` is demo.py's ``--topk`` (the readout flags)."""
+    return DecodeOptions(opt.decoder, opt.beam_size, topk, lexicon_mode=opt.lexicon_mode)
 
 
-def options_from_args(opt, config, log=print) -> DecodeOptions:
-    """The decoding flags checked and the lexicon loaded for ``config``'s model (dropped words logged)."""
-    options = check_decoding_flags(opt)
-    if getattr(opt, "lexicon", None):
-        ignore_case = (not config.sensitive or getattr(opt, "case_insensitive", False)
-                       or getattr(opt, "lexicon_ignore_case", False))
+def options_from_args(opt, config, log=print, topk: int = 1, case_insensitive: bool = False) -> DecodeOptions:
+    """The decoding flags checked and the lexicon loaded for ``config``'s model (dropped words logged);
+    ``case_insensitive`` is test.py's scoring flag, which matches the word list ignoring case too."""
+    options = check_decoding_flags(opt, topk)
+    if opt.lexicon:
+        ignore_case = not config.sensitive or case_insensitive or opt.lexicon_ignore_case
         lexicon = load_lexicon(opt.lexicon, config.character, ignore_case)
         log(f"lexicon {opt.lexicon}: {len(lexicon.words)} words, matched "
             f"{'ignoring' if ignore_case else 'keeping'} case")
@@ -599,7 +607,7 @@ def snap(result: Decoded, lexicon: Lexicon) -> Decoded:
 
 
 def forward_logits(model, image: torch.Tensor, config, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """The model's inference forward, as ``predict`` runs it → float logits [B, T or steps, num_class]."""
+    """The model's inference forward → float logits [B, T or steps, num_class]."""
     text_for_pred = torch.zeros(image.size(0), config.batch_max_length + 1, dtype=torch.long, device=image.device)
     with torch.autocast(image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         preds = model(image, text_for_pred, is_train=False)

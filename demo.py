@@ -13,10 +13,10 @@ import argparse
 import torch
 
 from checkpoint import load_model
-from dataset import RawDataset, data_options
+from dataset import DataConfig, RawDataset
 from decoding import Decoded, add_decoding_arguments, check_decoding_flags, decode, options_from_args
 from evaluation import make_eval_loader
-from model import add_model_arguments
+from model import add_model_arguments, model_flags
 from runtime import add_runtime_arguments, check_amp, check_runtime_arguments, get_logger, resolve_device, run_cli
 from utils import printable
 
@@ -37,21 +37,22 @@ def parse_args(argv=None):
 
 
 def read_images(opt) -> list[tuple[str, str, float]]:
-    """→ [(image path, prediction, confidence)] in natural path order."""
+    """→ [(image path, prediction, confidence)] in natural path order; ``opt`` is ``parse_args``' namespace."""
     return [(path, d.text, d.confidence) for path, d in read_decoded(opt)]
 
 
 def read_decoded(opt) -> list[tuple[str, Decoded]]:
     """→ [(image path, ``decoding.Decoded``)]: text, confidence, per-character confidences, N best."""
-    check_decoding_flags(opt)  # a bad flag fails before the model loads
-    device = resolve_device(getattr(opt, "device", "auto"))
-    dtype = check_amp(getattr(opt, "amp", "off"), device)
+    check_decoding_flags(opt, opt.topk)  # a bad flag fails before the model loads
+    device = resolve_device(opt.device)
+    dtype = check_amp(opt.amp, device)
     log = get_logger("demo.load").info
-    loaded = load_model(opt.saved_model, opt, device, log=log)
+    loaded = load_model(opt.saved_model, model_flags(opt), device, log=log, amp=opt.amp)
     config = loaded.config
-    options = options_from_args(opt, config, log)
-    data_opt = data_options(config, opt)
-    loader = make_eval_loader(RawDataset(opt.image_folder, data_opt), data_opt)
+    options = options_from_args(opt, config, log, topk=opt.topk)
+    data = DataConfig.for_model(config, dynamic_width=opt.dynamic_width, workers=opt.workers,
+                                batch_size=opt.batch_size)
+    loader = make_eval_loader(RawDataset(opt.image_folder, data), data)
     results = []
     with torch.inference_mode():
         for image_tensors, paths in loader:
@@ -90,7 +91,7 @@ def main(argv=None):
 def check_args(opt) -> None:
     """Refuse unusable flags (UsageError, exit 2) before a model or image is read; sizes: ModelConfig."""
     check_runtime_arguments(opt)
-    check_decoding_flags(opt)
+    check_decoding_flags(opt, opt.topk)
 
 
 def read_folder(argv=None):

@@ -1,20 +1,32 @@
-"""Inference and scoring shared by test.py, demo.py, train.py's validation and error analysis.
+"""Scoring shared by test.py, train.py's validation, the benchmarks and error analysis.
 
-``predict`` runs a model and decodes greedily; ``score_batch`` applies the reference's accuracy and
-ICDAR2019 normalised edit distance; ``make_eval_loader`` is the evaluation DataLoader.
+``validation`` reads every batch of a loader with ``decoding.decode`` and scores it; ``score_batch``
+applies the reference's accuracy and ICDAR2019 normalised edit distance; ``make_eval_loader`` is the
+evaluation DataLoader; ``BENCHMARKS`` and the other lists name the standard evaluation sets.
 """
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 
 import torch
 
-from dataset import AlignCollate
-from decoding import forward_logits, greedy_attention, greedy_ctc
-from utils import edit_distance
+from dataset import AlignCollate, DataConfig
+from decoding import DecodeOptions, decode
+from model import ModelConfig, sequence_loss
+from utils import Averager, edit_distance
 
 NON_ALNUM = re.compile("[^0-9a-z]")
+
+# The reference's ten evaluation sets (data_lmdb_release/evaluation), and the paper's seven.
+BENCHMARKS = ["IIIT5k_3000", "SVT", "IC03_860", "IC03_867", "IC13_857", "IC13_1015",
+              "IC15_1811", "IC15_2077", "SVTP", "CUTE80"]
+PAPER_BENCHMARKS = ["IIIT5k_3000", "SVT", "IC03_867", "IC13_1015", "IC15_2077", "SVTP", "CUTE80"]
+# Union14M-Benchmark's challenge subsets, named as its Union14M-Benchmarks/ folder ships them
+# (MAERec's configs also evaluate incomplete_ori, the uncropped variant of incomplete).
+UNION14M_BENCHMARKS = ["curve", "multi_oriented", "artistic", "contextless", "salient", "multi_words", "general",
+                       "incomplete"]
 
 
 @dataclass
@@ -47,24 +59,12 @@ def score_batch(labels, preds, case_insensitive: bool = False) -> tuple[int, flo
     return n_correct, norm_ED
 
 
-def predict(model, image: torch.Tensor, converter, config, amp_dtype: torch.dtype | None = None):
-    """Forward + greedy decode → (logits, strings, confidences). Attn strings are cut at the first [s].
-
-    The greedy decoders live in ``decoding.py`` with the beam searches (one implementation each);
-    ``decoding.decode`` gives the per-character confidences and the other decoders.
-    """
-    logits = forward_logits(model, image, config, amp_dtype)  # [B, T or steps, num_class]
-    greedy = greedy_ctc if config.Prediction == "CTC" else greedy_attention
-    results = greedy(logits, converter.character)
-    return logits, [r.text for r in results], [r.confidence for r in results]
-
-
-def make_eval_loader(dataset, data_opt, shuffle: bool = False) -> torch.utils.data.DataLoader:
+def make_eval_loader(dataset, data: DataConfig, shuffle: bool = False) -> torch.utils.data.DataLoader:
     """Batches of ``(images [B, C, imgH, W], labels or paths)`` collated as the model expects."""
-    collate = AlignCollate(imgH=data_opt.imgH, imgW=data_opt.imgW, keep_ratio_with_pad=data_opt.PAD,
-                           dynamic_width=data_opt.dynamic_width, rgb=getattr(data_opt, "rgb", None))
-    return torch.utils.data.DataLoader(dataset, batch_size=data_opt.batch_size, shuffle=shuffle,
-                                       num_workers=data_opt.workers, collate_fn=collate,
+    collate = AlignCollate(imgH=data.imgH, imgW=data.imgW, keep_ratio_with_pad=data.PAD,
+                           dynamic_width=data.dynamic_width, rgb=data.rgb)
+    return torch.utils.data.DataLoader(dataset, batch_size=data.batch_size, shuffle=shuffle,
+                                       num_workers=data.workers, collate_fn=collate,
                                        pin_memory=torch.cuda.is_available())
 
 
@@ -72,3 +72,55 @@ def synchronize(device) -> None:
     """Wait for the GPU, so that a timer around a forward pass measures the forward pass."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def validation(model, loader, converter, config: ModelConfig, device,
+               case_insensitive: bool = False, amp_dtype=None, keep_all: bool = False,
+               options: DecodeOptions | None = None) -> ValidationResult:
+    """Accuracy, normalised edit distance and loss over ``loader`` (model must be in eval mode).
+
+    ``options`` picks another decoder than greedy (``decoding.py``); the time it takes counts as
+    inference time. After an attention beam search there are no logits, so the loss is NaN.
+    """
+    options = options or DecodeOptions()
+    n_correct, norm_ED, length_of_data = 0, 0.0, 0
+    infer_time = 0.0
+    loss_avg = Averager()
+    result = ValidationResult(0.0, 0.0, 0.0, 0, 0.0)
+    for image_tensors, labels in loader:
+        batch_size = image_tensors.size(0)
+        if batch_size == 0:
+            continue
+        length_of_data += batch_size
+        image = image_tensors.to(device, non_blocking=True)
+        text_for_loss, length_for_loss = converter.encode(list(labels), config.batch_max_length, device=device)
+
+        synchronize(device)
+        start = time.perf_counter()
+        decoded = decode(model, image, config, options, amp_dtype)
+        synchronize(device)
+        infer_time += time.perf_counter() - start
+
+        if decoded.logits is not None:
+            loss_avg.add(sequence_loss(decoded.logits, text_for_loss, length_for_loss, config.Prediction))
+        preds_str, confidences = decoded.texts, decoded.confidences
+        correct, ed = score_batch(labels, preds_str, case_insensitive)
+        n_correct += correct
+        norm_ED += ed
+        if keep_all:
+            result.images += list(image_tensors)
+            result.labels += list(labels)
+            result.preds += preds_str
+            result.confidences += confidences
+        else:  # the last batch, for the training log's examples
+            result.labels, result.preds, result.confidences = list(labels), preds_str, confidences
+
+    if length_of_data == 0:
+        raise ValueError("the evaluation data produced no samples (all filtered or unreadable); see the "
+                         "per-dataset counts above")
+    result.loss = loss_avg.val() if loss_avg.n_count else float("nan")
+    result.accuracy = n_correct / length_of_data * 100
+    result.norm_ED = norm_ED / length_of_data
+    result.n_samples = length_of_data
+    result.infer_time = infer_time
+    return result

@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from checkpoint import atomic_save, export_reference, load_model, to_reference_state_dict
-from model import Model, ModelConfig, add_model_arguments
+from model import Model, ModelConfig, add_model_arguments, model_flags
 from modules.feature_extraction import VGG_FeatureExtractor
 from modules.sequence_modeling import BidirectionalLSTM
 from onnx_model import DEFAULT_OPSET, OPSET_HELP, export_onnx
@@ -151,7 +151,7 @@ def export(argv=None) -> list[Path]:
         raise UsageError("--quantize and --calib_data apply to --format onnx only")
     if opt.quantize and not opt.calib_data:
         raise UsageError("--quantize int8 needs --calib_data DIR: a folder of word images to calibrate on")
-    loaded = load_model(opt.saved_model, opt, "cpu", allow_onnx=False)
+    loaded = load_model(opt.saved_model, model_flags(opt), "cpu", allow_onnx=False)
     if opt.format == "reference":
         export_reference(opt.output, loaded.model)
         written = [Path(opt.output)]

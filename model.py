@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -214,18 +214,35 @@ def add_model_arguments(parser) -> None:
     g.add_argument("--PAD", action="store_true", default=None, help="keep aspect ratio, replicate-pad to imgW")
 
 
+MODEL_FLAGS = (*STAGES, *ARCHITECTURE_DEFAULTS, "rgb", "character", "sensitive", "PAD")
+
+
+def model_flags(opt) -> dict:
+    """The model flags (``add_model_arguments``) the user gave, as ``{name: value}``: what a script passes to
+    ``config_from_flags`` and ``checkpoint.load_model``. A flag not given is absent (its parsed value is None)."""
+    return {k: v for k, v in vars(opt).items() if k in MODEL_FLAGS and v is not None}
+
+
 def config_from_args(opt, base: ModelConfig | None = None, allow_character_change: bool = False) -> ModelConfig:
-    """The model config: ``base`` (from a checkpoint) with the flags the user gave, or the flags alone.
+    """``config_from_flags`` of a script's parsed arguments."""
+    return config_from_flags(model_flags(opt), base, allow_character_change)
+
+
+def config_from_flags(flags: dict, base: ModelConfig | None = None,
+                      allow_character_change: bool = False) -> ModelConfig:
+    """The model config: ``base`` (from a checkpoint) with the flags the user gave (``model_flags``), or the
+    flags alone.
 
     Flags that would change the weights' shapes conflict with a checkpoint: that is an error naming
     the flag, not a silent override.
     """
-    given = {k: getattr(opt, k, None) for k in ("Transformation", "FeatureExtraction", "SequenceModeling",
-                                                 "Prediction", *ARCHITECTURE_DEFAULTS, "PAD", "sensitive")}
-    given = {k: v for k, v in given.items() if v is not None}
-    if getattr(opt, "rgb", None):
+    unknown = sorted(set(flags) - set(MODEL_FLAGS))
+    if unknown:
+        raise TypeError(f"not model flags: {', '.join(unknown)}")
+    given = {k: v for k, v in flags.items() if v is not None and k not in ("rgb", "character")}
+    if flags.get("rgb"):
         given["input_channel"] = 3
-    character = getattr(opt, "character", None)
+    character = flags.get("character")
     if character is not None or given.get("sensitive"):
         given["character"] = resolve_character(character or DEFAULT_CHARACTER, bool(given.get("sensitive")))
 

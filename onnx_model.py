@@ -382,11 +382,9 @@ class OnnxModel:
 
 def calibration_batches(folder: str | os.PathLike, config: ModelConfig, count: int, batch_size: int = 16):
     """Batches of the folder's images ({"image": float32 array}), preprocessed as demo.py does."""
-    from types import SimpleNamespace
+    from dataset import AlignCollate, DataConfig, RawDataset
 
-    from dataset import AlignCollate, RawDataset
-
-    dataset = RawDataset(folder, SimpleNamespace(rgb=config.rgb))
+    dataset = RawDataset(folder, DataConfig.for_model(config))
     collate = AlignCollate(imgH=config.imgH, imgW=config.imgW, keep_ratio_with_pad=config.PAD)
     items = [item for item in (dataset[i] for i in range(min(count, len(dataset)))) if item is not None]
     if not items:

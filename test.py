@@ -13,108 +13,62 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from checkpoint import load_model
-from dataset import data_options, hierarchical_dataset
-from decoding import DecodeOptions, add_decoding_arguments, check_decoding_flags, decode, options_from_args
+from dataset import DataConfig, hierarchical_dataset
+from decoding import DecodeOptions, add_decoding_arguments, check_decoding_flags, options_from_args
 from error_analysis import write_errors
-from evaluation import ValidationResult, make_eval_loader, predict, score_batch, synchronize
-from model import ModelConfig, add_model_arguments, count_parameters, sequence_loss
+from evaluation import (BENCHMARKS, PAPER_BENCHMARKS, UNION14M_BENCHMARKS, ValidationResult, make_eval_loader,
+                        validation)
+from model import ModelConfig, add_model_arguments, count_parameters, model_flags
 from runtime import (UsageError, add_runtime_arguments, check_amp, check_runtime_arguments, get_logger,
                      resolve_device, run_cli)
-from utils import Averager, make_converter
+from utils import AttnLabelConverter, CTCLabelConverter, make_converter
 
-BENCHMARKS = ["IIIT5k_3000", "SVT", "IC03_860", "IC03_867", "IC13_857", "IC13_1015",
-              "IC15_1811", "IC15_2077", "SVTP", "CUTE80"]
-PAPER_BENCHMARKS = ["IIIT5k_3000", "SVT", "IC03_867", "IC13_1015", "IC15_2077", "SVTP", "CUTE80"]
-# Union14M-Benchmark's challenge subsets, named as its Union14M-Benchmarks/ folder ships them
-# (MAERec's configs also evaluate incomplete_ori, the uncropped variant of incomplete).
-UNION14M_BENCHMARKS = ["curve", "multi_oriented", "artistic", "contextless", "salient", "multi_words", "general",
-                       "incomplete"]
+@dataclass(frozen=True)
+class Evaluation:
+    """What every set of one run is read and scored with (the precision is checked once, at the start)."""
 
+    model: torch.nn.Module
+    converter: CTCLabelConverter | AttnLabelConverter
+    config: ModelConfig
+    data: DataConfig
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    case_insensitive: bool
+    options: DecodeOptions
+    log: Callable[[str], None]
 
-def validation(model, loader, converter, config: ModelConfig, device,
-               case_insensitive: bool = False, amp_dtype=None, keep_all: bool = False,
-               options: DecodeOptions | None = None) -> ValidationResult:
-    """Accuracy, normalised edit distance and loss over ``loader`` (model must be in eval mode).
-
-    ``options`` picks another decoder than greedy (``decoding.py``); the time it takes counts as
-    inference time. After an attention beam search there are no logits, so the loss is NaN.
-    """
-    n_correct, norm_ED, length_of_data = 0, 0.0, 0
-    infer_time = 0.0
-    loss_avg = Averager()
-    result = ValidationResult(0.0, 0.0, 0.0, 0, 0.0)
-    for image_tensors, labels in loader:
-        batch_size = image_tensors.size(0)
-        if batch_size == 0:
-            continue
-        length_of_data += batch_size
-        image = image_tensors.to(device, non_blocking=True)
-        text_for_loss, length_for_loss = converter.encode(list(labels), config.batch_max_length, device=device)
-
-        synchronize(device)
-        start = time.perf_counter()
-        if options is None:
-            preds, preds_str, confidences = predict(model, image, converter, config, amp_dtype)
-        else:
-            decoded = decode(model, image, config, options, amp_dtype)
-            preds = decoded.logits
-            preds_str, confidences = [r.text for r in decoded.results], [r.confidence for r in decoded.results]
-        synchronize(device)
-        infer_time += time.perf_counter() - start
-
-        if preds is not None:
-            loss_avg.add(sequence_loss(preds, text_for_loss, length_for_loss, config.Prediction))
-        correct, ed = score_batch(labels, preds_str, case_insensitive)
-        n_correct += correct
-        norm_ED += ed
-        if keep_all:
-            result.images += list(image_tensors)
-            result.labels += list(labels)
-            result.preds += preds_str
-            result.confidences += confidences
-        else:  # the last batch, for the training log's examples
-            result.labels, result.preds, result.confidences = list(labels), preds_str, confidences
-
-    if length_of_data == 0:
-        raise ValueError("the evaluation data produced no samples (all filtered or unreadable); see the "
-                         "per-dataset counts above")
-    result.loss = loss_avg.val() if loss_avg.n_count else float("nan")
-    result.accuracy = n_correct / length_of_data * 100
-    result.norm_ED = norm_ED / length_of_data
-    result.n_samples = length_of_data
-    result.infer_time = infer_time
-    return result
+    def run(self, dataset, keep_all: bool = False) -> ValidationResult:
+        return validation(self.model, make_eval_loader(dataset, self.data), self.converter, self.config, self.device,
+                          case_insensitive=self.case_insensitive, amp_dtype=self.amp_dtype, keep_all=keep_all,
+                          options=self.options)
 
 
-def evaluate_folder(root: str, model, converter, config, data_opt, opt, device, log,
-                    options: DecodeOptions | None = None) -> ValidationResult:
-    dataset, dataset_log = hierarchical_dataset(root, data_opt)
-    log(dataset_log.rstrip("\n"))
-    return validation(model, make_eval_loader(dataset, data_opt), converter, config, device,
-                      case_insensitive=opt.case_insensitive, amp_dtype=check_amp(opt.amp, device),
-                      keep_all=bool(getattr(opt, "save_errors", False)), options=options)
+def evaluate_folder(ev: Evaluation, root: str | Path, keep_all: bool = False) -> ValidationResult:
+    dataset, dataset_log = hierarchical_dataset(root, ev.data)
+    ev.log(dataset_log.rstrip("\n"))
+    return ev.run(dataset, keep_all)
 
 
-def benchmark_all_eval(model, converter, config, data_opt, opt, device, log,
-                       options: DecodeOptions | None = None) -> dict:
+def benchmark_all_eval(ev: Evaluation, eval_data: str) -> dict:
     """The reference's ten sets, its 10-set total, and the paper's 7-set total."""
-    missing = [name for name in BENCHMARKS if not (Path(opt.eval_data) / name).is_dir()]
+    log = ev.log
+    missing = [name for name in BENCHMARKS if not (Path(eval_data) / name).is_dir()]
     if missing:
         raise FileNotFoundError(f"--benchmark_all_eval expects the folders {', '.join(BENCHMARKS)} under "
-                                f"{opt.eval_data}; missing: {', '.join(missing)} (get data_lmdb_release from "
+                                f"{eval_data}; missing: {', '.join(missing)} (get data_lmdb_release from "
                                 "the deep-text-recognition-benchmark README, or evaluate one tree without "
                                 "--benchmark_all_eval)")
     accuracies, counts, total_time = {}, {}, 0.0
     log("-" * 80)
     for name in BENCHMARKS:
-        result = evaluate_folder(os.path.join(opt.eval_data, name), model, converter, config, data_opt, opt,
-                                 device, log, options)
+        result = evaluate_folder(ev, os.path.join(eval_data, name))
         accuracies[name], counts[name] = result.accuracy, result.n_samples
         total_time += result.infer_time
         log(f"Acc {result.accuracy:0.3f}\t normalized_ED {result.norm_ED:0.3f}")
@@ -126,7 +80,7 @@ def benchmark_all_eval(model, converter, config, data_opt, opt, device, log,
     total = weighted(BENCHMARKS)
     paper_total = weighted(PAPER_BENCHMARKS)
     ms_per_image = total_time / sum(counts.values()) * 1000
-    params = count_parameters(model) / 1e6
+    params = count_parameters(ev.model) / 1e6
     line = "accuracy: " + "".join(f"{n}: {accuracies[n]:0.3f}\t" for n in BENCHMARKS)
     line += f"total_accuracy: {total:0.3f}\taveraged_infer_time: {ms_per_image:0.3f}\t# parameters: {params:0.3f}"
     log(line)
@@ -155,23 +109,22 @@ def suite_sets(suite: str, root: Path) -> tuple[list[str], list[str]]:
     return found, [n for n in names if n not in found]
 
 
-def benchmark_suite(suite: str, model, converter, config, data_opt, opt, device, log,
-                    options: DecodeOptions | None = None) -> dict:
+def benchmark_suite(ev: Evaluation, suite: str, eval_data: str) -> dict:
     """``--benchmark union14m`` / ``long_text``: each set found, a table, the mean over the sets found."""
-    root = Path(opt.eval_data)
+    log = ev.log
+    root = Path(eval_data)
     found, missing = suite_sets(suite, root)
     rows = {}
     for name in found:
-        dataset, dataset_log = hierarchical_dataset(root / name, data_opt)
+        dataset, dataset_log = hierarchical_dataset(root / name, ev.data)
         log(dataset_log.rstrip("\n"))
         too_long = sum(d.stats.too_long for d in dataset.datasets)
         if suite == "long_text" and too_long:
             # Filtering them out would score the long-text set on its short words only.
             raise ValueError(f"{root / name}: {too_long} labels are longer than the model's batch_max_length "
-                             f"{config.batch_max_length}; a long-text benchmark needs them all. Train with a larger "
+                             f"{ev.config.batch_max_length}; a long-text benchmark needs them all. Train with a larger "
                              "--batch_max_length (CTC: and an --imgW of about 4-5 px per character).")
-        result = validation(model, make_eval_loader(dataset, data_opt), converter, config, device,
-                            case_insensitive=opt.case_insensitive, amp_dtype=check_amp(opt.amp, device), options=options)
+        result = ev.run(dataset)
         rows[name] = (result.accuracy, result.norm_ED, result.n_samples)
     mean = sum(acc for acc, _, _ in rows.values()) / len(rows)
     weighted = sum(acc * n for acc, _, n in rows.values()) / sum(n for _, _, n in rows.values())
@@ -229,39 +182,34 @@ def check_args(opt) -> None:
         raise UsageError("--benchmark and --benchmark_all_eval each choose the sets; give one of them.")
 
 
-def main(argv=None) -> dict:
-    return run_cli(evaluate, argv)
-
-
 def evaluate(argv=None) -> dict:
     opt = parse_args(argv)
     check_args(opt)
     device = resolve_device(opt.device)
-    check_amp(opt.amp, device)  # before the model is read
-    loaded = load_model(opt.saved_model, opt, device, log=get_logger("test.load").info)
+    amp_dtype = check_amp(opt.amp, device)  # before the model is read, once for every set
+    loaded = load_model(opt.saved_model, model_flags(opt), device, log=get_logger("test.load").info, amp=opt.amp)
     model, config, path = loaded.model, loaded.config, loaded.source
     out_dir = result_dir(opt.saved_model if Path(opt.saved_model).exists() else str(path))
     out_dir.mkdir(parents=True, exist_ok=True)
     if path.resolve() != (out_dir / path.name).resolve():
         shutil.copy2(path, out_dir / path.name)  # the reference keeps a copy beside its results
     log_name = "log_all_evaluation.txt" if opt.benchmark_all_eval or opt.benchmark else "log_evaluation.txt"
-    logger = get_logger("test", out_dir / log_name)
-    log = logger.info
+    log = get_logger("test", out_dir / log_name).info
     log(f"model {config.name} from {path}: {count_parameters(model) / 1e6:0.3f}M parameters, "
         f"{len(config.character)} characters, input {config.imgH}x{config.imgW}{' PAD' if config.PAD else ''}")
-    converter = make_converter(config.Prediction, config.character)
-    data_opt = data_options(config, opt)
-    options = options_from_args(opt, config, log)
-    if options.plain_greedy:
-        options = None  # test.py's output exactly as before
-    else:
+    options = options_from_args(opt, config, log, case_insensitive=opt.case_insensitive)
+    if not options.plain_greedy:
         log(f"decoder: {options.describe()}")
+    data = DataConfig.for_model(config, dynamic_width=opt.dynamic_width, data_filtering_off=opt.data_filtering_off,
+                                workers=opt.workers, batch_size=opt.batch_size)
+    ev = Evaluation(model, make_converter(config.Prediction, config.character), config, data, device, amp_dtype,
+                    opt.case_insensitive, options, log)
     with torch.inference_mode():
         if opt.benchmark_all_eval:
-            return benchmark_all_eval(model, converter, config, data_opt, opt, device, log, options)
+            return benchmark_all_eval(ev, opt.eval_data)
         if opt.benchmark:
-            return benchmark_suite(opt.benchmark, model, converter, config, data_opt, opt, device, log, options)
-        result = evaluate_folder(opt.eval_data, model, converter, config, data_opt, opt, device, log, options)
+            return benchmark_suite(ev, opt.benchmark, opt.eval_data)
+        result = evaluate_folder(ev, opt.eval_data, keep_all=bool(opt.save_errors))
     ms = result.infer_time / result.n_samples * 1000
     log(f"{result.accuracy:0.3f}")
     log(f"accuracy: {result.accuracy:0.3f}\tnormalized_ED: {result.norm_ED:0.3f}\tsamples: {result.n_samples}\t"
@@ -271,6 +219,11 @@ def evaluate(argv=None) -> dict:
         log(f"wrote {n} wrong predictions to {opt.save_errors}")
     return {"accuracy": result.accuracy, "norm_ED": result.norm_ED, "n_samples": result.n_samples,
             "averaged_infer_time": ms}
+
+
+def main(argv=None) -> dict:
+    """test.py's entry point: ``evaluate`` with user errors reported as one line (exit 2 or 1)."""
+    return run_cli(evaluate, argv)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import math
 import os
 import random
@@ -32,11 +33,10 @@ import torch.distributed as dist
 
 from augment import AUGMENTATIONS
 from checkpoint import load_model, load_state, read_checkpoint, save_checkpoint, unwrap
-from dataset import BatchBalancedDataset, data_options, hierarchical_dataset
-from evaluation import make_eval_loader
+from dataset import BatchBalancedDataset, DataConfig, TrainDataConfig, hierarchical_dataset
+from evaluation import make_eval_loader, validation
 from fileio import FolderLock, atomic_write
-from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args
-from test import validation
+from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args, model_flags
 from runtime import (UsageError, add_runtime_arguments, check_amp, check_runtime_arguments, get_logger,
                      resolve_device, run_cli)
 from utils import Averager, make_converter
@@ -175,8 +175,8 @@ def build_config_and_model(opt, log):
         config = config_from_args(opt)
         return config, build_model(config), None
     log(f"loading pretrained model from {opt.saved_model}")
-    loaded = load_model(opt.saved_model, opt, "cpu", fine_tune=opt.FT, log=log, allow_onnx=False)
-    freeze_stages(loaded.model, getattr(opt, "freeze", ""), log)
+    loaded = load_model(opt.saved_model, model_flags(opt), "cpu", fine_tune=opt.FT, log=log, allow_onnx=False)
+    freeze_stages(loaded.model, opt.freeze, log)
     return loaded.config, loaded.model, loaded.source
 
 
@@ -491,12 +491,15 @@ def train(opt) -> dict:
     summary_writer = tensorboard_class() if opt.tensorboard else None  # every rank: fail before any collective
     console = get_logger("train.console").info if rank == 0 else quiet
     config, model, _ = build_config_and_model(opt, console)
-    exp_dir = experiment_dir(opt, config)
+    exp_name = opt.exp_name or f"{config.name}-Seed{opt.manualSeed}"
+    exp_dir = experiment_dir(exp_name)
     with lock_experiment(exp_dir, rank, console):
         train_log = get_logger("train.log", exp_dir / "log_train.txt").info if rank == 0 else quiet
         dataset_log = get_logger("train.dataset", exp_dir / "log_dataset.txt").info if rank == 0 else quiet
-        train_data = make_train_data(opt, config, rank, world_size, console, dataset_log)
-        valid_loader = make_valid_loader(opt, config, train_data.batch_size, dataset_log) if rank == 0 else None
+        data = DataConfig.for_model(config, dynamic_width=opt.dynamic_width, data_filtering_off=opt.data_filtering_off,
+                                    workers=opt.workers, batch_size=opt.batch_size, seed=opt.manualSeed)
+        train_data = make_train_data(opt, data, rank, world_size, console, dataset_log)
+        valid_loader = make_valid_loader(opt.valid_data, data, train_data.batch_size, dataset_log) if rank == 0 else None
         model = prepare_model(model, config, device, world_size, console)
         params = [p for p in model.parameters() if p.requires_grad]
         console(f"Trainable params num :  {sum(p.numel() for p in params)}")
@@ -509,7 +512,8 @@ def train(opt) -> dict:
         start = resume_or_start(run)
         if rank == 0:
             effective = train_data.batch_size * world_size * opt.accum_steps
-            console(write_options(opt, config, exp_dir, {"num_class": config.num_class, "world_size": world_size,
+            console(write_options(opt, config, exp_dir, {"exp_name": exp_name, "num_class": config.num_class,
+                                                        "world_size": world_size,
                                                         "effective_batch_size": effective}).rstrip())
             if summary_writer is not None:  # purge_step: a resumed run replaces what a killed run logged later
                 run.tb = summary_writer(str(exp_dir / "tensorboard"), purge_step=start + 1)
@@ -533,10 +537,8 @@ def check_device_options(opt, device: torch.device) -> torch.dtype | None:
     return check_amp(opt.amp, device, training=True)
 
 
-def experiment_dir(opt, config: ModelConfig) -> Path:
-    if not opt.exp_name:
-        opt.exp_name = f"{config.name}-Seed{opt.manualSeed}"
-    exp_dir = Path("saved_models") / opt.exp_name
+def experiment_dir(exp_name: str) -> Path:
+    exp_dir = Path("saved_models") / exp_name
     exp_dir.mkdir(parents=True, exist_ok=True)
     return exp_dir
 
@@ -552,31 +554,32 @@ def lock_experiment(exp_dir: Path, rank: int, console) -> contextlib.AbstractCon
     return lock
 
 
-def make_train_data(opt, config: ModelConfig, rank: int, world_size: int, console, dataset_log
+def train_data_config(opt, data: DataConfig) -> TrainDataConfig:
+    """The training-data flags (checked by ``check_data_shares``) as a frozen configuration."""
+    return TrainDataConfig(data, opt.train_data, tuple(opt.select_data.split("-")),
+                           tuple(float(r) for r in opt.batch_ratio.split("-")), float(opt.total_data_usage_ratio),
+                           opt.augment, opt.augment_n, opt.augment_m)
+
+
+def make_train_data(opt, data: DataConfig, rank: int, world_size: int, console, dataset_log
                     ) -> BatchBalancedDataset:
-    if not opt.data_filtering_off:
+    if not data.data_filtering_off:
         console("Filtering the images containing characters which are not in opt.character")
         console("Filtering the images whose label is longer than opt.batch_max_length")
-    data_opt = data_options(config, opt)
-    data_opt.train_data = opt.train_data
-    data_opt.select_data = opt.select_data.split("-")
-    data_opt.batch_ratio = opt.batch_ratio.split("-")
-    data_opt.total_data_usage_ratio = opt.total_data_usage_ratio
-    data_opt.augment, data_opt.augment_n, data_opt.augment_m = opt.augment, opt.augment_n, opt.augment_m
-    data = BatchBalancedDataset(data_opt, log=dataset_log, rank=rank, world_size=world_size)
-    effective = data.batch_size * world_size * opt.accum_steps
-    dataset_log(f"effective batch size: {data.batch_size} per process x {world_size} "
+    train_data = BatchBalancedDataset(train_data_config(opt, data), log=dataset_log, rank=rank, world_size=world_size)
+    effective = train_data.batch_size * world_size * opt.accum_steps
+    dataset_log(f"effective batch size: {train_data.batch_size} per process x {world_size} "
                 f"process(es) x {opt.accum_steps} accumulation step(s) = {effective}")
-    return data
+    return train_data
 
 
-def make_valid_loader(opt, config: ModelConfig, batch_size: int, dataset_log):
-    valid_opt = data_options(config, opt)
-    valid_opt.batch_size = batch_size
-    valid_dataset, valid_log = hierarchical_dataset(opt.valid_data, valid_opt)
+def make_valid_loader(valid_data: str, data: DataConfig, batch_size: int, dataset_log):
+    """The validation set, read in batches of the summed training batch size, as the reference."""
+    valid = dataclasses.replace(data, batch_size=batch_size)
+    valid_dataset, valid_log = hierarchical_dataset(valid_data, valid)
     dataset_log(valid_log.rstrip("\n"))
     dataset_log("-" * 80)
-    return make_eval_loader(valid_dataset, valid_opt)
+    return make_eval_loader(valid_dataset, valid)
 
 
 def prepare_model(model, config: ModelConfig, device: torch.device, world_size: int, console):

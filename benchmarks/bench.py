@@ -8,9 +8,9 @@ every combination measures
 
 - ``train_it_s``: optimizer steps per second through train.py's path (BatchBalancedDataset →
   AlignCollate → compute_loss → backward → step);
-- ``infer_model_img_s``: images per second of ``test.predict`` (forward + decode) on a batch
+- ``infer_model_img_s``: images per second of ``decoding.decode`` (forward + greedy decode) on a batch
   already on the device;
-- ``infer_e2e_img_s``: images per second of ``test.validation`` over test.py's data path
+- ``infer_e2e_img_s``: images per second of ``evaluation.validation`` over test.py's data path
   (LMDB → DataLoader → AlignCollate → model → decode → scoring).
 
 Prints one JSON object and a table. ``--compare`` also times the reference's Python loops for CTC
@@ -25,7 +25,6 @@ import string
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -55,13 +54,12 @@ def _sync(device: torch.device) -> None:
 
 def bench_train(config, root: Path, batch_size: int, device: torch.device, dtype, iters: int, workers: int):
     """→ training iterations per second (after two warm-up steps)."""
-    from dataset import BatchBalancedDataset, data_options
+    from dataset import BatchBalancedDataset, DataConfig, TrainDataConfig
     from model import build_model, compute_loss
     from utils import make_converter
 
-    opt = data_options(config, types.SimpleNamespace(workers=workers, batch_size=batch_size, manualSeed=0))
-    opt.train_data, opt.select_data, opt.batch_ratio = str(root), ["train"], ["1"]
-    data = BatchBalancedDataset(opt, log=lambda *a: None)
+    loader = DataConfig.for_model(config, workers=workers, batch_size=batch_size, seed=0)
+    data = BatchBalancedDataset(TrainDataConfig(loader, str(root), ("train",), (1.0,)), log=lambda *a: None)
     model = build_model(config).to(device).train()
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
     converter = make_converter(config.Prediction, config.character)
@@ -86,24 +84,24 @@ def bench_train(config, root: Path, batch_size: int, device: torch.device, dtype
 
 def bench_infer(config, root: Path, batch_size: int, device: torch.device, dtype, iters: int, workers: int):
     """→ (model-only images/s, end-to-end images/s)."""
-    from dataset import data_options, hierarchical_dataset
-    from evaluation import make_eval_loader, predict
+    from dataset import DataConfig, hierarchical_dataset
+    from decoding import decode
+    from evaluation import make_eval_loader, validation
     from model import build_model
-    from test import validation
     from utils import make_converter
 
     model = build_model(config).to(device).eval()
     converter = make_converter(config.Prediction, config.character)
-    opt = data_options(config, types.SimpleNamespace(workers=workers, batch_size=batch_size))
-    dataset, _ = hierarchical_dataset(root / "valid", opt)
-    loader = make_eval_loader(dataset, opt)
+    data = DataConfig.for_model(config, workers=workers, batch_size=batch_size)
+    dataset, _ = hierarchical_dataset(root / "valid", data)
+    loader = make_eval_loader(dataset, data)
     with torch.inference_mode():
         image = next(iter(loader))[0].to(device)
-        predict(model, image, converter, config, dtype)  # warm-up
+        decode(model, image, config, amp_dtype=dtype)  # warm-up
         _sync(device)
         start = time.perf_counter()
         for _ in range(iters):
-            predict(model, image, converter, config, dtype)
+            decode(model, image, config, amp_dtype=dtype)
         _sync(device)
         model_rate = iters * image.size(0) / (time.perf_counter() - start)
         validation(model, loader, converter, config, device, amp_dtype=dtype)  # warm-up (workers, caches)
@@ -137,7 +135,7 @@ def reference_ctc_encode(converter, text: list[str], batch_max_length: int = 25)
 
 
 def reference_attn_cut(converter, preds_index: torch.Tensor, max_probs: torch.Tensor):
-    """The previous test.predict Attn tail: per-sample cut at [s] and a per-sample product."""
+    """The previous predict() Attn tail: per-sample cut at [s] and a per-sample product."""
     from modules.prediction import EOS_INDEX
 
     strings, confidences = [], []
@@ -148,8 +146,12 @@ def reference_attn_cut(converter, preds_index: torch.Tensor, max_probs: torch.Te
     return strings, confidences
 
 
+def _texts_and_confidences(decoded) -> tuple[list[str], list[float]]:
+    return decoded.texts, decoded.confidences
+
+
 class _Logits(torch.nn.Module):
-    """A stand-in model returning fixed logits, so test.predict's decoding is timed alone."""
+    """A stand-in model returning fixed logits, so the greedy decoding of ``decoding.decode`` is timed alone."""
 
     def __init__(self, logits: torch.Tensor):
         super().__init__()
@@ -163,7 +165,7 @@ def compare_helpers(batch_size: int, repeats: int = 20) -> dict:
     """Old vs new label encoding, CTC decoding, attention cut and edit distance on the same input."""
     from nltk.metrics.distance import edit_distance
 
-    from evaluation import predict
+    from decoding import decode
     from model import ModelConfig
     from utils import AttnLabelConverter, CTCLabelConverter, edit_distance as fast_edit_distance
 
@@ -183,7 +185,7 @@ def compare_helpers(batch_size: int, repeats: int = 20) -> dict:
         "ctc_encode": (lambda: reference_ctc_encode(ctc, words).tolist(), lambda: ctc.encode(words)[0].tolist()),
         "ctc_decode": (lambda: reference_ctc_decode(ctc, index, lengths), lambda: ctc.decode(index, lengths)),
         "attn_predict_tail": (lambda: reference_attn_cut(attn, *reversed(logits.float().softmax(2).max(dim=2))),
-                              lambda: tuple(predict(_Logits(logits), image, attn, attn_config)[1:])),
+                              lambda: _texts_and_confidences(decode(_Logits(logits), image, attn_config))),
         "edit_distance": (lambda: [edit_distance(a, b) for a, b in pairs],
                           lambda: [fast_edit_distance(a, b) for a, b in pairs]),
     }

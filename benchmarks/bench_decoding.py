@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -46,15 +45,14 @@ def load(saved_model: str | None, prediction: str, device):
 
 def batch_of_images(config: ModelConfig, data: Path, batch_size: int) -> torch.Tensor:
     """[batch_size, C, H, W]: the first crops of ``data`` (a gt.txt folder), preprocessed as test.py does."""
-    from dataset import AlignCollate, data_options, hierarchical_dataset
+    from dataset import AlignCollate, DataConfig, hierarchical_dataset
 
     if not (data / "gt.txt").is_file():
         sys.path.insert(0, str(ROOT / "tests"))
         from helpers import make_gt_folder  # tests/helpers.py: rendered words, no external data
 
         data = make_gt_folder(Path(tempfile.mkdtemp()) / "words", copies=batch_size // 16 + 1)
-    opt = data_options(config, SimpleNamespace(workers=0, batch_size=batch_size))
-    dataset, _ = hierarchical_dataset(str(data), opt)
+    dataset, _ = hierarchical_dataset(str(data), DataConfig.for_model(config, batch_size=batch_size))
     samples = [dataset[i] for i in range(min(batch_size, len(dataset)))]
     images, _ = AlignCollate(imgH=config.imgH, imgW=config.imgW, keep_ratio_with_pad=config.PAD)(samples)
     return images

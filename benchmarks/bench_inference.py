@@ -47,16 +47,14 @@ def labels_of(folders: list[str]) -> dict[str, str]:
 
 def run_one(args) -> dict:
     """One path in this process: demo.read_images timed end to end, accuracy, peak memory."""
-    from types import SimpleNamespace
-
     import torch
 
-    from demo import read_images
+    from demo import parse_args, read_images
     from evaluation import normalize_for_scoring
 
-    opt = SimpleNamespace(image_folder=[str(Path(f) / "images") for f in args.eval_data], saved_model=args.model,
-                          workers=args.workers, batch_size=args.batch_size, device="cpu", amp=args.amp,
-                          dynamic_width=args.dynamic_width)
+    opt = parse_args(["--image_folder", *(str(Path(f) / "images") for f in args.eval_data), "--saved_model",
+                      args.model, "--workers", str(args.workers), "--batch_size", str(args.batch_size),
+                      "--device", "cpu", "--amp", args.amp] + (["--dynamic_width"] if args.dynamic_width else []))
     start = time.perf_counter()
     results = read_images(opt)
     seconds = time.perf_counter() - start

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from checkpoint import load_model  # noqa: E402
-from dataset import data_options, hierarchical_dataset  # noqa: E402
+from dataset import DataConfig, hierarchical_dataset  # noqa: E402
 from decoding import DecodeOptions, decode_attention, decode_logits, forward_logits  # noqa: E402
 from evaluation import make_eval_loader, score_batch  # noqa: E402
 from lexicon import load_lexicon  # noqa: E402
@@ -115,14 +115,14 @@ def main(argv=None) -> dict:
     device = torch.device(opt.device)
     loaded = load_model(opt.saved_model, None, device)
     model, config = loaded.model, loaded.config
-    data_opt = data_options(config, argparse.Namespace(workers=0, batch_size=opt.batch_size))
-    dataset, _ = hierarchical_dataset(opt.eval_data, data_opt)
+    data = DataConfig.for_model(config, batch_size=opt.batch_size)
+    dataset, _ = hierarchical_dataset(opt.eval_data, data)
     folder = Path(opt.lists_dir or tempfile.mkdtemp(prefix="lexicons_"))
     folder.mkdir(parents=True, exist_ok=True)
     lists = write_lists(labels_of(dataset), folder, opt.full_lexicon, opt.english_lexicon)
     ignore_case = not config.sensitive or opt.case_insensitive
     rows = make_rows(opt, config, lists, ignore_case)
-    n = run_rows(rows, model, config, make_eval_loader(dataset, data_opt), opt.case_insensitive, device)
+    n = run_rows(rows, model, config, make_eval_loader(dataset, data), opt.case_insensitive, device)
     base = f"test.py --eval_data {opt.eval_data} --saved_model {opt.saved_model}" + \
         (" --case_insensitive" if opt.case_insensitive else "")
     print(f"\n{opt.eval_data}: {n} images, {config.name}")

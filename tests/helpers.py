@@ -10,11 +10,21 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from dataset import LmdbWriter
+from dataset import DataConfig, LmdbWriter, TrainDataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["cat", "dog", "sun", "tree", "blue", "red", "home", "star", "fish", "bird", "moon", "road",
          "42", "car", "book", "door"]
+
+
+def train_config(opt) -> TrainDataConfig:
+    """The training-data configuration of a test's namespace of train.py flags (select_data, batch_ratio as lists)."""
+    data = DataConfig(character=opt.character, sensitive=opt.sensitive, batch_max_length=opt.batch_max_length,
+                      imgH=opt.imgH, imgW=opt.imgW, PAD=opt.PAD, rgb=opt.rgb, data_filtering_off=opt.data_filtering_off,
+                      workers=opt.workers, batch_size=opt.batch_size, seed=opt.manualSeed)
+    extra = {k: getattr(opt, k) for k in ("augment", "augment_n", "augment_m") if hasattr(opt, k)}
+    return TrainDataConfig(data, opt.train_data, tuple(opt.select_data), tuple(float(r) for r in opt.batch_ratio),
+                           float(opt.total_data_usage_ratio), **extra)
 
 
 def render_word(word: str, height: int = 32) -> Image.Image:

@@ -12,7 +12,7 @@ from PIL import Image
 from augment import OPS, RandAugment, make_augment, perspective_coefficients, sample_rng
 from dataset import LmdbWriter
 from dataset import AlignCollate, BatchBalancedDataset, InfiniteBatchSampler, hierarchical_dataset
-from tests.helpers import render_word
+from tests.helpers import render_word, train_config
 
 WORDS = ["cat", "dog", "sun", "tree", "blue", "red", "home", "star", "fish", "bird", "moon", "road"]
 
@@ -38,7 +38,7 @@ def train_opt(tmp_path):
 
 
 def batches(opt, count=3):
-    bbd = BatchBalancedDataset(opt, log=lambda s: None)
+    bbd = BatchBalancedDataset(train_config(opt), log=lambda s: None)
     return [bbd.get_batch() for _ in range(count)]
 
 
@@ -181,7 +181,7 @@ def test_contact_sheet_draws_augmented_samples(train_opt, tmp_path):
 def test_resume_continues_with_the_same_augmentations(train_opt):
     train_opt.augment, train_opt.augment_m = "rand", 9
     whole = batches(train_opt, 3)
-    resumed = BatchBalancedDataset(train_opt, log=lambda s: None)
+    resumed = BatchBalancedDataset(train_config(train_opt), log=lambda s: None)
     resumed.load_state_dict({"batches": 2})
     images, labels = resumed.get_batch()
     assert labels == whole[2][1] and torch.equal(images, whole[2][0])

@@ -18,6 +18,7 @@ from torchvision.transforms.functional import to_tensor
 import dataset
 from dataset import (AlignCollate, LmdbWriter, BatchBalancedDataset, FilterStats, GtFolderDataset, InfiniteBatchSampler,
                      LmdbDataset, RawDataset, hierarchical_dataset)
+from helpers import train_config
 
 LOWER = string.digits + string.ascii_lowercase
 SENSITIVE = string.printable[:-6]
@@ -269,7 +270,7 @@ def train_opt(tmp_path):
 
 def test_batch_balanced_sizes_and_log(train_opt):
     lines = []
-    bbd = BatchBalancedDataset(train_opt, log=lines.append)
+    bbd = BatchBalancedDataset(train_config(train_opt), log=lines.append)
     assert bbd.batch_sizes == [4, 2] and bbd.batch_size == 6 and train_opt.batch_size == 8
     text = "\n".join(lines)
     assert text.startswith("-" * 80 + f"\ndataset_root: {train_opt.train_data}\n"
@@ -285,21 +286,21 @@ def test_batch_balanced_sizes_and_log(train_opt):
 
 def test_batch_balanced_usage_ratio_and_mismatch(train_opt):
     train_opt.total_data_usage_ratio = "0.5"
-    bbd = BatchBalancedDataset(train_opt, log=lambda s: None)
+    bbd = BatchBalancedDataset(train_config(train_opt), log=lambda s: None)
     seen = {label for _ in range(20) for label in bbd.get_batch()[1]}
     assert {l for l in seen if l.startswith("mj")} == {f"mj{i:03d}" for i in range(11)}  # the first 11
     train_opt.batch_ratio = ["1.0"]
     with pytest.raises(ValueError, match="same number"):
-        BatchBalancedDataset(train_opt, log=lambda s: None)
+        BatchBalancedDataset(train_config(train_opt), log=lambda s: None)
 
 
 def test_batch_balanced_exact_resume(train_opt):
-    original = BatchBalancedDataset(train_opt, log=lambda s: None)
+    original = BatchBalancedDataset(train_config(train_opt), log=lambda s: None)
     for _ in range(7):
         original.get_batch()
     state = original.state_dict()
     assert state == {"batches": 7}
-    resumed = BatchBalancedDataset(train_opt, log=lambda s: None)
+    resumed = BatchBalancedDataset(train_config(train_opt), log=lambda s: None)
     resumed.load_state_dict(state)
     for _ in range(5):
         (a_img, a_lab), (b_img, b_lab) = original.get_batch(), resumed.get_batch()
@@ -307,7 +308,7 @@ def test_batch_balanced_exact_resume(train_opt):
 
 
 def test_batch_balanced_ranks_are_disjoint(train_opt):
-    ranks = [BatchBalancedDataset(train_opt, log=lambda s: None, rank=r, world_size=2) for r in (0, 1)]
+    ranks = [BatchBalancedDataset(train_config(train_opt), log=lambda s: None, rank=r, world_size=2) for r in (0, 1)]
     # 3 steps x 2 ranks x 4 = 24 > 23 MJ samples: compare within the first epoch only (2 steps).
     seen = [[label for _ in range(2) for label in bbd.get_batch()[1] if label.startswith("mj")] for bbd in ranks]
     assert len(seen[0]) == len(seen[1]) == 8
@@ -316,9 +317,9 @@ def test_batch_balanced_ranks_are_disjoint(train_opt):
 
 def test_batch_balanced_with_workers(train_opt):
     train_opt.workers = 1
-    bbd = BatchBalancedDataset(train_opt, log=lambda s: None)
+    bbd = BatchBalancedDataset(train_config(train_opt), log=lambda s: None)
     train_opt.workers = 0
-    reference = BatchBalancedDataset(train_opt, log=lambda s: None)
+    reference = BatchBalancedDataset(train_config(train_opt), log=lambda s: None)
     assert bbd.get_batch()[1] == reference.get_batch()[1]
 
 

@@ -12,7 +12,6 @@ from decoding import (Constraint, DecodeOptions, attention_beam_search, ctc_beam
 from lexicon import Lexicon, build_lexicon, load_lexicon
 from model import ModelConfig, build_model
 from modules.prediction import Attention
-from evaluation import predict
 from utils import edit_distance, make_converter
 
 CTC_AB = ["[CTCblank]", "a", "b"]
@@ -142,11 +141,11 @@ def test_attention_beam_width_one_equals_greedy(seed):
         assert b[0].char_confidences == pytest.approx(g.char_confidences, rel=1e-4)
 
 
-def test_attention_beam_width_one_equals_predict_through_the_model():
+def test_attention_beam_width_one_equals_greedy_through_the_model():
     model, config = small_model("Attn", 0, batch_max_length=8)
     image = torch.rand(4, 1, 32, 100, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        _, strings, _ = predict(model, image, make_converter("Attn", config.character), config)
+        strings = decode(model, image, config).texts
         beam = decode(model, image, config, DecodeOptions("beam", beam_size=1)).results
     assert [r.text for r in beam] == strings
 
@@ -162,15 +161,27 @@ def test_greedy_ctc_equals_the_converters_collapse():
 
 
 @pytest.mark.parametrize("prediction", ["CTC", "Attn"])
-def test_decode_greedy_is_predict(prediction):
+def test_decode_greedy_reads_as_the_reference(prediction):
+    """Greedy decode = the reference's argmax read through the converter (Attn: cut at the first [s]), with the
+    reference's confidence: the product of the max probabilities (Attn: of the steps before [s], at least one)."""
     model, config = small_model(prediction)
     image = torch.rand(5, 1, 32, 100, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        logits, strings, confidences = predict(model, image, make_converter(prediction, config.character), config)
         out = decode(model, image, config)
-    assert [r.text for r in out.results] == strings
-    assert [r.confidence for r in out.results] == confidences
-    assert torch.equal(out.logits, logits)
+        logits = model(image, torch.zeros(5, config.batch_max_length + 1, dtype=torch.long), is_train=False)
+    assert torch.equal(out.logits, logits.float())
+    max_probs, index = logits.float().softmax(2).max(2)
+    converter = make_converter(prediction, config.character)
+    texts = converter.decode(index, [index.size(1)] * 5)
+    if prediction == "CTC":
+        confidences = max_probs.prod(1).tolist()
+    else:
+        ends = [t.find("[s]") if "[s]" in t else len(t) for t in texts]
+        eos = [max(int((row == 1).nonzero()[0]), 1) if (row == 1).any() else len(row) for row in index]
+        confidences = [float(p[:e].prod()) for p, e in zip(max_probs, eos)]
+        texts = [t[:e] for t, e in zip(texts, ends)]
+    assert out.texts == texts
+    assert out.confidences == pytest.approx(confidences, rel=1e-5)
     assert all(len(r.char_confidences) == len(r.text) for r in out.results)
 
 

@@ -85,7 +85,7 @@ def test_checkpoint_that_does_not_fit_the_flags_is_explained(trained):
 
 
 def test_benchmark_all_eval_reports_both_totals(trained):
-    from test import BENCHMARKS
+    from evaluation import BENCHMARKS
     bench = trained / "bench"
     for name in BENCHMARKS:
         (bench / name).mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ def copy_lmdb(trained, folder):
 
 def test_benchmark_union14m_table_average_and_missing_subsets(trained):
     from dataset import LmdbWriter, read_lmdb_samples
-    from test import UNION14M_BENCHMARKS
+    from evaluation import UNION14M_BENCHMARKS
     bench = trained / "u14m"
     for name in ["curve", "artistic", "general"]:
         copy_lmdb(trained, bench / name)

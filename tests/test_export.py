@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -55,7 +54,7 @@ def test_reference_export_round_trip(tmp_path):
     main(["--saved_model", str(saved), "--format", "reference", "--output", str(out)])
     state = torch.load(out, weights_only=True)
     assert set(state) == {"module." + k for k in model.state_dict()}
-    again = load_model(out, SimpleNamespace(**model.config.to_dict())).model  # stage flags, as the reference
+    again = load_model(out, model.config.to_dict()).model  # stage flags, as the reference
     image = torch.rand(1, 1, 64, 128) * 2 - 1
     with torch.inference_mode():
         assert torch.equal(again(image), model(image))

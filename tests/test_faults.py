@@ -130,8 +130,7 @@ def test_lmdb_final_commit_on_a_full_disk_exits_1_with_the_story(tmp_path, monke
     assert "marked incomplete" in err and "Traceback" not in err
     monkeypatch.setattr(dataset.lmdb, "open", real_open)
     with pytest.raises(ValueError, match="no 'num-samples' key"):  # readers refuse the incomplete dataset
-        dataset.LmdbDataset(tmp_path / "out", dataset.data_options(
-            __import__("model").ModelConfig("None", "VGG", "None", "CTC"), object()))
+        dataset.LmdbDataset(tmp_path / "out", dataset.DataConfig())
 
 
 # ---------------------------------------------------------------- training: kills, a second run, a full disk

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from checkpoint import remap_characters, save_checkpoint
 from dataset import AlignCollate
 from model import ModelConfig, build_model
-from evaluation import predict
+from decoding import decode
 from utils import make_converter
 
 OLD_CHARACTER = "abcdefghij"
@@ -62,7 +62,7 @@ def trained_model(prediction: str):
 def read(model, images) -> list[str]:
     config = model.config
     with torch.inference_mode():
-        return predict(model, images, make_converter(config.Prediction, config.character), config)[1]
+        return decode(model, images, config).texts
 
 
 @pytest.fixture(scope="module", params=["CTC", "Attn"])

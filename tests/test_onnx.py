@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from dataset import AlignCollate
-from evaluation import predict
+from decoding import decode
 from helpers import WORDS, render_word
 from model import STAGES, ModelConfig, build_model
 from modules.prediction import EOS_INDEX
@@ -68,10 +68,9 @@ def parity_batches(config: ModelConfig) -> dict[str, torch.Tensor]:
 
 def compare(model, onnx_model, image: torch.Tensor, config: ModelConfig) -> tuple[float, list, list]:
     """→ (max |logit difference| over the compared steps, eager strings, ONNX strings)."""
-    converter = make_converter(config.Prediction, config.character)
     with torch.inference_mode():
-        logits, strings, _ = predict(model, image, converter, config)
-        onnx_logits, onnx_strings, _ = predict(onnx_model, image, converter, config)
+        eager, exported = decode(model, image, config), decode(onnx_model, image, config)
+    logits, strings, onnx_logits, onnx_strings = eager.logits, eager.texts, exported.logits, exported.texts
     assert onnx_logits.shape == logits.shape
     diff = (onnx_logits - logits).abs()
     if config.Prediction == "Attn":  # eager stops early and marks later steps [s]: compare up to the first [s]
@@ -279,10 +278,8 @@ def english_g2_or_skip():
 
 def test_english_g2_on_real_crops(tmp_path):
     """The registered name through the CLI; the first 64 crops of each real set, fixed and dynamic width."""
-    from types import SimpleNamespace
-
     from checkpoint import load_model
-    from dataset import RawDataset
+    from dataset import DataConfig, RawDataset
     from export import main
 
     english_g2_or_skip()
@@ -294,7 +291,7 @@ def test_english_g2_on_real_crops(tmp_path):
     assert onnx_model.config == config
     checked = 0
     for name in ("svt_647", "ic03_860"):
-        dataset = RawDataset(REAL / name / "images", SimpleNamespace(rgb=False))
+        dataset = RawDataset(REAL / name / "images", DataConfig())
         items = [dataset[i] for i in range(64)]
         for dynamic in (False, True):
             collate = AlignCollate(config.imgH, config.imgW, keep_ratio_with_pad=True, dynamic_width=dynamic)
@@ -337,9 +334,8 @@ def test_onnx_infer_runs_without_torch_and_reads_like_demo(name, tmp_path, expor
     from PIL import Image
     collate = AlignCollate(config.imgH, config.imgW, keep_ratio_with_pad=True)
     batch, _ = collate([(Image.open(p).convert("L"), str(p)) for p in images])
-    converter = make_converter(config.Prediction, config.character)
     with torch.inference_mode():
-        _, strings, _ = predict(OnnxModel(path), batch, converter, config)
+        strings = decode(OnnxModel(path), batch, config).texts
     assert printed == [[str(p), s] for p, s in zip(images, strings)]
     assert any(strings)  # something was read, so the comparison says something
 
@@ -385,20 +381,18 @@ def test_demo_and_test_read_an_onnx_model_as_they_read_its_checkpoint(tmp_path, 
 
 
 def test_onnx_model_refuses_flags_it_cannot_follow(exported):
-    from types import SimpleNamespace
-
     from checkpoint import load_model
     from runtime import UsageError
 
     config = tiny_config("None-VGG-BiLSTM-CTC")
     _, path = exported(config.name)
-    assert load_model(path, SimpleNamespace(imgH=32, Prediction="CTC")).config == config  # repeating is fine
+    assert load_model(path, {"imgH": 32, "Prediction": "CTC"}).config == config  # repeating is fine
     with pytest.raises(UsageError, match=r"--imgH 64 \(exported with 32\).*export again"):
-        load_model(path, SimpleNamespace(imgH=64))
+        load_model(path, {"imgH": 64})
     with pytest.raises(UsageError, match="--amp bf16 applies to PyTorch models"):
-        load_model(path, SimpleNamespace(amp="bf16"))
+        load_model(path, amp="bf16")
     with pytest.raises(UsageError, match="runs inference only"):
-        load_model(path, SimpleNamespace(), fine_tune=True)
+        load_model(path, {}, fine_tune=True)
 
 
 def test_torch_export_program_equals_eager(tmp_path):

@@ -1,10 +1,9 @@
-"""Decoding details of test.predict shared by test.py and demo.py."""
+"""Decoding details of decoding.decode (greedy) shared by test.py and demo.py."""
 import torch
 
 from demo import format_table
+from decoding import decode
 from model import ModelConfig, build_model
-from evaluation import predict
-from utils import make_converter
 
 
 def test_empty_attention_prediction_prints_with_its_confidence():
@@ -13,8 +12,8 @@ def test_empty_attention_prediction_prints_with_its_confidence():
     model = build_model(config).eval()
     with torch.no_grad():
         model.Prediction.generator.bias[1] = 50.0  # [s] first: every prediction is empty
-        _, strings, confidences = predict(model, torch.zeros(2, 1, 32, 100), make_converter("Attn", config.character),
-                                          config)
+        out = decode(model, torch.zeros(2, 1, 32, 100), config)
+    strings, confidences = out.texts, out.confidences
     assert strings == ["", ""]
     assert all(0.99 < c <= 1.0 for c in confidences)
     table = format_table([("a.png", strings[0], confidences[0])])
@@ -28,5 +27,5 @@ def test_attention_prediction_without_eos_keeps_every_character():
     with torch.no_grad():
         model.Prediction.generator.bias[1] = -50.0  # never [s]
         model.Prediction.generator.bias[12] = 50.0  # always 'a'
-        _, strings, _ = predict(model, torch.zeros(1, 1, 32, 100), make_converter("Attn", config.character), config)
+        strings = decode(model, torch.zeros(1, 1, 32, 100), config).texts
     assert strings == ["aaaaaa"]  # all batch_max_length + 1 steps (the reference dropped the last)

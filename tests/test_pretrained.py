@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -125,8 +124,7 @@ def test_english_g2_reads_demo_crops_as_the_spec_says(name):
     english_g2_file()
     expected = spec_predictions(name)
     from demo import read_images
-    opt = SimpleNamespace(saved_model="english_g2", image_folder=[str(REAL / name / "images")], device="cpu",
-                          workers=0, batch_size=64, dynamic_width=False)
+    opt = demo_opt("english_g2", REAL / name / "images")
     got = {path: pred for path, pred, _ in read_images(opt)}
     assert got == expected
 
@@ -138,8 +136,9 @@ ENGLISH_G2_FLAGS = dict(Transformation="None", FeatureExtraction="VGG", Sequence
 
 
 def demo_opt(saved_model, folder, **flags):
-    return SimpleNamespace(saved_model=str(saved_model), image_folder=[str(folder)], device="cpu", workers=0,
-                           batch_size=64, **flags)
+    from demo import parse_args
+    return parse_args(["--saved_model", str(saved_model), "--image_folder", str(folder), "--device", "cpu",
+                       "--workers", "0", "--batch_size", "64", *(f"--{k}={v}" for k, v in flags.items())])
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +171,7 @@ def test_registered_file_with_the_default_character_set_is_explained(tmp_path):
     named = tmp_path / "english_g2.pth"
     named.write_bytes(original.read_bytes())
     with pytest.raises(CheckpointError) as err:
-        load_model(named, SimpleNamespace(**ENGLISH_G2_FLAGS))
+        load_model(named, ENGLISH_G2_FLAGS)
     assert "97 classes (96 characters)" in str(err.value) and "37 (36 characters)" in str(err.value)
 
 
