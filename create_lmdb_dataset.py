@@ -11,13 +11,13 @@ last, so an interrupted run never looks complete.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
 
 import fire
 
-from dataset import GtSample, LmdbWriter, check_output_path, image_problem, parse_gt_file
+from dataset import GtSample, image_problem, parse_gt_file
+from lmdb_store import LmdbWriter, check_output_path
 from runtime import run_cli
 
 
@@ -105,9 +105,9 @@ def createDataset(inputPath: str, gtFile: str, outputPath: str, checkValid: bool
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The reference's command line (flags or positional arguments, via fire)."""
-    fire.Fire(createDataset, command=argv)
+    """The reference's command line (flags or positional arguments, via fire); a user error exits 2 or 1."""
+    run_cli(lambda args: fire.Fire(createDataset, command=args), argv)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -86,7 +86,7 @@ def check_outputs_free(paths: list[Path], overwrite: bool) -> None:
                          "or pass --overwrite to replace them")
 
 
-def main(opt: argparse.Namespace) -> None:
+def generate(opt: argparse.Namespace) -> None:
     """Write one LMDB (``--layout single``) or the training/validation/evaluation tree."""
     character = load_character(opt.character)
     root = Path(opt.output_dir)
@@ -157,5 +157,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return opt
 
 
+def main(argv: list[str] | None = None) -> None:
+    """create_synth_dataset.py's entry point: ``generate`` with user errors reported as one line (exit 2 or 1)."""
+    run_cli(lambda args: generate(parse_args(args)), argv)
+
+
 if __name__ == "__main__":
-    run_cli(lambda argv: main(parse_args(argv)))
+    main()

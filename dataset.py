@@ -27,8 +27,6 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from augment import make_augment, sample_rng
 from fileio import atomic_write, cache_root
-# Writing LMDB lives in lmdb_store.py (no torch); its names stay importable from here.
-from lmdb_store import MAP_SIZE, DatasetExistsError, LmdbWriter, check_output_path, lmdb_is_dataset  # noqa: F401
 from utils import DEFAULT_CHARACTER, printable
 
 

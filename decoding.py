@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from lexicon import Lexicon, fold_char, load_lexicon
 from modules.prediction import EOS_INDEX, GO_INDEX
 from runtime import UsageError
-from utils import make_converter
+from utils import CONVERTERS, make_converter
 
 DECODERS = ("greedy", "beam")
 LEXICON_MODES = ("constrain", "snap")
@@ -512,7 +512,7 @@ def decode_logits(logits: torch.Tensor, config, options: DecodeOptions) -> list[
         results = (greedy_ctc if config.Prediction == "CTC" else greedy_attention)(logits, character)
     elif config.Prediction == "CTC":
         nbest = ctc_beam_search(logits, character, options.beam_size, options.topk,
-                                _constraint(options, character, 1), options.prune_chars, lexicon)
+                                _constraint(options, config, character), options.prune_chars, lexicon)
         results = [_from_nbest(hyps) for hyps in nbest]
     else:
         raise ValueError("the attention beam search runs the decoder: call decode() or decode_attention()")
@@ -523,7 +523,7 @@ def decode_attention(attention, contextual: torch.Tensor, config, options: Decod
     """Attention beam search from the encoder's contextual features [B, T, C]."""
     character = _classes(config)
     nbest = attention_beam_search(attention, contextual, character, options.beam_size, config.batch_max_length + 1,
-                                  options.topk, _constraint(options, character, 2), options.length_penalty,
+                                  options.topk, _constraint(options, config, character), options.length_penalty,
                                   options.lexicon)
     return _maybe_snap([_from_nbest(hyps) for hyps in nbest], options)
 
@@ -532,10 +532,10 @@ def _classes(config) -> list[str]:
     return make_converter(config.Prediction, config.character).character
 
 
-def _constraint(options: DecodeOptions, character: list[str], num_special: int) -> Constraint | None:
+def _constraint(options: DecodeOptions, config, character: list[str]) -> Constraint | None:
     if options.lexicon is None or options.lexicon_mode != "constrain":
         return None
-    return Constraint(options.lexicon, character, num_special)
+    return Constraint(options.lexicon, character, CONVERTERS[config.Prediction].num_special)
 
 
 def _maybe_snap(results: list[Decoded], options: DecodeOptions) -> list[Decoded]:

@@ -84,10 +84,6 @@ def detail_lines(decoded: Decoded, topk: int, char_conf: bool) -> list[str]:
     return lines
 
 
-def main(argv=None):
-    return run_cli(read_folder, argv)
-
-
 def check_args(opt) -> None:
     """Refuse unusable flags (UsageError, exit 2) before a model or image is read; sizes: ModelConfig."""
     check_runtime_arguments(opt)
@@ -105,6 +101,11 @@ def read_folder(argv=None):
     with open(opt.log_file, "a", encoding="utf-8", errors="replace") as log:
         log.write(table + "\n")
     return results
+
+
+def main(argv=None):
+    """demo.py's entry point: ``read_folder`` with user errors reported as one line (exit 2 or 1)."""
+    return run_cli(read_folder, argv)
 
 
 if __name__ == "__main__":

@@ -141,10 +141,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> list[Path]:
-    return run_cli(export, argv)
-
-
 def export(argv=None) -> list[Path]:
     opt = parse_args(argv)
     if opt.format != "onnx" and (opt.quantize or opt.calib_data):
@@ -162,6 +158,11 @@ def export(argv=None) -> list[Path]:
     for p in written:
         print(f"wrote {p}")
     return written
+
+
+def main(argv=None) -> list[Path]:
+    """export.py's entry point: ``export`` with user errors reported as one line (exit 2 or 1)."""
+    return run_cli(export, argv)
 
 
 if __name__ == "__main__":

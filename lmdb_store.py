@@ -2,7 +2,7 @@
 1-based), committed in steps, ``num-samples`` last.
 
 No torch here: ``create_synth_dataset.py`` writes its datasets without paying torch's import (over
-a second, most of a small synthetic run's start-up). ``dataset.py`` re-exports these names.
+a second, most of a small synthetic run's start-up). Import them from here (``dataset.py`` reads LMDBs).
 """
 from __future__ import annotations
 

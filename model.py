@@ -122,13 +122,31 @@ class Model(nn.Module):
         self.SequenceModeling = SEQUENCE_MODELS[c.SequenceModeling](self.FeatureExtraction_output, c.hidden_size)
         self.SequenceModeling_output = getattr(self.SequenceModeling, "output_size", self.FeatureExtraction_output)
         self.Prediction = PREDICTIONS[c.Prediction](self.SequenceModeling_output, c.hidden_size, c.num_class)
+        self.frozen: tuple[str, ...] = ()  # stages kept fixed (train.py --freeze)
+
+    def freeze(self, stages: tuple[str, ...] | list[str]) -> None:
+        """Keep ``stages`` fixed: no gradients, and in eval mode whatever ``train()`` asks (BatchNorm keeps
+        its running statistics)."""
+        for name in stages:
+            getattr(self, name).requires_grad_(False)
+        self.frozen = tuple(dict.fromkeys((*self.frozen, *stages)))
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Model":
+        super().train(mode)
+        for name in self.frozen:
+            getattr(self, name).eval()
+        return self
+
+    def visual_features(self, input: torch.Tensor) -> torch.Tensor:
+        """Stages 1-2 and the mean over the height: input [B, C, imgH, W] → visual features [B, T, C]."""
+        x = self.Transformation(input)
+        visual = self.FeatureExtraction(x)  # [B, C, H', T]
+        return self.AdaptiveAvgPool(visual.permute(0, 3, 1, 2)).squeeze(3)  # [B, T, C]
 
     def encode(self, input: torch.Tensor) -> torch.Tensor:
         """Stages 1-3: input [B, C, imgH, W] → contextual features [B, T, hidden or C]."""
-        x = self.Transformation(input)
-        visual = self.FeatureExtraction(x)  # [B, C, H', T]
-        visual = self.AdaptiveAvgPool(visual.permute(0, 3, 1, 2)).squeeze(3)  # [B, T, C]
-        return self.SequenceModeling(visual).contiguous()
+        return self.SequenceModeling(self.visual_features(input)).contiguous()
 
     def forward(self, input: torch.Tensor, text: torch.Tensor | None = None, is_train: bool = True) -> torch.Tensor:
         """input [B, C, imgH, W] → logits: CTC [B, T, num_class], Attn [B, batch_max_length + 1, num_class].

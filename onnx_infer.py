@@ -65,8 +65,17 @@ def read(model_path: str, image_paths: list[str]) -> list[str]:
     return decode(logits, config)
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 3:
+def main(argv: list[str] | None = None) -> list[str]:
+    """Print ``path<TAB>prediction`` per image. This file stays standalone (it is copied next to a deployed
+    model), so it reports a wrong command line itself instead of through the toolkit's ``runtime.run_cli``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2:
         raise SystemExit("usage: python onnx_infer.py MODEL.onnx IMAGE [IMAGE ...]")
-    for path, text in zip(sys.argv[2:], read(sys.argv[1], sys.argv[2:])):
+    texts = read(argv[0], argv[1:])
+    for path, text in zip(argv[1:], texts):
         print(f"{path}\t{text}")
+    return texts
+
+
+if __name__ == "__main__":
+    main()

@@ -125,9 +125,8 @@ class ExportModule(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         m = self.model
-        visual = m.FeatureExtraction(m.Transformation(image))  # [B, C, H', T]
-        visual = m.AdaptiveAvgPool(visual.permute(0, 3, 1, 2)).squeeze(3)  # [B, T, C]
-        contextual = self.sequence_modeling(visual)  # [B, T, hidden or C]
+        # The model's own stages 1-2; stage 3 is the BiLSTM in ONNX layout (the graph's LSTM op).
+        contextual = self.sequence_modeling(m.visual_features(image))  # [B, T, hidden or C]
         if m.config.Prediction == "CTC":
             return m.Prediction(contextual)  # [B, T, num_class]
         return self.decode(contextual.contiguous())

@@ -17,6 +17,7 @@ without repeating the flags it was trained with.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from fileio import atomic_write, cache_root
+from runtime import run_cli
 from utils import DEFAULT_CHARACTER, SENSITIVE_CHARACTER
 
 EASYOCR_CHARACTER = "0123456789!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ €ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -169,5 +171,18 @@ def describe() -> str:
     return "\n".join(lines)
 
 
+def list_registry(argv: list[str] | None = None) -> str:
+    argparse.ArgumentParser(description="List the named pretrained models and whether each file is present."
+                            ).parse_args(argv)
+    text = describe()
+    print(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> str:
+    """``python pretrained.py``: the registry, and which files are present."""
+    return run_cli(list_registry, argv)
+
+
 if __name__ == "__main__":
-    print(describe())
+    main()

@@ -22,6 +22,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -29,7 +30,15 @@ from typing import Callable, Iterable, Iterator
 
 from PIL import Image
 
-from dataset import IMAGE_ERRORS, LmdbWriter, image_problem
+from dataset import IMAGE_ERRORS, image_problem
+from lmdb_store import LmdbWriter
+
+
+def real_data_dir() -> Path:
+    """The real evaluation crops (``svt_647/``, ``ic03_860/``, ``iiit5k_train_2000/`` ...): ``$REAL``, else
+    ``../shared/data/real`` beside the repository (quickstart.sh and scripts/finetune_english_g2.sh use
+    the same rule)."""
+    return Path(os.environ.get("REAL") or Path(__file__).resolve().parent.parent / "shared" / "data" / "real")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,6 +30,7 @@ from runtime import (UsageError, add_runtime_arguments, check_amp, check_runtime
                      resolve_device, run_cli)
 from utils import AttnLabelConverter, CTCLabelConverter, make_converter
 
+
 @dataclass(frozen=True)
 class Evaluation:
     """What every set of one run is read and scored with (the precision is checked once, at the start)."""

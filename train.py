@@ -22,7 +22,6 @@ import re
 import signal
 import sys
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -186,12 +185,7 @@ def freeze_stages(model, stages: str, log) -> None:
     unknown = [s for s in names if s not in STAGES]
     if unknown:
         raise ValueError(f"--freeze {stages!r}: {unknown} are not stages; use '-'-separated names of {list(STAGES)}")
-    for name in names:
-        stage = getattr(model, name)
-        stage.requires_grad_(False)
-        # model.train() reaches the stage through Module.train; this instance method keeps it in eval mode.
-        stage.train = types.MethodType(lambda self, mode=True: torch.nn.Module.train(self, False), stage)
-        stage.eval()
+    model.freeze(names)
     if names:
         log(f"frozen stages: {', '.join(names)}")
 
@@ -258,6 +252,74 @@ def write_options(opt, config: ModelConfig, exp_dir: Path, extra: dict) -> str:
     return text
 
 
+def quiet(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def check_device_options(opt, device: torch.device) -> torch.dtype | None:
+    """Device settings; → the autocast dtype of --amp (a UsageError before any data is read)."""
+    if opt.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not opt.deterministic
+    return check_amp(opt.amp, device, training=True)
+
+
+def experiment_dir(exp_name: str) -> Path:
+    exp_dir = Path("saved_models") / exp_name
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    return exp_dir
+
+
+def lock_experiment(exp_dir: Path, rank: int, console) -> contextlib.AbstractContextManager:
+    """Rank 0 holds ``exp_dir/train.lock`` for the whole run: a second train.py on the same folder is
+    refused instead of interleaving checkpoints (the other ranks belong to the same run)."""
+    if rank != 0:
+        return contextlib.nullcontext()
+    lock = FolderLock(exp_dir, hint=", or choose another --exp_name").acquire()
+    if lock.previous_owner:
+        console(f"{lock.path}: taking over the lock of {lock.previous_owner}, which ended without releasing it")
+    return lock
+
+
+def train_data_config(opt, data: DataConfig) -> TrainDataConfig:
+    """The training-data flags (checked by ``check_data_shares``) as a frozen configuration."""
+    return TrainDataConfig(data, opt.train_data, tuple(opt.select_data.split("-")),
+                           tuple(float(r) for r in opt.batch_ratio.split("-")), float(opt.total_data_usage_ratio),
+                           opt.augment, opt.augment_n, opt.augment_m)
+
+
+def make_train_data(opt, data: DataConfig, rank: int, world_size: int, console, dataset_log
+                    ) -> BatchBalancedDataset:
+    if not data.data_filtering_off:
+        console("Filtering the images containing characters which are not in opt.character")
+        console("Filtering the images whose label is longer than opt.batch_max_length")
+    train_data = BatchBalancedDataset(train_data_config(opt, data), log=dataset_log, rank=rank, world_size=world_size)
+    effective = train_data.batch_size * world_size * opt.accum_steps
+    dataset_log(f"effective batch size: {train_data.batch_size} per process x {world_size} "
+                f"process(es) x {opt.accum_steps} accumulation step(s) = {effective}")
+    return train_data
+
+
+def make_valid_loader(valid_data: str, data: DataConfig, batch_size: int, dataset_log):
+    """The validation set, read in batches of the summed training batch size, as the reference."""
+    valid = dataclasses.replace(data, batch_size=batch_size)
+    valid_dataset, valid_log = hierarchical_dataset(valid_data, valid)
+    dataset_log(valid_log.rstrip("\n"))
+    dataset_log("-" * 80)
+    return make_eval_loader(valid_dataset, valid)
+
+
+def prepare_model(model, config: ModelConfig, device: torch.device, world_size: int, console):
+    console(f"model input parameters {config.imgH} {config.imgW} {config.num_fiducial} {config.input_channel} "
+            f"{config.output_channel} {config.hidden_size} {config.num_class} {config.batch_max_length} "
+            f"{config.Transformation} {config.FeatureExtraction} {config.SequenceModeling} {config.Prediction}")
+    model = model.to(device).train()
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return model
+
+
 # ---------------------------------------------------------------- the run
 
 @dataclass
@@ -310,8 +372,9 @@ def train_iteration(run) -> float:
     return total / opt.accum_steps
 
 
-def validate_and_log(run: TrainRun, iteration: int) -> None:
-    """The reference's validation block, plus last.pth, the CSV history and the plot."""
+def validate_and_log(run: TrainRun, done: int) -> None:
+    """The reference's validation block after ``done`` finished iterations, plus last.pth, the CSV history
+    and the plot."""
     opt, model = run.opt, run.model
     elapsed = run.elapsed + time.time() - run.start_time
     model.eval()
@@ -320,19 +383,19 @@ def validate_and_log(run: TrainRun, iteration: int) -> None:
                        case_insensitive=opt.case_insensitive, amp_dtype=run.amp_dtype)
     model.train()
     train_loss = run.loss_avg.val()
-    run.train_log(f"[{iteration + 1}/{opt.num_iter}] Train loss: {train_loss:0.5f}, Valid loss: {r.loss:0.5f}, "
+    run.train_log(f"[{done}/{opt.num_iter}] Train loss: {train_loss:0.5f}, Valid loss: {r.loss:0.5f}, "
                   f"Elapsed_time: {elapsed:0.5f}")
     run.loss_avg.reset()
-    save_best(run, r, iteration + 1)
+    save_best(run, r, done)
     run.train_log(prediction_examples(r))
-    row = {"iteration": iteration + 1, "train_loss": train_loss, "valid_loss": r.loss, "accuracy": r.accuracy,
+    row = {"iteration": done, "train_loss": train_loss, "valid_loss": r.loss, "accuracy": r.accuracy,
            "norm_ED": r.norm_ED, "lr": run.optimizer.param_groups[0]["lr"], "elapsed": elapsed}
     append_history(run.exp_dir / "log_valid.csv", row)
     plot_history(run.exp_dir / "log_valid.csv", run.exp_dir / "curves.png")
     if run.tb is not None:
         for k in ("train_loss", "valid_loss", "accuracy", "norm_ED", "lr"):
-            run.tb.add_scalar(k, row[k], iteration + 1)
-    save_last(run, iteration + 1)
+            run.tb.add_scalar(k, row[k], done)
+    save_last(run, done)
 
 
 def save_best(run: TrainRun, r, iteration: int) -> None:
@@ -482,116 +545,6 @@ def progress_bar(opt, start: int, rank: int):
     return tqdm(total=opt.num_iter, initial=start, dynamic_ncols=True, unit="it")
 
 
-def train(opt) -> dict:
-    """A training run, top to bottom: set-up, model, data, optimizer, resume, the loop."""
-    check_args(opt)
-    rank, world_size, device = setup_distributed(opt)
-    dtype = check_device_options(opt, device)
-    seed_everything(opt.manualSeed)
-    summary_writer = tensorboard_class() if opt.tensorboard else None  # every rank: fail before any collective
-    console = get_logger("train.console").info if rank == 0 else quiet
-    config, model, _ = build_config_and_model(opt, console)
-    exp_name = opt.exp_name or f"{config.name}-Seed{opt.manualSeed}"
-    exp_dir = experiment_dir(exp_name)
-    with lock_experiment(exp_dir, rank, console):
-        train_log = get_logger("train.log", exp_dir / "log_train.txt").info if rank == 0 else quiet
-        dataset_log = get_logger("train.dataset", exp_dir / "log_dataset.txt").info if rank == 0 else quiet
-        data = DataConfig.for_model(config, dynamic_width=opt.dynamic_width, data_filtering_off=opt.data_filtering_off,
-                                    workers=opt.workers, batch_size=opt.batch_size, seed=opt.manualSeed)
-        train_data = make_train_data(opt, data, rank, world_size, console, dataset_log)
-        valid_loader = make_valid_loader(opt.valid_data, data, train_data.batch_size, dataset_log) if rank == 0 else None
-        model = prepare_model(model, config, device, world_size, console)
-        params = [p for p in model.parameters() if p.requires_grad]
-        console(f"Trainable params num :  {sum(p.numel() for p in params)}")
-        optimizer = make_optimizer(opt, params)
-        console(f"Optimizer:\n{optimizer}")
-        run = TrainRun(opt, rank, world_size, device, config, exp_dir, model, train_data, valid_loader,
-                       make_converter(config.Prediction, config.character), optimizer, make_scheduler(opt, optimizer),
-                       torch.amp.GradScaler(device.type, enabled=opt.amp == "fp16"), dtype,
-                       console, train_log)
-        start = resume_or_start(run)
-        if rank == 0:
-            effective = train_data.batch_size * world_size * opt.accum_steps
-            console(write_options(opt, config, exp_dir, {"exp_name": exp_name, "num_class": config.num_class,
-                                                        "world_size": world_size,
-                                                        "effective_batch_size": effective}).rstrip())
-            if summary_writer is not None:  # purge_step: a resumed run replaces what a killed run logged later
-                run.tb = summary_writer(str(exp_dir / "tensorboard"), purge_step=start + 1)
-        try:
-            return run_loop(run, start)
-        finally:
-            if run.tb is not None:
-                run.tb.close()
-
-
-def quiet(message: str) -> None:
-    """The log of ranks other than 0."""
-
-
-def check_device_options(opt, device: torch.device) -> torch.dtype | None:
-    """Device settings; → the autocast dtype of --amp (a UsageError before any data is read)."""
-    if opt.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not opt.deterministic
-    return check_amp(opt.amp, device, training=True)
-
-
-def experiment_dir(exp_name: str) -> Path:
-    exp_dir = Path("saved_models") / exp_name
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    return exp_dir
-
-
-def lock_experiment(exp_dir: Path, rank: int, console) -> contextlib.AbstractContextManager:
-    """Rank 0 holds ``exp_dir/train.lock`` for the whole run: a second train.py on the same folder is
-    refused instead of interleaving checkpoints (the other ranks belong to the same run)."""
-    if rank != 0:
-        return contextlib.nullcontext()
-    lock = FolderLock(exp_dir, hint=", or choose another --exp_name").acquire()
-    if lock.previous_owner:
-        console(f"{lock.path}: taking over the lock of {lock.previous_owner}, which ended without releasing it")
-    return lock
-
-
-def train_data_config(opt, data: DataConfig) -> TrainDataConfig:
-    """The training-data flags (checked by ``check_data_shares``) as a frozen configuration."""
-    return TrainDataConfig(data, opt.train_data, tuple(opt.select_data.split("-")),
-                           tuple(float(r) for r in opt.batch_ratio.split("-")), float(opt.total_data_usage_ratio),
-                           opt.augment, opt.augment_n, opt.augment_m)
-
-
-def make_train_data(opt, data: DataConfig, rank: int, world_size: int, console, dataset_log
-                    ) -> BatchBalancedDataset:
-    if not data.data_filtering_off:
-        console("Filtering the images containing characters which are not in opt.character")
-        console("Filtering the images whose label is longer than opt.batch_max_length")
-    train_data = BatchBalancedDataset(train_data_config(opt, data), log=dataset_log, rank=rank, world_size=world_size)
-    effective = train_data.batch_size * world_size * opt.accum_steps
-    dataset_log(f"effective batch size: {train_data.batch_size} per process x {world_size} "
-                f"process(es) x {opt.accum_steps} accumulation step(s) = {effective}")
-    return train_data
-
-
-def make_valid_loader(valid_data: str, data: DataConfig, batch_size: int, dataset_log):
-    """The validation set, read in batches of the summed training batch size, as the reference."""
-    valid = dataclasses.replace(data, batch_size=batch_size)
-    valid_dataset, valid_log = hierarchical_dataset(valid_data, valid)
-    dataset_log(valid_log.rstrip("\n"))
-    dataset_log("-" * 80)
-    return make_eval_loader(valid_dataset, valid)
-
-
-def prepare_model(model, config: ModelConfig, device: torch.device, world_size: int, console):
-    console(f"model input parameters {config.imgH} {config.imgW} {config.num_fiducial} {config.input_channel} "
-            f"{config.output_channel} {config.hidden_size} {config.num_class} {config.batch_max_length} "
-            f"{config.Transformation} {config.FeatureExtraction} {config.SequenceModeling} {config.Prediction}")
-    model = model.to(device).train()
-    if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    return model
-
-
 def resume_or_start(run: TrainRun) -> int:
     """The iteration to start at: from last.pth with --resume, else the reference's file-name rule."""
     opt = run.opt
@@ -646,31 +599,73 @@ def train_until(run: TrainRun, start: int, stop: StopRequest) -> int:
     opt = run.opt
     bar = progress_bar(opt, start, run.rank)
     run.start_time = time.time()
-    iteration = start
-    while iteration < opt.num_iter:
+    done = start  # finished iterations
+    while done < opt.num_iter:
         loss = train_iteration(run)
+        done += 1
         run.loss_avg.add(torch.tensor(loss))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", best_acc=f"{max(run.best_accuracy, 0):.2f}")
-        elif opt.log_interval and (iteration + 1) % opt.log_interval == 0:
-            run.console(f"[{iteration + 1}/{opt.num_iter}] loss {loss:.5f}, {time.time() - run.start_time:.0f}s")
-        if run.rank == 0 and ((iteration + 1) % opt.valInterval == 0 or iteration == 0):
-            validate_and_log(run, iteration)
-        if run.rank == 0 and (iteration + 1) % opt.saveInterval == 0:
-            save_checkpoint(run.exp_dir / f"iter_{iteration + 1}.pth", run.model, iteration=iteration + 1)
-        iteration += 1
-        if stop.requested(iteration):
+        elif opt.log_interval and done % opt.log_interval == 0:
+            run.console(f"[{done}/{opt.num_iter}] loss {loss:.5f}, {time.time() - run.start_time:.0f}s")
+        if run.rank == 0 and (done % opt.valInterval == 0 or done == 1):
+            validate_and_log(run, done)
+        if run.rank == 0 and done % opt.saveInterval == 0:
+            save_checkpoint(run.exp_dir / f"iter_{done}.pth", run.model, iteration=done)
+        if stop.requested(done):
             if bar is not None:
                 bar.close()
-            save_last(run, iteration)
+            save_last(run, done)
             wait_for_all_ranks(run)
-            run.console(f"stopped by signal {stop.signum} after iteration {iteration}; "
+            run.console(f"stopped by signal {stop.signum} after iteration {done}; "
                         f"{run.exp_dir / 'last.pth'} holds the full state: continue with --resume auto")
             raise SystemExit(128 + stop.signum)
     if bar is not None:
         bar.close()
-    return iteration
+    return done
+
+
+def train(opt) -> dict:
+    """A training run, top to bottom: set-up, model, data, optimizer, resume, the loop."""
+    check_args(opt)
+    rank, world_size, device = setup_distributed(opt)
+    dtype = check_device_options(opt, device)
+    seed_everything(opt.manualSeed)
+    summary_writer = tensorboard_class() if opt.tensorboard else None  # every rank: fail before any collective
+    console = get_logger("train.console").info if rank == 0 else quiet
+    config, model, _ = build_config_and_model(opt, console)
+    exp_name = opt.exp_name or f"{config.name}-Seed{opt.manualSeed}"
+    exp_dir = experiment_dir(exp_name)
+    with lock_experiment(exp_dir, rank, console):
+        train_log = get_logger("train.log", exp_dir / "log_train.txt").info if rank == 0 else quiet
+        dataset_log = get_logger("train.dataset", exp_dir / "log_dataset.txt").info if rank == 0 else quiet
+        data = DataConfig.for_model(config, dynamic_width=opt.dynamic_width, data_filtering_off=opt.data_filtering_off,
+                                    workers=opt.workers, batch_size=opt.batch_size, seed=opt.manualSeed)
+        train_data = make_train_data(opt, data, rank, world_size, console, dataset_log)
+        valid_loader = make_valid_loader(opt.valid_data, data, train_data.batch_size, dataset_log) if rank == 0 else None
+        model = prepare_model(model, config, device, world_size, console)
+        params = [p for p in model.parameters() if p.requires_grad]
+        console(f"Trainable params num :  {sum(p.numel() for p in params)}")
+        optimizer = make_optimizer(opt, params)
+        console(f"Optimizer:\n{optimizer}")
+        run = TrainRun(opt, rank, world_size, device, config, exp_dir, model, train_data, valid_loader,
+                       make_converter(config.Prediction, config.character), optimizer, make_scheduler(opt, optimizer),
+                       torch.amp.GradScaler(device.type, enabled=opt.amp == "fp16"), dtype,
+                       console, train_log)
+        start = resume_or_start(run)
+        if rank == 0:
+            effective = train_data.batch_size * world_size * opt.accum_steps
+            console(write_options(opt, config, exp_dir, {"exp_name": exp_name, "num_class": config.num_class,
+                                                        "world_size": world_size,
+                                                        "effective_batch_size": effective}).rstrip())
+            if summary_writer is not None:  # purge_step: a resumed run replaces what a killed run logged later
+                run.tb = summary_writer(str(exp_dir / "tensorboard"), purge_step=start + 1)
+        try:
+            return run_loop(run, start)
+        finally:
+            if run.tb is not None:
+                run.tb.close()
 
 
 def main(argv=None):

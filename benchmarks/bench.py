@@ -1,6 +1,6 @@
 """Training and inference speed for chosen models, batch sizes, devices and precisions.
 
-    python benchmarks/bench.py --models None-VGG-BiLSTM-CTC,TPS-ResNet-BiLSTM-Attn --batch_sizes 32,192 \\
+    python -m benchmarks.bench --models None-VGG-BiLSTM-CTC,TPS-ResNet-BiLSTM-Attn --batch_sizes 32,192 \\
         --devices cpu,cuda --amp off,bf16 [--json bench.json] [--compare]
 
 Generates its own LMDB of PIL-rendered words in a temporary folder (no external data), then for
@@ -22,15 +22,14 @@ import argparse
 import json
 import random
 import string
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (run as benchmarks/bench.py)
-from tests.helpers import make_word_lmdb  # noqa: E402  (rendered words, no external data)
+from runtime import run_cli
+from tests.helpers import make_word_lmdb  # (rendered words, no external data)
 
 ALPHABET = string.digits + string.ascii_lowercase
 
@@ -225,7 +224,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> dict:
+def benchmark(argv=None) -> dict:
     opt = parse_args(argv)
     if opt.threads:
         torch.set_num_threads(opt.threads)
@@ -276,6 +275,11 @@ def table(rows: list[dict], header: bool = True) -> str:
         lines.append(" | ".join(c.ljust(w) for c, w in zip(columns, widths)))
     lines += [" | ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths)) for r in rows]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """bench.py's entry point: ``benchmark`` with user errors reported as one line (exit 2 or 1)."""
+    return run_cli(benchmark, argv)
 
 
 if __name__ == "__main__":

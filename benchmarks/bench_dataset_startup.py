@@ -1,6 +1,6 @@
 """Time LmdbDataset start-up on a 1,000,000-label LMDB: first open (cursor scan) vs cached.
 
-    python benchmarks/bench_dataset_startup.py [--num_samples 1000000]
+    python -m benchmarks.bench_dataset_startup [--num_samples 1000000]
 
 Writes the LMDB (the same tiny PNG under every key) and the filter cache in a temporary
 folder, prints one JSON line and one human line. For comparison it also times the
@@ -15,7 +15,6 @@ import os
 import random
 import re
 import string
-import sys
 import tempfile
 import time
 import types
@@ -23,8 +22,8 @@ from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (run as benchmarks/...)
-from dataset import LmdbWriter  # noqa: E402
+from lmdb_store import LmdbWriter
+from runtime import run_cli
 
 
 def tiny_png() -> bytes:
@@ -72,10 +71,10 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def main() -> None:
+def benchmark(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_samples", type=int, default=1_000_000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["STR_CACHE_DIR"] = str(Path(tmp) / "cache")
         from dataset import LmdbDataset  # after STR_CACHE_DIR is set
@@ -96,6 +95,11 @@ def main() -> None:
         print(json.dumps(result))
         print(f"{args.num_samples:,} labels ({first.stats}): first open {first_s:.2f} s, "
               f"cached open {cached_s * 1000:.1f} ms, reference-style scan {reference_s:.2f} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """bench_dataset_startup.py's entry point: ``benchmark`` with user errors reported as one line (exit 2 or 1)."""
+    return run_cli(benchmark, argv)
 
 
 if __name__ == "__main__":

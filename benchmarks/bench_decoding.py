@@ -1,6 +1,6 @@
 """Cost of beam search against greedy (forward + decode), and the word-list trie's build time.
 
-    flock /tmp/cpu_heavy.lock python benchmarks/bench_decoding.py --device cpu
+    flock /tmp/cpu_heavy.lock python -m benchmarks.bench_decoding --device cpu
 
 For each head (CTC: ``english_g2``; Attn: ``--attn_model``, or a freshly initialised
 None-VGG-BiLSTM-Attn at the reference's sizes when none is given) it reads one batch of real word
@@ -16,20 +16,18 @@ import dataclasses
 import json
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from checkpoint import load_model  # noqa: E402
-from decoding import DecodeOptions, decode  # noqa: E402
-from lexicon import load_lexicon  # noqa: E402
-from model import ModelConfig, build_model  # noqa: E402
+from checkpoint import load_model
+from decoding import DecodeOptions, decode
+from lexicon import load_lexicon
+from model import ModelConfig, build_model
+from real_datasets import real_data_dir
+from runtime import run_cli
 
 GOALS = {"CTC": 3.0, "Attn": 4.0}  # issue 10: beam 5 within this factor of greedy's forward + decode
 
@@ -48,8 +46,7 @@ def batch_of_images(config: ModelConfig, data: Path, batch_size: int) -> torch.T
     from dataset import AlignCollate, DataConfig, hierarchical_dataset
 
     if not (data / "gt.txt").is_file():
-        sys.path.insert(0, str(ROOT / "tests"))
-        from helpers import make_gt_folder  # tests/helpers.py: rendered words, no external data
+        from tests.helpers import make_gt_folder  # rendered words, no external data
 
         data = make_gt_folder(Path(tempfile.mkdtemp()) / "words", copies=batch_size // 16 + 1)
     dataset, _ = hierarchical_dataset(str(data), DataConfig.for_model(config, batch_size=batch_size))
@@ -100,7 +97,7 @@ def bench_trie(size: int, path: Path) -> dict:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "real" / "svt_647"),
+    parser.add_argument("--data", default=str(real_data_dir() / "svt_647"),
                         help="a folder with gt.txt whose first --batch_size crops are read")
     parser.add_argument("--ctc_model", default="english_g2")
     parser.add_argument("--attn_model", default=None, help="an Attn checkpoint (default: untrained reference size)")
@@ -113,7 +110,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> dict:
+def benchmark(argv=None) -> dict:
     opt = parse_args(argv)
     if opt.threads:
         torch.set_num_threads(opt.threads)
@@ -133,6 +130,11 @@ def main(argv=None) -> dict:
     print(f"trie: {trie['words']} words ({trie['kept']} kept) built in {trie['build_s']:.3f} s, "
           f"cached load {trie['cached_s'] * 1000:.2f} ms")
     return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """bench_decoding.py's entry point: ``benchmark`` with user errors reported as one line (exit 2 or 1)."""
+    return run_cli(benchmark, argv)
 
 
 if __name__ == "__main__":

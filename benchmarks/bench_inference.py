@@ -1,6 +1,6 @@
 """Deployment paths compared end to end through demo.py: PyTorch fp32 / bf16, ONNX Runtime fp32 / int8.
 
-    python benchmarks/bench_inference.py --saved_model english_g2 \\
+    python -m benchmarks.bench_inference --saved_model english_g2 \\
         --eval_data ../shared/data/real/svt_647 ../shared/data/real/ic03_860 \\
         --calib_data ../shared/data/real/iiit5k_train_2000/images [--batch_size 64] [--json out.json]
 
@@ -21,8 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from real_datasets import real_data_dir
+from runtime import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the repository root (run as benchmarks/bench_inference.py)
 
 PATHS = {  # name → (what --saved_model is, --amp)
     "PyTorch fp32": ("model", "off"),
@@ -97,13 +99,13 @@ def export_models(args, out_dir: Path) -> dict[str, str]:
     return models
 
 
-def main(argv=None) -> dict:
+def benchmark(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--saved_model", default="english_g2")
-    parser.add_argument("--eval_data", nargs="+", default=[str(ROOT.parent / "shared/data/real/svt_647"),
-                                                           str(ROOT.parent / "shared/data/real/ic03_860")],
+    parser.add_argument("--eval_data", nargs="+", default=[str(real_data_dir() / "svt_647"),
+                                                           str(real_data_dir() / "ic03_860")],
                         help="folders holding gt.txt and images/")
-    parser.add_argument("--calib_data", default=str(ROOT.parent / "shared/data/real/iiit5k_train_2000/images"),
+    parser.add_argument("--calib_data", default=str(real_data_dir() / "iiit5k_train_2000" / "images"),
                         help="int8 calibration images (never an evaluation set)")
     parser.add_argument("--calib_size", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=64)
@@ -131,8 +133,9 @@ def main(argv=None) -> dict:
         results = {}
         for name in paths:
             kind, amp = PATHS[name]
-            cmd = [sys.executable, __file__, "--run_one", name, "--model", models[kind], "--amp", amp,
-                   "--batch_size", str(args.batch_size), "--workers", str(args.workers), "--eval_data", *args.eval_data]
+            cmd = [sys.executable, "-m", "benchmarks.bench_inference", "--run_one", name, "--model", models[kind],
+                   "--amp", amp, "--batch_size", str(args.batch_size), "--workers", str(args.workers),
+                   "--eval_data", *args.eval_data]
             cmd += ["--dynamic_width"] if args.dynamic_width else []
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:
@@ -159,6 +162,11 @@ def print_table(results: dict) -> None:
         same = (f"{sum(a == b for a, b in zip(r['predictions'], base['predictions'])) / r['images'] * 100:.1f} %"
                 if "predictions" in base else "")
         print(f"| {name} | {r['images_per_s']:.1f} | {speedup} | {r['peak_rss_mib']:.0f} | {r['accuracy']:.2f} | {same} |")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """bench_inference.py's entry point: ``benchmark`` with user errors reported as one line (exit 2 or 1)."""
+    return run_cli(benchmark, argv)
 
 
 if __name__ == "__main__":

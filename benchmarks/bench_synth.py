@@ -1,6 +1,6 @@
 """How many synthetic word images per second ``create_synth_dataset.py`` renders.
 
-    python benchmarks/bench_synth.py --num_samples 5000 --workers 2
+    python -m benchmarks.bench_synth --num_samples 5000 --workers 2
 
 Times rendering, encoding and (by default) writing into a temporary LMDB, worker start-up
 included; font discovery and word-list loading are timed apart, as they happen once per
@@ -12,18 +12,16 @@ import argparse
 import io
 import json
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (run as benchmarks/...)
-import synth  # noqa: E402
-from dataset import LmdbWriter  # noqa: E402
-from utils import DEFAULT_CHARACTER  # noqa: E402
+import synth
+from lmdb_store import LmdbWriter
+from runtime import run_cli
+from utils import DEFAULT_CHARACTER
 
 
 def bench(opt: argparse.Namespace) -> dict:
@@ -59,7 +57,7 @@ def bench(opt: argparse.Namespace) -> dict:
     }
 
 
-def main(opt: argparse.Namespace) -> None:
+def report(opt: argparse.Namespace) -> None:
     """Run the benchmark and print its result."""
     result = bench(opt)
     print(f"{result['images_per_s']} images/s ({result['num_samples']} images of height {result['imgH']}, "
@@ -81,5 +79,10 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def main(argv: list[str] | None = None) -> None:
+    """bench_synth.py's entry point: ``report`` with user errors reported as one line (exit 2 or 1)."""
+    return run_cli(lambda args: report(get_parser().parse_args(args)), argv)
+
+
 if __name__ == "__main__":
-    main(get_parser().parse_args())
+    main()

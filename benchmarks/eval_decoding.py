@@ -1,6 +1,6 @@
 """Accuracy of every decoder on one labelled set, the model run once per batch.
 
-    flock /tmp/cpu_heavy.lock python benchmarks/eval_decoding.py --eval_data ../shared/data/real/svt_647 \\
+    flock /tmp/cpu_heavy.lock python -m benchmarks.eval_decoding --eval_data ../shared/data/real/svt_647 \\
         --saved_model english_g2 --case_insensitive --full_lexicon --english_lexicon 50000
 
 Rows: greedy; beam (``--beam_size``); beam constrained to each word list; greedy snapped to each
@@ -16,20 +16,19 @@ import argparse
 import dataclasses
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from checkpoint import load_model  # noqa: E402
-from dataset import DataConfig, hierarchical_dataset  # noqa: E402
-from decoding import DecodeOptions, decode_attention, decode_logits, forward_logits  # noqa: E402
-from evaluation import make_eval_loader, score_batch  # noqa: E402
-from lexicon import load_lexicon  # noqa: E402
+from checkpoint import load_model
+from dataset import DataConfig, hierarchical_dataset
+from decoding import DecodeOptions, decode_attention, decode_logits, forward_logits
+from evaluation import make_eval_loader, score_batch
+from lexicon import load_lexicon
+from runtime import run_cli
 
 
 @dataclasses.dataclass
@@ -110,7 +109,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> dict:
+def evaluate(argv=None) -> dict:
     opt = parse_args(argv)
     device = torch.device(opt.device)
     loaded = load_model(opt.saved_model, None, device)
@@ -128,8 +127,15 @@ def main(argv=None) -> dict:
     print(f"\n{opt.eval_data}: {n} images, {config.name}")
     for row in rows:
         print(f"{row.name:34s} {row.correct / n * 100:7.3f}  decode {row.seconds:6.2f} s   [{base} {row.flags}]")
-    return {row.name: row.correct / n * 100 for row in rows}
+    result = {row.name: row.correct / n * 100 for row in rows}
+    print(json.dumps(result, indent=1))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """eval_decoding.py's entry point: ``evaluate`` with user errors reported as one line (exit 2 or 1)."""
+    return run_cli(evaluate, argv)
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(), indent=1))
+    main()

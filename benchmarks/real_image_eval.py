@@ -6,7 +6,7 @@ and scores the checkpoint on the real word crops beside the repository, case-ins
 alphanumeric, printing one table. The defaults are the recipe issue 13 started from (40,000
 images, 3,500 fp32 iterations); ``quickstart.sh``'s recipe today is::
 
-    flock /tmp/cpu_heavy.lock python benchmarks/real_image_eval.py --tag quickstart \\
+    flock /tmp/cpu_heavy.lock python -m benchmarks.real_image_eval --tag quickstart \\
         --num_train 100000 --num_iter 6000 --amp bf16 --augment rand --augment_m 3
 
     | run        | train images | iterations | amp  | SVT 647 | IC03 860 | IIIT5K train 2000 | held-out fonts | training minutes | minutes |
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -30,13 +29,16 @@ import sys
 import time
 from pathlib import Path
 
+from real_datasets import real_data_dir
+from runtime import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL_SETS = (("svt_647", "SVT 647"), ("ic03_860", "IC03 860"), ("iiit5k_train_2000", "IIIT5K train 2000"))
 ACCURACY = re.compile(r"accuracy: ([0-9.]+)\s")
 
 
 def default_real_dir() -> Path:
-    return Path(os.environ.get("REAL", ROOT.parent / "shared" / "data" / "real"))
+    return real_data_dir()
 
 
 def run(cmd: list[str], log_path: Path) -> str:
@@ -92,7 +94,7 @@ def print_table(rows: list[dict], real_names: list[str]) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
-def main(opt: argparse.Namespace) -> None:
+def compare_runs(opt: argparse.Namespace) -> None:
     """Generate, train, evaluate on real crops; print the table of every run in ``--out``."""
     real_dir = Path(opt.real)
     present = [(folder, name) for folder, name in REAL_SETS if (real_dir / folder / "gt.txt").is_file()]
@@ -150,5 +152,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return opt
 
 
+def main(argv: list[str] | None = None) -> None:
+    """real_image_eval.py's entry point: ``compare_runs`` with user errors reported as one line (exit 2 or 1)."""
+    return run_cli(lambda args: compare_runs(parse_args(args)), argv)
+
+
 if __name__ == "__main__":
-    main(parse_args())
+    main()

@@ -14,12 +14,11 @@ Every annotation not written is counted by reason (do-not-care, illegible, missi
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the library is one level up
-from real_datasets import READERS, convert, read_cocotext  # noqa: E402
-from runtime import run_cli  # noqa: E402
+import _root  # noqa: F401  (the repository root on the import path)
+from real_datasets import READERS, convert, read_cocotext
+from runtime import run_cli
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -34,7 +33,7 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def convert_dataset(argv: list[str] | None = None) -> None:
     """Convert one dataset; a user error ends as ``error: ...`` with exit status 1 (runtime.run_cli)."""
     opt = get_parser().parse_args(argv)
     annotation = Path(opt.annotation)
@@ -56,5 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{opt.format} {annotation} -> {opt.output}: {report}")
 
 
+def main(argv: list[str] | None = None) -> None:
+    """convert_real_dataset.py's entry point: ``convert_dataset`` with user errors reported as one line (exit 2 or 1)."""
+    return run_cli(convert_dataset, argv)
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    main()

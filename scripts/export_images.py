@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (run as scripts/...)
-from dataset import read_lmdb_samples  # noqa: E402
-from runtime import run_cli  # noqa: E402
+import _root  # noqa: F401  (the repository root on the import path)
+from dataset import read_lmdb_samples
+from runtime import run_cli
 
 
 def export_images(lmdb_path: str, output: str, count: int) -> int:
@@ -30,7 +29,7 @@ def export_images(lmdb_path: str, output: str, count: int) -> int:
     return len(lines)
 
 
-def main(argv=None) -> None:
+def export(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lmdb", required=True)
     p.add_argument("--output", required=True)
@@ -39,5 +38,10 @@ def main(argv=None) -> None:
     print(f"wrote {export_images(a.lmdb, a.output, a.count)} images to {a.output}")
 
 
+def main(argv: list[str] | None = None) -> None:
+    """export_images.py's entry point: ``export`` with user errors reported as one line (exit 2 or 1)."""
+    return run_cli(export, argv)
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (run as scripts/...)
-from augment import AUGMENTATIONS, make_augment, sample_rng  # noqa: E402
-from dataset import read_lmdb_samples  # noqa: E402
-from runtime import run_cli  # noqa: E402
+import _root  # noqa: F401  (the repository root on the import path)
+from augment import AUGMENTATIONS, make_augment, sample_rng
+from dataset import read_lmdb_samples
+from runtime import run_cli
 
 LABEL_FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf"
 
@@ -54,7 +53,7 @@ def contact_sheet(samples: list[tuple[Image.Image, str]], columns: int, cell_w: 
     return sheet
 
 
-def main(argv: list[str] | None = None) -> None:
+def make_sheet(argv: list[str] | None = None) -> None:
     """Write the contact sheet of ``--lmdb`` to ``--output``."""
     opt = get_parser().parse_args(argv)
     samples = read_samples(opt.lmdb, opt.columns * opt.rows)
@@ -86,5 +85,10 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def main(argv: list[str] | None = None) -> None:
+    """make_contact_sheet.py's entry point: ``make_sheet`` with user errors reported as one line (exit 2 or 1)."""
+    return run_cli(make_sheet, argv)
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from dataset import DataConfig, LmdbWriter, TrainDataConfig
+from dataset import DataConfig, TrainDataConfig
+from lmdb_store import LmdbWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["cat", "dog", "sun", "tree", "blue", "red", "home", "star", "fish", "bird", "moon", "road",

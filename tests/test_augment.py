@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from augment import OPS, RandAugment, make_augment, perspective_coefficients, sample_rng
-from dataset import LmdbWriter
+from lmdb_store import LmdbWriter
 from dataset import AlignCollate, BatchBalancedDataset, InfiniteBatchSampler, hierarchical_dataset
 from tests.helpers import render_word, train_config
 

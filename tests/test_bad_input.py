@@ -20,7 +20,8 @@ import checkpoint
 import dataset
 import demo
 import test as test_script
-from dataset import LabelFilter, LmdbDataset, LmdbWriter, iter_lmdb_labels, open_lmdb, parse_gt_file
+from dataset import LabelFilter, LmdbDataset, iter_lmdb_labels, open_lmdb, parse_gt_file
+from lmdb_store import LmdbWriter
 from helpers import render_word
 from model import ModelConfig, build_model
 from utils import CTCLabelConverter, printable

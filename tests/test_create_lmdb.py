@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from create_lmdb_dataset import createDataset
-from dataset import LmdbWriter, parse_gt_file
+from dataset import parse_gt_file
+from lmdb_store import LmdbWriter
 from dataset import LmdbDataset
 
 SCRIPT = Path(__file__).resolve().parents[1] / "create_lmdb_dataset.py"

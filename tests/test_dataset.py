@@ -16,9 +16,10 @@ from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 import dataset
-from dataset import (AlignCollate, LmdbWriter, BatchBalancedDataset, FilterStats, GtFolderDataset, InfiniteBatchSampler,
+from dataset import (AlignCollate, BatchBalancedDataset, FilterStats, GtFolderDataset, InfiniteBatchSampler,
                      LmdbDataset, RawDataset, hierarchical_dataset)
 from helpers import train_config
+from lmdb_store import LmdbWriter
 
 LOWER = string.digits + string.ascii_lowercase
 SENSITIVE = string.printable[:-6]

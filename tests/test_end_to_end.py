@@ -118,7 +118,8 @@ def copy_lmdb(trained, folder):
 
 
 def test_benchmark_union14m_table_average_and_missing_subsets(trained):
-    from dataset import LmdbWriter, read_lmdb_samples
+    from dataset import read_lmdb_samples
+    from lmdb_store import LmdbWriter
     from evaluation import UNION14M_BENCHMARKS
     bench = trained / "u14m"
     for name in ["curve", "artistic", "general"]:
@@ -155,7 +156,8 @@ def test_benchmark_union14m_asks_for_conversion_of_the_shipped_json(trained):
 
 
 def test_benchmark_long_text_refuses_labels_the_model_cannot_hold(trained):
-    from dataset import LmdbWriter, read_lmdb_samples
+    from dataset import read_lmdb_samples
+    from lmdb_store import LmdbWriter
     copy_lmdb(trained, trained / "long" / "short_words")
     out = run_script("test.py", "--eval_data", "long", "--benchmark", "long_text", "--saved_model",
                      "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained).stdout

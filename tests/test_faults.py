@@ -122,7 +122,7 @@ def test_lmdb_final_commit_on_a_full_disk_exits_1_with_the_story(tmp_path, monke
     monkeypatch.setattr(dataset.lmdb, "open", lambda *a, **k: FullDiskEnv(real_open(*a, **k), error))
     folder = make_gt_folder(tmp_path / "in", copies=1)
     with pytest.raises(SystemExit) as info:
-        run_cli(create_lmdb_dataset.main, [str(folder), str(folder / "gt.txt"), str(tmp_path / "out")])
+        create_lmdb_dataset.main([str(folder), str(folder / "gt.txt"), str(tmp_path / "out")])
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert f"error: could not write the LMDB dataset (16 samples) {tmp_path / 'out' / 'data.mdb'}: " in err
@@ -140,7 +140,7 @@ TINY = ["--select_data", "MJ", "--batch_ratio", "1", "--Transformation", "None",
         "--workers", "0", "--batch_size", "4", "--progress", "off"]
 
 # train.py with every fsync slowed down, so that a kill can be aimed at the middle of a checkpoint write.
-SLOW_FSYNC_TRAIN = ("import os, runpy, sys, time; sys.path.insert(0, {root!r}); real_fsync = os.fsync; "
+SLOW_FSYNC_TRAIN = ("import os, runpy, sys, time; real_fsync = os.fsync; "
                     "os.fsync = lambda fd: (time.sleep(0.1), real_fsync(fd))[1]; "
                     "sys.argv = [{script!r}] + sys.argv[1:]; runpy.run_path({script!r}, run_name='__main__')")
 
@@ -154,9 +154,10 @@ def data(tmp_path_factory) -> Path:
 
 
 def start_training(data: Path, cwd: Path, *args, slow_fsync: bool = False) -> subprocess.Popen:
-    env = {**os.environ, "STR_CACHE_DIR": str(cwd / "cache"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "STR_CACHE_DIR": str(cwd / "cache"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(ROOT)}  # the -c launcher runs train.py from another folder
     script = str(ROOT / "train.py")
-    launcher = ["-c", SLOW_FSYNC_TRAIN.format(root=str(ROOT), script=script)] if slow_fsync else [script]
+    launcher = ["-c", SLOW_FSYNC_TRAIN.format(script=script)] if slow_fsync else [script]
     log = open(cwd / f"out-{time.monotonic_ns()}.txt", "w+")
     proc = subprocess.Popen([sys.executable, *launcher, "--train_data", str(data / "train"), "--valid_data",
                              str(data / "valid"), *TINY, *map(str, args)], cwd=cwd, env=env, stdout=log,

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset import AlignCollate, GtFolderDataset, LmdbDataset, LmdbWriter, RawDataset, image_problem, to_model_image
+from dataset import AlignCollate, GtFolderDataset, LmdbDataset, RawDataset, image_problem, to_model_image
+from lmdb_store import LmdbWriter
 from helpers import render_word
 
 INK = np.linspace(0, 1, 32).reshape(4, 8)  # [H, W]: 0 is black, 1 is white

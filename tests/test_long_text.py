@@ -18,7 +18,7 @@ import string
 
 import pytest
 
-from dataset import LmdbWriter
+from lmdb_store import LmdbWriter
 from tests.helpers import render_word, run_script
 
 CHARACTER = string.ascii_lowercase

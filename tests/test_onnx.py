@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
 import onnx
 import pytest
@@ -23,12 +22,12 @@ from model import STAGES, ModelConfig, build_model
 from modules.prediction import EOS_INDEX
 from onnx_model import (DEFAULT_OPSET, METADATA_KEY, OnnxExportError, OnnxModel, OnnxModelError, export_onnx,
                         read_metadata)
+from real_datasets import real_data_dir
 from utils import make_converter
 
 ALL_MODELS = ["-".join(stages) for stages in itertools.product(*STAGES.values())]
 TOLERANCE = 1e-4
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REAL = SHARED / "data" / "real"
+REAL = real_data_dir()
 
 
 def tiny_config(name: str, **options) -> ModelConfig:

@@ -12,10 +12,11 @@ import pretrained
 from checkpoint import read_checkpoint
 from model import ModelConfig, build_model
 from pretrained import EASYOCR_CHARACTER, REGISTRY, PretrainedError, check_md5, file_md5, resolve_saved_model
+from real_datasets import real_data_dir
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PREDS = SHARED / "spec" / "english_g2_preds"
-REAL = SHARED / "data" / "real"
+REAL = real_data_dir()
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from PIL import Image
 
 import create_synth_dataset
 import synth
-from dataset import DatasetExistsError
+from lmdb_store import DatasetExistsError
 
 DEFAULT = "0123456789abcdefghijklmnopqrstuvwxyz"
 BENCHMARK_NAMES = ("iiit", "svt", "ic03", "ic13", "ic15", "cute", "coco", "totaltext")
@@ -29,7 +29,7 @@ def fonts() -> tuple[synth.FontInfo, ...]:
 
 def run_cli(*args: str) -> argparse.Namespace:
     opt = create_synth_dataset.parse_args(list(args))
-    create_synth_dataset.main(opt)
+    create_synth_dataset.generate(opt)
     return opt
 
 

@@ -180,9 +180,9 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
 def test_sigkill_during_a_save_keeps_the_previous_file(tmp_path):
     path = tmp_path / "big.pth"
     checkpoint.atomic_save({"iteration": 1}, path)
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import torch, checkpoint; "
+    code = ("import torch, checkpoint; "
             f"checkpoint.atomic_save({{'iteration': 2, 'w': torch.ones(1 << 28, dtype=torch.uint8)}}, {str(path)!r})")
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.time() + 60
     while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()) and time.time() < deadline:
         time.sleep(0.01)
