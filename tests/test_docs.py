@@ -10,6 +10,8 @@ runnable block (backslash continuations joined, ``#`` comments dropped, split at
 - ``python SCRIPT ...`` (also ``.venv/bin/python``, ``time python``, ``torchrun [its options] SCRIPT``):
   SCRIPT exists in the repository and every ``--flag`` given appears in ``SCRIPT --help``;
 - ``python -m MODULE ...``: every ``--flag`` appears in ``python -m MODULE --help``;
+- a script that hands the flags it does not know to another script (``FORWARDS_FLAGS_TO``: study.py
+  to train.py) may take that script's flags too;
 - ``bash SCRIPT.sh``: the script exists and takes no ``--flags``; every ``NAME=value`` before it is
   a variable the script reads (``${NAME`` in its text);
 - ``NAME=value`` before a Python command names a variable the repository's code reads (or one of
@@ -46,6 +48,8 @@ PLAIN_SHELL = {"cd", "git", "source", "export", "ls", "cat", "mkdir", "pip", "te
 # Environment variables read by PyTorch, OpenMP or CUDA rather than by this repository's code.
 FOREIGN_VARIABLES = {"OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "MASTER_ADDR", "MASTER_PORT"}
 ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
+# Scripts that pass every flag they do not know on to another script, as their --help says.
+FORWARDS_FLAGS_TO = {"study.py": "train.py"}
 
 
 def runnable_blocks(path: Path) -> list[str]:
@@ -189,6 +193,11 @@ def check_command(command: list[str]) -> list[str]:
         if "HELP FAILED" in text:
             return problems + [f"{name} --help failed: {text[-500:]}"]
         flags, positional = known_flags(text)
+        if kind == "script" and name in FORWARDS_FLAGS_TO:
+            forwarded_to = FORWARDS_FLAGS_TO[name]
+            assert forwarded_to in text, f"{name} --help no longer says it hands flags to {forwarded_to}"
+            more_flags, more_positional = known_flags(help_text(f"script:{forwarded_to}"))
+            flags, positional = flags | more_flags, positional | more_positional
         for argument in arguments:
             flag = argument.split("=", 1)[0]
             if FLAG.fullmatch(flag) and flag not in flags and flag[2:].lower() not in positional:
