@@ -19,8 +19,9 @@ runnable block (backslash continuations joined, ``#`` comments dropped, split at
 - no ``<placeholder>`` in a runnable command (it would not run as written);
 - any other program is one of a short list of ordinary shell commands (cd, git, source, ...).
 
-Each script's ``--help`` is produced once per test run, all of them in one Python process so
-that torch is imported once. Every user document (README.md, docs/*.md) is also checked for
+Each script's ``--help`` is produced once per test run, as ``python`` would run it (the script's
+own folder first on the import path), in one process per such folder so that torch is imported
+only a few times. Every user document (README.md, docs/*.md) is also checked for
 what belongs only in development notes: temporary-folder paths, the CPU-lock prefix, issue
 numbers and this repository's commit hashes; and every relative link (``[text](docs/page.md#anchor)``)
 must name a file that exists and, with an anchor, one of its headings.
@@ -82,11 +83,15 @@ def all_commands() -> list[tuple[str, list[str]]]:
             for path in DOCUMENTS for block in runnable_blocks(path) for command in command_lines(block)]
 
 
+# Runs ``--help`` of several scripts in one process, each as ``python`` would run it: the folder that
+# python puts first on sys.path (the script's own folder; the current folder for ``-m``) is the
+# collector's argv[1], the same for every target of one call, so a script that could not import its
+# modules from a shell cannot import them here either.
 HELP_COLLECTOR = r"""
 import contextlib, io, json, runpy, sys
-sys.path.insert(0, ".")
+sys.path[0] = sys.argv[1]
 out = {}
-for target in json.loads(sys.argv[1]):
+for target in json.loads(sys.argv[2]):
     buffer = io.StringIO()
     kind, name = target.split(":", 1)
     sys.argv = [name, "--help"]
@@ -105,16 +110,27 @@ print(json.dumps(out))
 """
 
 
+def first_on_path(target: str) -> Path:
+    """The folder python puts first on sys.path for a target: the script's folder, or the current one."""
+    kind, name = target.split(":", 1)
+    return (ROOT / name).parent if kind == "script" else ROOT
+
+
 def collect_help(targets: list[str]) -> dict[str, str]:
-    result = subprocess.run([sys.executable, "-c", HELP_COLLECTOR, json.dumps(targets)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """``--help`` of the targets, one process per first-on-path folder (torch imported once in each)."""
+    texts = {}
+    for folder in sorted({first_on_path(t) for t in targets}):
+        group = sorted(t for t in targets if first_on_path(t) == folder)
+        result = subprocess.run([sys.executable, "-c", HELP_COLLECTOR, str(folder), json.dumps(group)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        texts.update(json.loads(result.stdout.strip().splitlines()[-1]))
+    return texts
 
 
 @lru_cache(maxsize=1)
 def documented_help_texts() -> dict[str, str]:
-    """``--help`` of every script and module the documents run, collected in one process."""
+    """``--help`` of every script and module the documents run."""
     targets = set()
     for _, command in all_commands():
         target = python_target(strip_prefix(command)[1])
