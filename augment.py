@@ -21,6 +21,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps, ImageStat
 
+from runtime import UsageError
+
 Op = Callable[[Image.Image, float, random.Random], Image.Image]  # (image, level in [0, 1], rng)
 
 
@@ -153,9 +155,9 @@ class RandAugment:
     def __init__(self, n: int = 3, m: float = 5, prob: float = 0.5, ops: dict[str, Op] | None = None):
         self.ops = dict(OPS if ops is None else ops)
         if not 1 <= n <= len(self.ops):
-            raise ValueError(f"--augment_n {n} must be between 1 and the number of ops ({len(self.ops)}).")
+            raise UsageError(f"--augment_n {n} must be between 1 and the number of ops ({len(self.ops)}).")
         if not 0 <= m <= 10:
-            raise ValueError(f"--augment_m {m} must be between 0 and 10 (PARSeq trains with 5).")
+            raise UsageError(f"--augment_m {m} must be between 0 and 10 (PARSeq trains with 5).")
         self.n, self.m, self.prob = n, m, prob
 
     def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
@@ -174,7 +176,7 @@ AUGMENTATIONS = {"none": None, "rand": RandAugment}  # --augment choices
 def make_augment(name: str, n: int = 3, m: float = 5) -> RandAugment | None:
     """The policy for ``--augment NAME`` (None for 'none')."""
     if name not in AUGMENTATIONS:
-        raise ValueError(f"--augment {name!r} is not one of {sorted(AUGMENTATIONS)}.")
+        raise UsageError(f"--augment {name!r} is not one of {sorted(AUGMENTATIONS)}.")
     policy = AUGMENTATIONS[name]
     return None if policy is None else policy(n, m)
 

@@ -11,6 +11,7 @@ keys start with ``module.``. Both load here; ``export_reference`` writes the bar
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -84,17 +85,61 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check --saved_model "
                               "(a file path, or a pretrained model name listed by `python pretrained.py`)")
+    kind = file_kind(path)
+    if kind != "torch":
+        raise CheckpointError(f"{path} is {kind}, not a PyTorch checkpoint" + (
+            ": an exported model runs in demo.py and test.py (--saved_model), and cannot be trained or resumed"
+            if kind == "an ONNX model" else ""))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the reason
-        raise CheckpointError(f"cannot load {path} as a PyTorch checkpoint with weights_only=True ({e}). "
-                              "Only state_dicts and this toolkit's checkpoints are accepted; pickled "
-                              "model objects are refused because they can run arbitrary code.") from e
+        raise CheckpointError(f"cannot load {path} as a PyTorch checkpoint with weights_only=True "
+                              f"({weights_only_reason(e)}). Only state_dicts and this toolkit's checkpoints are "
+                              "accepted; pickled model objects are refused because they can run arbitrary code.") from e
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"config": None, "model": strip_prefix(obj)}
     raise CheckpointError(f"{path} is neither a state_dict nor a {FORMAT} checkpoint")
+
+
+def file_kind(path: Path) -> str:
+    """'torch' for what torch.save writes (a zip, or a legacy pickle); else what the file looks like."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "torch"
+    if not head:
+        return "an empty file"
+    if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":  # ONNX: a protobuf opening with ir_version
+        return "an ONNX model"
+    return "neither a zip nor a pickle"
+
+
+def weights_only_reason(error: Exception) -> str:
+    """torch's own reason without its advice to retry with weights_only=False (unsafe for unknown files)."""
+    match = re.search(r"WeightsUnpickler error:\s*([^\n]+?)(?:\. |\n|$)", str(error))
+    return match[1].strip() if match else str(error).splitlines()[0]
+
+
+TRAINING_STATE = ("iteration", "optimizer", "scheduler", "scaler", "data", "rng")  # what last.pth adds
+
+
+def read_training_state(path: str | os.PathLike) -> dict:
+    """``last.pth`` for ``train.py --resume``: the weights and the state a run needs to continue exactly.
+    Any other file (best_accuracy.pth, a bare state_dict, an .onnx) is refused with the flag that takes it."""
+    path = Path(path)
+    try:
+        ckpt = read_checkpoint(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"--resume: {e}. --resume takes a run's last.pth (or 'auto')") from None
+    if all(key in ckpt for key in TRAINING_STATE):
+        return ckpt
+    what = ("a bare state_dict (weights only)" if ckpt.get("config") is None else
+            "a model checkpoint (weights only, like best_accuracy.pth or iter_N.pth)")
+    raise CheckpointError(f"--resume {path} is {what}, not a training state: --resume takes a run's last.pth, which "
+                          "also holds the optimizer, the schedule and the data position. To start a new run from "
+                          f"these weights, pass --saved_model {path} (with --FT to fine-tune on new data)")
 
 
 def strip_prefix(state_dict: dict, prefix: str = "module.") -> dict:

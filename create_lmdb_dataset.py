@@ -17,6 +17,7 @@ from typing import Iterator
 import fire
 
 from dataset import GtSample, image_problem, parse_gt_file
+from fileio import NotRegularFileError, read_regular_file, special_kind
 from lmdb_store import LmdbWriter, check_output_path
 from runtime import run_cli
 
@@ -27,9 +28,12 @@ def checked_samples(input_path: Path, samples: list[GtSample], check_valid: bool
     for lineno, relpath, label in samples:
         path = input_path / relpath
         try:
-            data = path.read_bytes()
+            data = read_regular_file(path)  # a FIFO or device is reported, never opened
         except FileNotFoundError:
             yield lineno, path, label, None, "does not exist"
+            continue
+        except NotRegularFileError as e:
+            yield lineno, path, label, None, f"is {e.kind}, not a regular file"
             continue
         except OSError as e:
             yield lineno, path, label, None, f"cannot be read ({e})"
@@ -78,9 +82,11 @@ def createDataset(inputPath: str, gtFile: str, outputPath: str, checkValid: bool
     input_path, gt_file, output_path = Path(inputPath), Path(gtFile), Path(outputPath)
     if not input_path.is_dir():
         raise FileNotFoundError(f"inputPath {input_path} is not a folder; it must hold the images named in {gt_file}.")
-    if not gt_file.is_file():
+    if not gt_file.exists():
         raise FileNotFoundError(f"gtFile {gt_file} does not exist; it must list 'image/path<TAB>label' lines.")
-    check_output_path(output_path, overwrite)
+    if special_kind(gt_file) is not None:
+        raise ValueError(f"gtFile {gt_file} is {special_kind(gt_file)}, not a regular file; give the gt.txt file.")
+    check_output_path(output_path, overwrite, "outputPath")
     samples, gt_problems = parse_gt_file(gt_file)
     for lineno, line, reason in gt_problems:
         print(f"{gt_file} line {lineno}: {reason}: {line!r}")

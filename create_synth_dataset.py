@@ -32,6 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import synth
+from fileio import check_output_folder
 from lmdb_store import DatasetExistsError, LmdbWriter, lmdb_is_dataset
 from runtime import run_cli
 from utils import DEFAULT_CHARACTER, load_character
@@ -94,6 +95,8 @@ def generate(opt: argparse.Namespace) -> None:
         jobs = [SynthSplit("", opt.fonts, 0, opt.num_samples)]
     else:
         jobs = tree_splits(opt)
+    for job in jobs:
+        check_output_folder(root / job.subdir, "--output_dir")
     check_outputs_free([root / job.subdir for job in jobs], opt.overwrite)
 
     all_fonts = synth.discover_fonts(character, tuple(synth.DEFAULT_FONT_DIRS) + tuple(opt.font_dir))
@@ -140,9 +143,13 @@ def get_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = get_parser()
     opt = parser.parse_args(argv)
-    for name in ("num_samples", "num_train", "num_valid", "num_eval"):
-        if getattr(opt, name) < 0:
-            parser.error(f"--{name} must be >= 0, got {getattr(opt, name)}")
+    # An LMDB of 0 samples would look complete and train nothing: each one written needs a sample.
+    for name in ("num_samples",) if opt.layout == "single" else ("num_train", "num_valid", "num_eval"):
+        if getattr(opt, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(opt, name)}")
+    for folder in opt.font_dir:
+        if not os.path.isdir(folder):
+            parser.error(f"--font_dir {folder} is not a folder; give a folder of .ttf/.otf fonts")
     if opt.batch_max_length is None:  # resolved once, here: --max_len 40 alone means labels up to 40
         opt.batch_max_length = max(25, opt.max_len or 0)
     for name in ("batch_max_length", "imgH", "workers", "min_len"):

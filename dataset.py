@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from augment import make_augment, sample_rng
-from fileio import atomic_write, cache_root
+from fileio import atomic_write, cache_root, special_kind
 from utils import DEFAULT_CHARACTER, printable
 
 
@@ -788,24 +788,40 @@ class AlignCollate:
 # --- demo input ----------------------------------------------------------------------------
 
 def list_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Image files of the given folders (recursive, natsorted) and files, in argument order."""
+    """Image files of the given folders (recursive, natsorted) and files, in argument order.
+
+    A FIFO, device or socket (among the folder's files or given by name) is reported and skipped
+    without being opened: reading one would block or never end.
+    """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files: list[str] = []
     for path in map(str, paths):
-        if os.path.isfile(path):
-            files.append(path)
-        elif os.path.isdir(path):
+        if os.path.isdir(path):
             found = [os.path.join(dirpath, name) for dirpath, _, names in os.walk(path)
                      for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
             if not found:
                 raise ValueError(f"no image ({', '.join(IMAGE_EXTENSIONS)}) found in {path}.")
             files += natsorted(found)
+        elif os.path.lexists(path):
+            files.append(path)
         else:
             raise FileNotFoundError(f"{path} does not exist.")
+    files = [path for path in files if regular_or_reported(path)]
     if not files:
-        raise ValueError("no image paths given.")
+        raise ValueError("no image paths given." if not paths else "none of the given paths is a readable image file.")
     return files
+
+
+def regular_or_reported(path: str) -> bool:
+    """Whether ``path`` is a regular file to read; a special file or a dangling link is logged, not opened."""
+    try:
+        kind = special_kind(path)
+    except OSError as e:
+        kind = f"unreadable ({e.strerror})"
+    if kind is not None:
+        logger.warning("skipped %s: it is %s, not a regular image file", printable(path), kind)
+    return kind is None
 
 
 class RawDataset(Dataset):

@@ -35,6 +35,9 @@ from utils import CONVERTERS, make_converter
 DECODERS = ("greedy", "beam")
 LEXICON_MODES = ("constrain", "snap")
 NEG_INF = float("-inf")
+# A beam's cost grows with its width (CTC: beam x characters per frame, per frame; Attn: B x beam decoder
+# rows per step); past ~20 accuracy stops improving. 100 keeps the worst case to seconds per image.
+MAX_BEAM_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,9 @@ class DecodeOptions:
             raise UsageError(f"--decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
         if self.lexicon_mode not in LEXICON_MODES:
             raise UsageError(f"--lexicon_mode {self.lexicon_mode!r} is not one of {', '.join(LEXICON_MODES)}")
-        if not isinstance(self.beam_size, int) or self.beam_size < 1:
-            raise UsageError(f"--beam_size {self.beam_size}: must be an integer of at least 1 (1 = greedy-like)")
+        if not isinstance(self.beam_size, int) or not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            raise UsageError(f"--beam_size {self.beam_size}: must be an integer from 1 (greedy-like) to "
+                             f"{MAX_BEAM_SIZE} (wider beams cost time and memory without reading better)")
         if not isinstance(self.topk, int) or self.topk < 1:
             raise UsageError(f"--topk {self.topk}: must be an integer of at least 1")
         if self.decoder == "beam" and self.topk > self.beam_size:
@@ -550,7 +554,7 @@ def add_decoding_arguments(parser, readout: bool = False) -> None:
     g = parser.add_argument_group("decoding")
     g.add_argument("--decoder", choices=DECODERS, default="greedy",
                    help="greedy (default, the reference's) or beam (CTC prefix / attention beam search)")
-    g.add_argument("--beam_size", type=int, default=5, help="hypotheses kept by --decoder beam (1 or more)")
+    g.add_argument("--beam_size", type=int, default=5, help=f"hypotheses kept by --decoder beam (1 to {MAX_BEAM_SIZE})")
     g.add_argument("--lexicon", default=None,
                    help="word list (UTF-8, one word per line): readings are restricted to it (--lexicon_mode)")
     g.add_argument("--lexicon_mode", choices=LEXICON_MODES, default="constrain",

@@ -16,6 +16,7 @@ from checkpoint import load_model
 from dataset import DataConfig, RawDataset
 from decoding import Decoded, add_decoding_arguments, check_decoding_flags, decode, options_from_args
 from evaluation import make_eval_loader
+from fileio import check_output_file
 from model import add_model_arguments, model_flags
 from runtime import add_runtime_arguments, check_amp, check_runtime_arguments, get_logger, resolve_device, run_cli
 from utils import printable
@@ -88,6 +89,7 @@ def check_args(opt) -> None:
     """Refuse unusable flags (UsageError, exit 2) before a model or image is read; sizes: ModelConfig."""
     check_runtime_arguments(opt)
     check_decoding_flags(opt, opt.topk)
+    check_output_file(opt.log_file, "--log_file")  # the table is appended at the end: fail before the work
 
 
 def read_folder(argv=None):

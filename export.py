@@ -35,6 +35,7 @@ from checkpoint import atomic_save, export_reference, load_model, to_reference_s
 from model import Model, ModelConfig, add_model_arguments, model_flags
 from modules.feature_extraction import VGG_FeatureExtractor
 from modules.sequence_modeling import BidirectionalLSTM
+from fileio import check_output_file, check_output_folder
 from onnx_model import DEFAULT_OPSET, OPSET_HELP, export_onnx
 from runtime import UsageError, run_cli
 
@@ -125,6 +126,18 @@ def export_onnx_file(model: Model, opt) -> Path:
         fp32.unlink(missing_ok=True)
 
 
+def check_outputs(opt, source: str | Path) -> None:
+    """Before any work: the output is writable and is not the model being exported (nor its input data)."""
+    inputs = [("--saved_model", source)]
+    if opt.format != "easyocr":
+        check_output_file(opt.output, "--output", inputs)
+        return
+    check_output_folder(opt.output, "--output")
+    name = opt.name or Path(source).stem
+    for suffix in (".pth", ".yaml", ".py"):
+        check_output_file(Path(opt.output) / f"{name}{suffix}", "--output", inputs)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--saved_model", required=True, help="checkpoint path or pretrained model name")
@@ -147,7 +160,13 @@ def export(argv=None) -> list[Path]:
         raise UsageError("--quantize and --calib_data apply to --format onnx only")
     if opt.quantize and not opt.calib_data:
         raise UsageError("--quantize int8 needs --calib_data DIR: a folder of word images to calibrate on")
+    if opt.calib_size < 1:
+        raise UsageError(f"--calib_size must be at least 1, got {opt.calib_size}")
+    if opt.calib_data and not Path(opt.calib_data).is_dir():
+        raise FileNotFoundError(f"--calib_data {opt.calib_data} is not a folder; give a folder of word images")
+    check_outputs(opt, opt.saved_model)
     loaded = load_model(opt.saved_model, model_flags(opt), "cpu", allow_onnx=False)
+    check_outputs(opt, loaded.source)  # a registered name is a file in the cache
     if opt.format == "reference":
         export_reference(opt.output, loaded.model)
         written = [Path(opt.output)]

@@ -10,9 +10,10 @@ import functools
 import os
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 # Errors of a write that more space (or a working disk) would fix.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EIO, errno.EDQUOT})
@@ -37,7 +38,7 @@ def disk_errno(error: BaseException | None) -> int | None:
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         code = error.errno if isinstance(error, OSError) else getattr(error, "code", None)
-        if code in DISK_ERRNOS:
+        if code in DISK_ERRNOS and not isinstance(error, (SyntaxError, SystemExit)):  # XML's code is expat's
             return code
         error = error.__cause__ or error.__context__
     return None
@@ -201,3 +202,88 @@ def owner_alive(owner: str) -> bool:
     except PermissionError:
         return True
     return int(parts[1]) != os.getpid()
+
+
+# --- inputs that are regular files; outputs checked before the work -----------------------------
+
+SPECIAL_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+class NotRegularFileError(ValueError):
+    """An input path that is a FIFO, device, socket or folder: reading it could block or never end."""
+
+    def __init__(self, path: str | os.PathLike, kind: str):
+        self.path, self.kind = path, kind
+        super().__init__(f"{path} is {kind}, not a regular file; skipped without reading it")
+
+
+class OutputPathError(ValueError):
+    """An output that cannot be written where asked (a folder for a file, under a file, onto an input)."""
+
+
+def special_kind(path: str | os.PathLike) -> str | None:
+    """None for a regular file (or a link to one); else what ``path`` is, found by ``os.stat`` without
+    opening it (opening a FIFO blocks until a writer comes; a device can be read forever)."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in SPECIAL_KINDS if test(mode)), "not a regular file")
+
+
+def read_regular_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file. A FIFO, device, socket or folder raises :class:`NotRegularFileError`
+    without being opened; a missing file raises FileNotFoundError."""
+    kind = special_kind(path)
+    if kind is not None:
+        raise NotRegularFileError(path, kind)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_parent_writable(path: Path, flag: str) -> None:
+    """Refuse a path whose nearest existing ancestor is a file or a folder this process cannot write."""
+    ancestor = nearest_existing(path.parent if path.name else path)
+    if not ancestor.is_dir():
+        raise OutputPathError(f"{flag} {path} lies under {ancestor}, which is a file, not a folder; "
+                              f"choose a path under a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {path}: {ancestor} is not writable (permission denied); choose a "
+                              "folder you can write to")
+
+
+def check_output_folder(path: str | os.PathLike, flag: str) -> None:
+    """Before any work: ``path`` can be (or already is) a folder this process writes into."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{flag} {path} is a file, not a folder; give a folder path")
+    check_parent_writable(path / "x", flag)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return Path(a).absolute().resolve() == Path(b).absolute().resolve()
+
+
+def check_output_file(path: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, str | os.PathLike]] = ()
+                      ) -> None:
+    """Before any work: ``path`` can be written as a file and is none of ``inputs`` ((flag, path) pairs)."""
+    path = Path(path)
+    for input_flag, source in inputs:
+        if source and same_file(path, source):
+            raise OutputPathError(f"{flag} {path} is the {input_flag} file: writing it would destroy the input; "
+                                  f"choose another {flag}")
+    if path.is_dir():
+        raise OutputPathError(f"{flag} {path} is a folder; give the path of a file (in it, or beside it)")
+    if path.exists() and special_kind(path) is not None:
+        raise OutputPathError(f"{flag} {path} is {special_kind(path)}; give the path of a regular file")
+    check_parent_writable(path, flag)

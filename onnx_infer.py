@@ -5,25 +5,94 @@
 
 Prints ``path<TAB>prediction`` per image. Everything it needs (input size, padding, character
 set, decoder) is in the .onnx file's ``str_toolkit`` metadata; preprocessing and greedy
-decoding are those of demo.py, so the strings are the same.
+decoding are those of demo.py, so the strings are the same. An image that is missing, unreadable
+or not a regular file (a FIFO, a device) is reported on stderr and the others are read, as demo.py
+does; a model file that cannot be used ends with one ``error:`` line and exit status 1 (2 for a
+wrong command line).
+
+This file stays standalone (it is copied next to a deployed model): it imports nothing from the
+toolkit, so it reports its errors itself, by the toolkit's rules.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import sys
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+NUM_SPECIAL = {"CTC": 1, "Attn": 2}  # [CTCblank]; [GO], [s]
+CONFIG_KEYS = ("input_channel", "imgH", "imgW", "PAD", "character", "Prediction")
+
+
+class OnnxFileError(ValueError):
+    """A model file that cannot be used: the message names it and says what is wrong."""
+
+
+def special_kind(path: str) -> str | None:
+    """None for a regular file; else what it is, found by os.stat without opening it (a FIFO would block)."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a special file (device or socket)"
 
 
 def load(path: str) -> tuple[ort.InferenceSession, dict]:
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    """The session and the model's configuration, checked when the file is opened: a file that is not
+    a runnable graph, or whose character set does not match its output classes, is refused here."""
+    check_model_file(path)
+    try:
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors have no common public base
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise OnnxFileError(f"{path} is not a usable ONNX model ({reason}); export it again with export.py "
+                            "--format onnx") from None
     meta = session.get_modelmeta().custom_metadata_map
     if "str_toolkit" not in meta:
-        raise SystemExit(f"error: {path} has no str_toolkit metadata; export it with export.py --format onnx")
-    return session, json.loads(meta["str_toolkit"])["config"]
+        raise OnnxFileError(f"{path} has no str_toolkit metadata; export it with export.py --format onnx")
+    try:
+        config = json.loads(meta["str_toolkit"])["config"]
+        missing = [k for k in CONFIG_KEYS if k not in config]
+        if missing or config["Prediction"] not in NUM_SPECIAL:
+            raise ValueError(f"missing {missing}" if missing else f"Prediction {config['Prediction']!r}")
+    except (ValueError, KeyError, TypeError) as e:
+        raise OnnxFileError(f"{path}: its str_toolkit metadata is not a model configuration ({e}); export it "
+                            "again with export.py --format onnx") from None
+    check_classes(path, session, config)
+    return session, config
+
+
+def check_model_file(path: str) -> None:
+    try:
+        kind = special_kind(path)
+    except FileNotFoundError:
+        raise OnnxFileError(f"{path} does not exist") from None
+    if kind is not None:
+        raise OnnxFileError(f"{path} is {kind}, not an .onnx file")
+
+
+def check_classes(path: str, session: ort.InferenceSession, config: dict) -> None:
+    outputs = [o for o in session.get_outputs() if o.name == "logits"]
+    if not outputs or len(outputs[0].shape) != 3:
+        raise OnnxFileError(f"{path} has no 'logits' output [batch, steps, classes]; export it with export.py")
+    classes = outputs[0].shape[2]
+    expected = len(config["character"]) + NUM_SPECIAL[config["Prediction"]]
+    if isinstance(classes, int) and classes != expected:
+        raise OnnxFileError(f"{path}: the graph predicts {classes} classes but its metadata's character set "
+                            f"({len(config['character'])} characters, {config['Prediction']}) gives {expected}; "
+                            "the metadata does not belong to this graph. Export it again with export.py")
+    inputs = [i for i in session.get_inputs() if i.name == "image"]
+    shape = inputs[0].shape if inputs else []
+    if len(shape) != 4 or any(isinstance(shape[axis], int) and shape[axis] != config[key]
+                              for axis, key in ((1, "input_channel"), (2, "imgH"))):
+        raise OnnxFileError(f"{path}: its 'image' input {shape} does not take the [batch, {config['input_channel']}, "
+                            f"{config['imgH']}, width] images its metadata describes; export it again with export.py")
 
 
 def preprocess(image: Image.Image, config: dict) -> np.ndarray:
@@ -58,23 +127,57 @@ def decode(logits: np.ndarray, config: dict) -> list[str]:
     return texts
 
 
-def read(model_path: str, image_paths: list[str]) -> list[str]:
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def open_image(path: str, config: dict) -> np.ndarray | None:
+    """The preprocessed image, or None after a warning on stderr (missing, unreadable, a FIFO...)."""
+    try:
+        kind = special_kind(path)
+        if kind is not None:
+            raise ValueError(f"it is {kind}, not a regular file")
+        with Image.open(path) as image:
+            return preprocess(image, config)
+    except UnidentifiedImageError:
+        problem = "not an image Pillow can read"
+    except FileNotFoundError:
+        problem = "does not exist"
+    except IMAGE_ERRORS as e:
+        problem = str(e)
+    print(f"warning: unreadable image {path}: {problem}; skipped", file=sys.stderr)
+    return None
+
+
+def read(model_path: str, image_paths: list[str]) -> list[tuple[str, str]]:
+    """→ [(image path, prediction)] for the images that could be read, in the given order."""
     session, config = load(model_path)
-    batch = np.stack([preprocess(Image.open(p), config) for p in image_paths])
-    (logits,) = session.run(["logits"], {"image": batch})
-    return decode(logits, config)
+    images = [(p, open_image(p, config)) for p in image_paths]
+    readable = [(p, a) for p, a in images if a is not None]
+    if not readable:
+        raise OnnxFileError(f"none of the {len(image_paths)} images could be read")
+    try:
+        (logits,) = session.run(["logits"], {"image": np.stack([a for _, a in readable])})
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors have no common public base
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise OnnxFileError(f"{model_path}: ONNX Runtime failed on the images ({reason}); export the model "
+                            "again with export.py --format onnx") from None
+    return list(zip([p for p, _ in readable], decode(logits, config)))
 
 
-def main(argv: list[str] | None = None) -> list[str]:
-    """Print ``path<TAB>prediction`` per image. This file stays standalone (it is copied next to a deployed
-    model), so it reports a wrong command line itself instead of through the toolkit's ``runtime.run_cli``."""
+def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
+    """Print ``path<TAB>prediction`` per readable image; errors as one ``error:`` line on stderr."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) < 2:
-        raise SystemExit("usage: python onnx_infer.py MODEL.onnx IMAGE [IMAGE ...]")
-    texts = read(argv[0], argv[1:])
-    for path, text in zip(argv[1:], texts):
+        print("usage: python onnx_infer.py MODEL.onnx IMAGE [IMAGE ...]", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        results = read(argv[0], argv[1:])
+    except OnnxFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    for path, text in results:
         print(f"{path}\t{text}")
-    return texts
+    return results
 
 
 if __name__ == "__main__":

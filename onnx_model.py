@@ -289,17 +289,31 @@ def set_metadata(proto, config: ModelConfig, dynamic_width: bool, parameters: in
     proto.producer_name = "str-toolkit export.py"
 
 
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The ``str_toolkit`` metadata of an .onnx file written by :func:`export_onnx`."""
+    """The ``str_toolkit`` metadata of an .onnx file written by :func:`export_onnx`, once the file is
+    known to be a checked ONNX graph whose output classes match the metadata's character set."""
     import onnx
 
+    from fileio import special_kind
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise OnnxModelError(f"{path} does not exist; check --saved_model")
+    if special_kind(path) is not None:
+        raise OnnxModelError(f"{path} is {special_kind(path)}, not an .onnx file")
+    if path.stat().st_size == 0:
+        raise OnnxModelError(f"{path} is empty (0 bytes): an interrupted copy or export? Export it again with "
+                             "`python export.py --saved_model <checkpoint> --format onnx`")
     try:
         proto = onnx.load_model(path, load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - re-raised with the reason
-        raise OnnxModelError(f"{path} is not a readable ONNX model ({e})") from e
+        onnx.checker.check_model(proto)
+    except Exception as e:  # noqa: BLE001 - protobuf and the checker raise many types; re-raised with the reason
+        raise OnnxModelError(f"{path} is not a readable ONNX model ({first_line(e)}): a truncated or damaged "
+                             "file? Export it again with export.py") from e
     props = {p.key: p.value for p in proto.metadata_props}
     if METADATA_KEY not in props:
         raise OnnxModelError(f"{path} has no '{METADATA_KEY}' metadata, so its character set and input size "
@@ -309,11 +323,34 @@ def read_metadata(path: str | os.PathLike) -> dict:
         info = json.loads(props[METADATA_KEY])
         if info.get("format") != FORMAT:
             raise ValueError(f"format {info.get('format')!r}")
-        ModelConfig.from_dict(info["config"])
-    except (ValueError, KeyError, TypeError) as e:
+        config = ModelConfig.from_dict(info["config"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise OnnxModelError(f"{path}: its '{METADATA_KEY}' metadata is not a model configuration of this "
                              f"toolkit ({e}); re-export the model with export.py") from e
+    check_classes(path, proto, config)
     return info
+
+
+def check_classes(path: Path, proto, config: ModelConfig) -> None:
+    """The graph's image input and logits must have the sizes the metadata gives: [batch, input_channel,
+    imgH, W] in, [batch, steps, num_class] out. Otherwise decoding would index characters that do not
+    exist (or never read some), or every batch would fail inside ONNX Runtime."""
+    inputs = [i for i in proto.graph.input if i.name == "image"]
+    outputs = [o for o in proto.graph.output if o.name == "logits"]
+    image = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
+    logits = [d.dim_value for d in outputs[0].type.tensor_type.shape.dim] if outputs else []
+    if len(image) != 4 or len(logits) != 3:
+        raise OnnxModelError(f"{path} has no 'image' input [batch, channels, height, width] and 'logits' output "
+                             "[batch, steps, classes]; re-export it with export.py")
+    # dim_value is 0 where a dimension is symbolic (batch, a dynamic width): nothing to compare there
+    if logits[2] and logits[2] != config.num_class:
+        raise OnnxModelError(f"{path}: the graph predicts {logits[2]} classes but its metadata's character set "
+                             f"({len(config.character)} characters, {config.Prediction}) gives {config.num_class}; "
+                             "the metadata does not belong to this graph. Re-export the model with export.py")
+    for axis, name, value in ((1, "input_channel", config.input_channel), (2, "imgH", config.imgH)):
+        if image[axis] and image[axis] != value:
+            raise OnnxModelError(f"{path}: the graph takes images with {image[axis]} at axis {axis} but its metadata "
+                                 f"says {name} {value}; re-export the model with export.py")
 
 
 class OnnxModel:
@@ -341,7 +378,11 @@ class OnnxModel:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.source), options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(self.source), options, providers=providers)
+        except Exception as e:  # noqa: BLE001 - onnxruntime's errors have no common public base
+            raise OnnxModelError(f"{self.source}: ONNX Runtime cannot load this graph ({first_line(e)}); "
+                                 "re-export it with export.py") from e
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or inputs[0].name != "image":
             raise OnnxModelError(f"{self.source} takes {[i.name for i in inputs]}, not one 'image' input; "
@@ -366,7 +407,11 @@ class OnnxModel:
             raise ValueError("an exported ONNX model runs inference only; train the PyTorch checkpoint instead")
         self.check_input(image)
         array = image.detach().to("cpu", torch.float32).contiguous().numpy()
-        (logits,) = self.session.run(["logits"], {"image": array})
+        try:
+            (logits,) = self.session.run(["logits"], {"image": array})
+        except Exception as e:  # noqa: BLE001 - onnxruntime's errors have no common public base
+            raise OnnxModelError(f"{self.source}: ONNX Runtime failed on a batch {list(array.shape)} "
+                                 f"({first_line(e)}); re-export the model with export.py") from e
         return torch.from_numpy(logits).to(image.device)
 
     # The bits of nn.Module that the evaluation scripts touch.

@@ -28,9 +28,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 from PIL import Image
 
 from dataset import IMAGE_ERRORS, image_problem
+from fileio import NotRegularFileError, read_regular_file
 from lmdb_store import LmdbWriter
 
 
@@ -80,11 +82,120 @@ class ConversionReport:
 
 # --- readers -------------------------------------------------------------------------------
 
-def by_image(anns: dict) -> list[tuple[str, dict]]:
+class AnnotationError(ValueError):
+    """An annotation file that cannot be read in its format: the message names the file, the format
+    expected and, where the parser knows it, the line."""
+
+
+EXPECTED = {
+    "iiit5k": "IIIT5K's traindata.mat or testdata.mat (a MATLAB file)",
+    "svt": "SVT's train.xml or test.xml (XML: <image> with <taggedRectangle> boxes)",
+    "ic13": 'a UTF-8 gt.txt of lines like  word_1.png, "label"',
+    "cocotext": 'cocotext.v2.json (a JSON object with "imgs" and "anns" objects)',
+    "textocr": 'TextOCR_0.1_train.json or _val.json (a JSON object with "imgs" and "anns" objects)',
+    "union14m": 'an MMOCR 1.0 .json ({"data_list": [...]}) or an MMOCR 0.x .jsonl (one object per line)',
+}
+EXPECTED["ic15"] = EXPECTED["ic13"]
+
+RECORD_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError)  # a field of the wrong shape
+
+
+def annotation_error(annotation: Path, fmt: str, problem: str) -> AnnotationError:
+    return AnnotationError(f"{annotation}: {problem}; --format {fmt} reads {EXPECTED[fmt]}. Is it the right file "
+                           "for --format?")
+
+
+def annotation_bytes(annotation: Path, fmt: str) -> bytes:
+    data = read_regular_file(annotation)
+    if not data.strip():
+        raise annotation_error(annotation, fmt, "the file is empty")
+    return data
+
+
+def annotation_text(annotation: Path, fmt: str) -> str:
+    """The whole file as UTF-8 text (a BOM dropped); bytes that are not UTF-8 are named with their line."""
+    data = annotation_bytes(annotation, fmt)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise annotation_error(annotation, fmt, f"line {line} is not UTF-8 (byte {data[e.start]:#04x}): save the "
+                               "file as UTF-8") from None
+
+
+def annotation_lines(annotation: Path, fmt: str) -> Iterator[tuple[int, str | None]]:
+    """(line number, text) per non-blank line; text is None for a line that is not UTF-8 (dropped, counted)."""
+    data = annotation_bytes(annotation, fmt).removeprefix(b"\xef\xbb\xbf")
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if raw.strip():
+            try:
+                yield lineno, raw.decode("utf-8").rstrip("\r")
+            except UnicodeDecodeError:
+                yield lineno, None
+
+
+def load_json(annotation: Path, fmt: str, top_level: tuple[str, ...] = ()) -> dict:
+    """A JSON object holding the ``top_level`` keys, each an object (dict) or a list as the format has it."""
+    try:
+        data = json.loads(annotation_text(annotation, fmt))
+    except json.JSONDecodeError as e:
+        raise annotation_error(annotation, fmt, f"not valid JSON at line {e.lineno} column {e.colno} ({e.msg})"
+                               ) from None
+    if not isinstance(data, dict):
+        raise annotation_error(annotation, fmt, f"the JSON's top level is {type(data).__name__}, not an object")
+    missing = [key for key in top_level if key not in data]
+    if missing:
+        raise annotation_error(annotation, fmt, f"the JSON object has no {', '.join(map(repr, missing))}")
+    return data
+
+
+def finite_numbers(values, count: int | None = None) -> tuple[float, ...] | None:
+    """``values`` as floats when it is a list of ``count`` finite numbers (not strings, not booleans), else None."""
+    if not isinstance(values, (list, tuple)) or (count is not None and len(values) != count):
+        return None
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        return None
+    numbers = tuple(float(v) for v in values)
+    return numbers if all(math.isfinite(v) for v in numbers) else None
+
+
+def make_sample(root: Path, image, label, where: str, box=None, quad=None) -> Item:
+    """Every reader's record goes through here: a Sample, or Dropped naming the field that is unusable."""
+    if not isinstance(image, str) or not image.strip():
+        return Dropped("no image path", where)
+    if not isinstance(label, str):
+        return Dropped(f"label is {'null' if label is None else type(label).__name__}, not a string", where)
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError:
+        return Dropped("label is not valid Unicode (a lone surrogate)", where)
+    if box is not None and finite_numbers(box, 4) is None:
+        return Dropped("box is not 4 finite numbers", where)
+    if quad is not None and finite_numbers([c for point in quad for c in point], 8) is None:
+        return Dropped("quadrilateral is not 4 points of finite numbers", where)
+    return Sample(root / image, label, box=box, quad=quad, where=where)
+
+
+def guarded(records: Iterable[tuple[str, object]], build: Callable[[object, str], Item | None]) -> Iterator[Item]:
+    """``build(record, where)`` per record; a record whose fields have the wrong shape (a null where an
+    object is expected, a missing key) is dropped and counted, never the end of the conversion."""
+    for where, record in records:
+        try:
+            item = build(record, where)
+        except KeyError as e:
+            item = Dropped(f"record lacks the field {e}", where)
+        except RECORD_ERRORS as e:
+            item = Dropped(f"malformed record ({type(e).__name__})", where)
+        if item is not None:
+            yield item
+
+
+def by_image(anns: dict) -> list[tuple[str, object]]:
     """COCO-style ``anns`` items grouped by image (first-seen order), so each scene is opened once."""
     groups: dict[str, list] = {}
     for ann_id, ann in anns.items():
-        groups.setdefault(str(ann.get("image_id")), []).append((ann_id, ann))
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
+        groups.setdefault(str(image_id), []).append((f"ann {ann_id}", ann))
     return [item for group in groups.values() for item in group]
 
 
@@ -93,43 +204,66 @@ def read_iiit5k(annotation: Path, root: Path) -> Iterator[Item]:
     ``testdata``) with fields ImgName ('train/1009_2.png', relative to the IIIT5K folder),
     GroundTruth, smallLexi and mediumLexi (the lexicons are not used)."""
     from scipy.io import loadmat  # only this format needs scipy
-    mat = loadmat(str(annotation))
-    tables = [v for k, v in mat.items() if not k.startswith("__") and getattr(v.dtype, "names", None)
-              and {"ImgName", "GroundTruth"} <= set(v.dtype.names)]
+
+    annotation_bytes(annotation, "iiit5k")
+    try:
+        mat = loadmat(str(annotation))
+    except Exception as e:  # noqa: BLE001 - scipy raises many types for a cut-off or foreign file
+        raise annotation_error(annotation, "iiit5k", f"not a readable MATLAB file ({type(e).__name__}: {e})"
+                               ) from None
+    tables = [v for k, v in mat.items() if not k.startswith("__") and getattr(v, "dtype", None) is not None
+              and v.dtype.names and {"ImgName", "GroundTruth"} <= set(v.dtype.names)]
     if not tables:
         raise ValueError(f"{annotation} holds no struct array with ImgName and GroundTruth fields; is it "
                          "IIIT5K's traindata.mat or testdata.mat?")
-    for i, entry in enumerate(tables[0].ravel()):
-        name, label = _mat_string(entry["ImgName"]), _mat_string(entry["GroundTruth"])
-        if not name:
-            yield Dropped("no ImgName", f"entry {i + 1}")
-        else:
-            yield Sample(root / name, label, where=name)
+
+    def build(entry, where):
+        return make_sample(root, _mat_string(entry["ImgName"]), _mat_string(entry["GroundTruth"]), where)
+
+    return guarded(((f"entry {i + 1}", entry) for i, entry in enumerate(tables[0].ravel())), build)
 
 
-def _mat_string(value) -> str:
-    """A MATLAB char array as loadmat returns it (array(['text']) or an empty array)."""
-    while hasattr(value, "ravel") and value.dtype == object:
+def _mat_string(value):
+    """A MATLAB char array as loadmat returns it (array(['text']) or an empty array) as a str; a number
+    array as its first number (not a str: ``make_sample`` drops it)."""
+    while isinstance(value, np.ndarray) and value.dtype == object:
         value = value.ravel()[0] if value.size else ""
-    if hasattr(value, "ravel"):
-        return "".join(str(v) for v in value.ravel())
-    return str(value)
+    if isinstance(value, np.ndarray):
+        if value.size == 0:
+            return ""
+        return "".join(str(v) for v in value.ravel()) if value.dtype.kind in "US" else value.ravel()[0].item()
+    return value
 
 
 def read_svt(annotation: Path, root: Path) -> Iterator[Item]:
     """SVT ``train.xml``/``test.xml``: ``<image><imageName>img/14_03.jpg</imageName>...
     <taggedRectangles><taggedRectangle x= y= width= height=><tag>WORD</tag>``. Boxes that reach
     outside the image are clipped by ``convert``."""
-    for image in ET.parse(annotation).getroot().iter("image"):
-        name = image.findtext("imageName", "").strip()
-        for j, rect in enumerate(image.iter("taggedRectangle")):
-            where = f"{name} box {j + 1}"
-            try:
-                x, y, w, h = (float(rect.get(k)) for k in ("x", "y", "width", "height"))
-            except (TypeError, ValueError):
-                yield Dropped("box without numeric x/y/width/height", where)
-                continue
-            yield Sample(root / name, (rect.findtext("tag") or "").strip(), box=(x, y, x + w, y + h), where=where)
+    try:
+        tree = ET.fromstring(annotation_bytes(annotation, "svt"))
+    except ET.ParseError as e:
+        line, column = e.position
+        raise annotation_error(annotation, "svt", f"not well-formed XML at line {line} column {column + 1} "
+                               f"({str(e).split(':')[0]})") from None
+    images = list(tree.iter("image"))
+    if not images:
+        raise annotation_error(annotation, "svt", "the XML holds no <image> element")
+
+    def rectangles():
+        for image in images:
+            name = (image.findtext("imageName") or "").strip()
+            for j, rect in enumerate(image.iter("taggedRectangle")):
+                yield f"{name} box {j + 1}", (name, rect)
+
+    def build(record, where):
+        name, rect = record
+        try:
+            x, y, w, h = (float(rect.get(k)) for k in ("x", "y", "width", "height"))
+        except (TypeError, ValueError):
+            return Dropped("box without numeric x/y/width/height", where)
+        return make_sample(root, name, (rect.findtext("tag") or "").strip(), where, box=(x, y, x + w, y + h))
+
+    return guarded(rectangles(), build)
 
 
 ICDAR_LINE = re.compile(r'^\s*(?P<name>[^,]+?)\s*,\s*"(?P<label>.*)"\s*$')
@@ -139,73 +273,89 @@ def read_icdar_words(annotation: Path, root: Path, do_not_care: str | None = Non
     """ICDAR word recognition ``gt.txt`` (2013 and 2015): ``word_1.png, "Tiredness"`` per line,
     UTF-8 (with a BOM in 2015). Inside the quotes ``\\"`` is a quote and ``\\\\`` a backslash; the
     label ends at the line's last quote. ``do_not_care`` ('###' in 2015) labels are dropped."""
-    text = annotation.read_text(encoding="utf-8-sig")
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{annotation.name} line {lineno}"
+    lines = list(annotation_lines(annotation, "ic15" if do_not_care else "ic13"))
+
+    def build(line, where):
+        if line is None:
+            return Dropped("line is not UTF-8", where)
         match = ICDAR_LINE.match(line)
         if match is None:
-            yield Dropped('line not of the form name, "label"', where)
-            continue
+            return Dropped('line not of the form name, "label"', where)
         label = re.sub(r'\\(["\\])', r"\1", match["label"])
         if do_not_care is not None and label == do_not_care:
-            yield Dropped(f"do-not-care label {do_not_care!r}", where)
-        else:
-            yield Sample(root / match["name"], label, where=where)
+            return Dropped(f"do-not-care label {do_not_care!r}", where)
+        return make_sample(root, match["name"], label, where)
+
+    return guarded(((f"{annotation.name} line {lineno}", line) for lineno, line in lines), build)
 
 
 def read_ic15(annotation: Path, root: Path) -> Iterator[Item]:
     return read_icdar_words(annotation, root, do_not_care="###")
 
 
+def coco_tables(annotation: Path, fmt: str) -> tuple[dict, dict]:
+    """The ``imgs`` and ``anns`` objects of a COCO-style file (COCO-Text, TextOCR)."""
+    data = load_json(annotation, fmt, ("imgs", "anns"))
+    imgs, anns = data["imgs"], data["anns"]
+    for key, value in (("imgs", imgs), ("anns", anns)):
+        if not isinstance(value, dict):
+            raise annotation_error(annotation, fmt, f"its {key!r} is {type(value).__name__}, not an object of "
+                                   "id: record")
+    return imgs, anns
+
+
 def read_cocotext(annotation: Path, root: Path, split: str = "train") -> Iterator[Item]:
     """COCO-Text v2 ``cocotext.v2.json``: ``imgs`` (file_name, set), ``anns`` (image_id, bbox
     [x, y, w, h], utf8_string, legibility, class, language). Kept: legible machine-printed English
     words of the images in ``split``; images are COCO train2014's, under ``root``."""
-    data = json.loads(annotation.read_text(encoding="utf-8"))
-    imgs = data["imgs"]
-    for ann_id, ann in by_image(data["anns"]):
+    imgs, anns = coco_tables(annotation, "cocotext")
+
+    def build(ann, where):
         img = imgs.get(str(ann["image_id"]))
-        where = f"ann {ann_id}"
         if img is None:
-            yield Dropped("image_id not in imgs", where)
-        elif img.get("set") != split:
-            continue  # the other split: not a drop
-        elif ann.get("legibility") != "legible":
-            yield Dropped("illegible", where)
-        elif ann.get("class") != "machine printed":
-            yield Dropped(f"class {ann.get('class')!r} (not machine printed)", where)
-        elif ann.get("language") != "english":
-            yield Dropped(f"language {ann.get('language')!r} (not english)", where)
-        else:
-            x, y, w, h = ann["bbox"]
-            yield Sample(root / img["file_name"], ann.get("utf8_string", ""), box=(x, y, x + w, y + h), where=where)
+            return Dropped("image_id not in imgs", where)
+        if img.get("set") != split:
+            return None  # the other split: not a drop
+        if ann.get("legibility") != "legible":
+            return Dropped("illegible", where)
+        if ann.get("class") != "machine printed":
+            return Dropped(f"class {ann.get('class')!r} (not machine printed)", where)
+        if ann.get("language") != "english":
+            return Dropped(f"language {ann.get('language')!r} (not english)", where)
+        box = finite_numbers(ann.get("bbox"), 4)
+        if box is None:
+            return Dropped("bbox is not 4 finite numbers", where)
+        x, y, w, h = box
+        return make_sample(root, img.get("file_name"), ann.get("utf8_string", ""), where, box=(x, y, x + w, y + h))
+
+    return guarded(by_image(anns), build)
 
 
 def read_textocr(annotation: Path, root: Path) -> Iterator[Item]:
     """TextOCR ``TextOCR_0.1_{train,val}.json``: ``imgs`` (file_name 'train/<id>.jpg', relative to
     train_val_images/), ``anns`` (image_id, points [x1, y1, ...], utf8_string; '.' marks an
     illegible word). A 4-point polygon is rectified; a longer one is cropped by its bounding box."""
-    data = json.loads(annotation.read_text(encoding="utf-8"))
-    imgs = data["imgs"]
-    for ann_id, ann in by_image(data["anns"]):
+    imgs, anns = coco_tables(annotation, "textocr")
+
+    def build(ann, where):
         img = imgs.get(ann["image_id"])
         points = ann.get("points") or []
         if img is None:
-            yield Dropped("image_id not in imgs", ann_id)
-        elif ann.get("utf8_string", ".") == ".":
-            yield Dropped("illegible ('.')", ann_id)
-        elif len(points) < 6 or len(points) % 2:
-            yield Dropped("polygon with fewer than 3 points", ann_id)
-        else:
-            path = root / (img.get("file_name") or img["filename"])
-            xy = tuple(zip(points[0::2], points[1::2]))
-            if len(xy) == 4:
-                yield Sample(path, ann["utf8_string"], quad=xy, where=ann_id)
-            else:
-                xs, ys = [p[0] for p in xy], [p[1] for p in xy]
-                yield Sample(path, ann["utf8_string"], box=(min(xs), min(ys), max(xs), max(ys)), where=ann_id)
+            return Dropped("image_id not in imgs", where)
+        if ann.get("utf8_string", ".") == ".":
+            return Dropped("illegible ('.')", where)
+        if finite_numbers(points) is None:
+            return Dropped("points are not finite numbers", where)
+        if len(points) < 6 or len(points) % 2:
+            return Dropped("polygon with fewer than 3 points", where)
+        name = img.get("file_name") or img.get("filename")
+        xy = tuple(zip(points[0::2], points[1::2]))
+        if len(xy) == 4:
+            return make_sample(root, name, ann["utf8_string"], where, quad=xy)
+        xs, ys = [p[0] for p in xy], [p[1] for p in xy]
+        return make_sample(root, name, ann["utf8_string"], where, box=(min(xs), min(ys), max(xs), max(ys)))
+
+    return guarded(by_image(anns), build)
 
 
 def read_union14m(annotation: Path, root: Path) -> Iterator[Item]:
@@ -213,27 +363,32 @@ def read_union14m(annotation: Path, root: Path) -> Iterator[Item]:
     "instances": [{"text": ...}]}]}``) or MMOCR 0.x ``.jsonl`` (``{"filename": ..., "text": ...}``
     per line); paths relative to the Union14M-L folder (``root``). The images are word crops."""
     if annotation.suffix == ".jsonl":
-        for lineno, line in enumerate(annotation.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{annotation.name} line {lineno}"
+        lines = list(annotation_lines(annotation, "union14m"))
+
+        def build_line(line, where):
+            if line is None:
+                return Dropped("line is not UTF-8", where)
             try:
                 entry = json.loads(line)
-                yield Sample(root / entry["filename"], entry["text"], where=where)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                yield Dropped("line is not a JSON object with filename and text", where)
-        return
-    data = json.loads(annotation.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "data_list" not in data:
-        raise ValueError(f"{annotation} has no 'data_list': not an MMOCR 1.0 annotation file (Union14M-L ships "
-                         "train_annos/mmocr1.0/*.json and train_annos/mmocr-0.x/*.jsonl).")
-    for i, entry in enumerate(data["data_list"]):
+            except json.JSONDecodeError:
+                entry = None
+            if not isinstance(entry, dict) or not {"filename", "text"} <= entry.keys():
+                return Dropped("line is not a JSON object with filename and text", where)
+            return make_sample(root, entry["filename"], entry["text"], where)
+
+        return guarded(((f"{annotation.name} line {lineno}", line) for lineno, line in lines), build_line)
+    data = load_json(annotation, "union14m", ("data_list",))
+    if not isinstance(data["data_list"], list):
+        raise annotation_error(annotation, "union14m", f"its 'data_list' is {type(data['data_list']).__name__}, "
+                               "not a list")
+
+    def build(entry, where):
         instances = entry.get("instances") or []
-        where = f"data_list[{i}] {entry.get('img_path', '')}"
         if len(instances) != 1 or "text" not in instances[0]:
-            yield Dropped("not exactly one text instance", where)
-        else:
-            yield Sample(root / entry["img_path"], instances[0]["text"], where=where)
+            return Dropped("not exactly one text instance", where)
+        return make_sample(root, entry.get("img_path"), instances[0]["text"], where)
+
+    return guarded(((f"data_list[{i}]", entry) for i, entry in enumerate(data["data_list"])), build)
 
 
 READERS: dict[str, Callable[[Path, Path], Iterator[Item]]] = {
@@ -245,9 +400,13 @@ READERS: dict[str, Callable[[Path, Path], Iterator[Item]]] = {
 # --- cropping and writing -------------------------------------------------------------------
 
 def crop(image: Image.Image, sample: Sample) -> Image.Image | None:
-    """The sample's word image, or None if its box is empty inside the image."""
+    """The sample's word image, or None if its box is empty inside the image.
+
+    Boxes and quadrilateral corners are clipped to the image first, so the crop is never larger than
+    the image, whatever the annotation says (a 100000 x 50000 box on a 200 x 100 scene is the scene).
+    """
     if sample.quad is not None:
-        (x0, y0), (x1, y1), (x2, y2), (x3, y3) = sample.quad  # tl, tr, br, bl
+        (x0, y0), (x1, y1), (x2, y2), (x3, y3) = (clip_point(p, image) for p in sample.quad)  # tl, tr, br, bl
         width = round((math.dist((x0, y0), (x1, y1)) + math.dist((x3, y3), (x2, y2))) / 2)
         height = round((math.dist((x0, y0), (x3, y3)) + math.dist((x1, y1), (x2, y2))) / 2)
         if width < 1 or height < 1:
@@ -256,11 +415,15 @@ def crop(image: Image.Image, sample: Sample) -> Image.Image | None:
         return image.transform((width, height), Image.Transform.QUAD, (x0, y0, x3, y3, x2, y2, x1, y1),
                                Image.Resampling.BICUBIC)
     x0, y0, x1, y1 = sample.box
-    box = (max(0, math.floor(x0)), max(0, math.floor(y0)), min(image.width, math.ceil(x1)),
-           min(image.height, math.ceil(y1)))
+    box = (max(0, math.floor(min(x0, image.width))), max(0, math.floor(min(y0, image.height))),
+           min(image.width, math.ceil(max(x1, 0))), min(image.height, math.ceil(max(y1, 0))))
     if box[2] <= box[0] or box[3] <= box[1]:
         return None
     return image.crop(box)
+
+
+def clip_point(point: tuple[float, float], image: Image.Image) -> tuple[float, float]:
+    return min(max(point[0], 0.0), float(image.width)), min(max(point[1], 0.0), float(image.height))
 
 
 def encode(image: Image.Image) -> bytes:
@@ -273,26 +436,36 @@ def encode(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def image_bytes(path: Path) -> tuple[bytes | None, str | None]:
+    """(the file's bytes, None) or (None, why not); a FIFO or device is reported without being opened."""
+    try:
+        return read_regular_file(path), None
+    except NotRegularFileError as e:
+        return None, f"image is {e.kind}, not a regular file"
+    except FileNotFoundError:
+        return None, "image file missing"
+    except (OSError, ValueError) as e:  # ValueError: a path the file system cannot encode
+        return None, f"image file unreadable ({type(e).__name__})"
+
+
 def sample_bytes(sample: Sample, cache: dict) -> tuple[bytes | None, str | None]:
     """(encoded word image, None) or (None, why not). ``cache`` keeps the last opened scene."""
     if sample.box is None and sample.quad is None:
-        try:
-            data = sample.image.read_bytes()
-        except OSError:
-            return None, "image file missing or unreadable"
-        problem = image_problem(data)
-        return (None, "image " + problem) if problem else (data, None)
+        data, problem = image_bytes(sample.image)
+        if problem is None and image_problem(data):
+            problem = "image " + image_problem(data)
+        return (None, problem) if problem else (data, None)
     if cache.get("path") != sample.image:
         cache.clear()
         cache["path"] = sample.image
-        try:
-            with Image.open(sample.image) as scene:
-                scene.load()
-                cache["image"] = scene
-        except FileNotFoundError:
-            cache["image"] = "image file missing"
-        except IMAGE_ERRORS as e:
-            cache["image"] = f"image not readable ({type(e).__name__})"
+        data, cache["image"] = image_bytes(sample.image)
+        if data is not None:
+            try:
+                with Image.open(io.BytesIO(data)) as scene:
+                    scene.load()
+                    cache["image"] = scene
+            except IMAGE_ERRORS as e:
+                cache["image"] = f"image not readable ({type(e).__name__})"
     scene = cache["image"]
     if isinstance(scene, str):
         return None, scene

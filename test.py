@@ -25,6 +25,7 @@ from decoding import DecodeOptions, add_decoding_arguments, check_decoding_flags
 from error_analysis import write_errors
 from evaluation import (BENCHMARKS, PAPER_BENCHMARKS, UNION14M_BENCHMARKS, ValidationResult, make_eval_loader,
                         validation)
+from fileio import check_output_folder
 from model import ModelConfig, add_model_arguments, count_parameters, model_flags
 from runtime import (UsageError, add_runtime_arguments, check_amp, check_runtime_arguments, get_logger,
                      resolve_device, run_cli)
@@ -181,6 +182,8 @@ def check_args(opt) -> None:
     check_decoding_flags(opt)
     if opt.benchmark and opt.benchmark_all_eval:
         raise UsageError("--benchmark and --benchmark_all_eval each choose the sets; give one of them.")
+    if opt.save_errors:
+        check_output_folder(opt.save_errors, "--save_errors")  # written after the evaluation: fail before it
 
 
 def evaluate(argv=None) -> dict:

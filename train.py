@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from augment import AUGMENTATIONS
-from checkpoint import load_model, load_state, read_checkpoint, save_checkpoint, unwrap
+from augment import AUGMENTATIONS, make_augment
+from checkpoint import load_model, load_state, read_training_state, save_checkpoint, unwrap
 from dataset import BatchBalancedDataset, DataConfig, TrainDataConfig, hierarchical_dataset
 from evaluation import make_eval_loader, validation
 from fileio import FolderLock, atomic_write
@@ -93,6 +93,7 @@ def check_args(opt) -> None:
     """Refuse the flags a run cannot use (UsageError, exit 2) before any data is read or folder made.
     The model's sizes (--imgH for the feature extractor, ...) are checked by ModelConfig itself."""
     check_runtime_arguments(opt)
+    make_augment(opt.augment, opt.augment_n, opt.augment_m)  # --augment_n / --augment_m in range
     at_least = {"num_iter": 1, "valInterval": 1, "saveInterval": 1, "accum_steps": 1, "log_interval": 0,
                 "warmup_iters": 0}
     for name, low in at_least.items():
@@ -552,7 +553,7 @@ def resume_or_start(run: TrainRun) -> int:
     resume_path = run.exp_dir / "last.pth" if opt.resume == "auto" else Path(opt.resume) if opt.resume else None
     if resume_path is not None:
         if resume_path.is_file():
-            start = restore(run, read_checkpoint(resume_path), resume_path)
+            start = restore(run, read_training_state(resume_path), resume_path)
             run.console(f"resumed from {resume_path} at iteration {start}")
         elif opt.resume != "auto":
             raise FileNotFoundError(f"--resume {resume_path} does not exist (use --resume auto to continue the "

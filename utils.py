@@ -11,6 +11,8 @@ import string
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runtime import UsageError
+
 if TYPE_CHECKING:
     import torch
 
@@ -25,7 +27,13 @@ def load_character(value: str) -> str:
     verbatim (only the newline is removed), so a line holding a single space is the space.
     """
     if value and os.path.isfile(value):
-        text = Path(value).read_text(encoding="utf-8")
+        data = Path(value).read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            raise UsageError(f"--character {value}: the file is not UTF-8 (byte {data[e.start]:#04x} on line "
+                             f"{line}); save it as UTF-8") from None
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()

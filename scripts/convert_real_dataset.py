@@ -17,6 +17,8 @@ import argparse
 from pathlib import Path
 
 import _root  # noqa: F401  (the repository root on the import path)
+from fileio import special_kind
+from lmdb_store import check_output_path
 from real_datasets import READERS, convert, read_cocotext
 from runtime import run_cli
 
@@ -34,24 +36,27 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def convert_dataset(argv: list[str] | None = None) -> None:
-    """Convert one dataset; a user error ends as ``error: ...`` with exit status 1 (runtime.run_cli)."""
+    """Convert one dataset; a user error ends as ``error: ...`` with exit status 1 (runtime.run_cli).
+
+    The output is checked and the annotation file read before anything is written; with
+    ``--overwrite`` the old dataset is replaced only once the new one is complete.
+    """
     opt = get_parser().parse_args(argv)
     annotation = Path(opt.annotation)
     images = Path(opt.images) if opt.images else annotation.parent
-    if not annotation.is_file():
+    if not annotation.exists():
         raise FileNotFoundError(f"--annotation {annotation} does not exist.")
+    if special_kind(annotation) is not None:
+        raise ValueError(f"--annotation {annotation} is {special_kind(annotation)}, not a regular file.")
     if not images.is_dir():
         raise FileNotFoundError(f"--images {images} is not a folder; point it at the folder the "
                                 "annotation's image paths are relative to.")
+    check_output_path(opt.output, opt.overwrite, "--output")
     if opt.format == "cocotext":
         items = read_cocotext(annotation, images, split=opt.split)
     else:
         items = READERS[opt.format](annotation, images)
-    try:
-        report = convert(items, opt.output, overwrite=opt.overwrite)
-    except KeyError as e:
-        raise ValueError(f"{annotation} lacks the field {e} that the {opt.format} format has; is it the "
-                         "right file for --format?") from None
+    report = convert(items, opt.output, overwrite=opt.overwrite)
     print(f"{opt.format} {annotation} -> {opt.output}: {report}")
 
 

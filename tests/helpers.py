@@ -77,3 +77,16 @@ def make_word_lmdb(path: str | Path, num_samples: int, seed: int = 0, min_len: i
             word = "".join(rng.choices(string.digits + string.ascii_lowercase, k=rng.randint(min_len, max_len)))
             writer.add(render_word_png(word, font, rng), word)
     return Path(path)
+
+
+def save_tiny_checkpoint(path: Path, hidden_size: int = 32) -> Path:
+    """A self-describing checkpoint of a tiny None-VGG-None-CTC model with fixed random weights."""
+    import torch
+
+    import checkpoint
+    from model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    checkpoint.save_checkpoint(path, build_model(ModelConfig("None", "VGG", "None", "CTC", output_channel=32,
+                                                             hidden_size=hidden_size)))
+    return path

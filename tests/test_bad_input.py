@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import checkpoint
 import dataset
@@ -22,8 +21,7 @@ import demo
 import test as test_script
 from dataset import LabelFilter, LmdbDataset, iter_lmdb_labels, open_lmdb, parse_gt_file
 from lmdb_store import LmdbWriter
-from helpers import render_word
-from model import ModelConfig, build_model
+from helpers import render_word, save_tiny_checkpoint
 from utils import CTCLabelConverter, printable
 
 LOWER = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -41,11 +39,7 @@ def opt(**kw):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny.pth"
-    torch.manual_seed(0)
-    checkpoint.save_checkpoint(path, build_model(ModelConfig("None", "VGG", "None", "CTC", output_channel=32,
-                                                             hidden_size=32)))
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pth")
 
 
 # ---------------------------------------------------------------- line breaks

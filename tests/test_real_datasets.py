@@ -130,7 +130,7 @@ def test_ic15_drops_do_not_care_and_missing(tmp_path):
                            'word_4.png, "café"', 'word_9.png, "gone"'], bom=True)
     report = convert(READERS["ic15"](tmp_path / "gt.txt", tmp_path), tmp_path / "out")
     assert [label for _, label in read_lmdb(tmp_path / "out")] == ["JOINT", "café"]  # the BOM is not in a name
-    assert report.dropped == {"do-not-care label '###'": 2, "image file missing or unreadable": 1}
+    assert report.dropped == {"do-not-care label '###'": 2, "image file missing": 1}
     assert "dropped 3" in str(report) and "2 do-not-care" in str(report)
 
 
@@ -235,7 +235,7 @@ def test_union14m_mmocr1_json_and_0x_jsonl(tmp_path):
     (annos / "mmocr-0.x/train_easy.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     report = convert(READERS["union14m"](annos / "mmocr-0.x/train_easy.jsonl", tmp_path), tmp_path / "out0")
     assert [label for _, label in read_lmdb(tmp_path / "out0")] == ["hello"]
-    assert report.dropped == {"image file missing or unreadable": 1,
+    assert report.dropped == {"image file missing": 1,
                               "line is not a JSON object with filename and text": 1}
 
 
