@@ -128,6 +128,30 @@ class AttnLabelConverter:
         return ["".join(self.character[i] for i in row) for row in text_index.tolist()]
 
 
+class PARSeqLabelConverter:
+    """Text ↔ class indices for PARSeq (baudm/parseq's tokenizer): ``[E]`` is 0, character i is i + 1,
+    then ``[B]`` and ``[P]``, which the decoder reads but never predicts (``character`` lists the head's classes)."""
+
+    num_special = 1  # [E]
+
+    def __init__(self, character: str):
+        self.character = ["[E]"] + list(character)
+        self.dict = {char: i + self.num_special for i, char in enumerate(character)}
+        self.bos_index, self.pad_index = len(self.character), len(self.character) + 1
+
+    def encode(self, text: list[str], batch_max_length: int = 25, device: torch.device | str = "cpu"):
+        """→ (LongTensor [B, batch_max_length + 2]: [B] label [E] [P]..., IntTensor [B] = len + 1)."""
+        import torch
+
+        for t in text:
+            _check_length(t, batch_max_length)
+        rows = [[self.bos_index, *self._indices(t), 0] for t in text]
+        return (_pad_rows(rows, batch_max_length + 2, self.pad_index).to(device),
+                torch.IntTensor([len(s) + 1 for s in text]).to(device))
+
+    _indices = CTCLabelConverter._indices
+
+
 def _pad_rows(rows: list[list[int]], width: int, pad: int) -> torch.Tensor:
     """LongTensor [len(rows), width]: each row left-aligned, then ``pad`` (one tensor built, not one per row)."""
     import torch
@@ -163,7 +187,7 @@ def _check_length(label: str, batch_max_length: int) -> None:
                          f"{batch_max_length}; raise --batch_max_length or leave data filtering on")
 
 
-CONVERTERS = {"CTC": CTCLabelConverter, "Attn": AttnLabelConverter}
+CONVERTERS = {"CTC": CTCLabelConverter, "Attn": AttnLabelConverter, "PARSeq": PARSeqLabelConverter}
 
 
 def make_converter(prediction: str, character: str):

@@ -1,11 +1,23 @@
-"""Stage 2: FeatureExtraction. VGG (CRNN), RCNN (GRCNN) or ResNet (FAN), each → [B, C, H', W']."""
+"""Stage 2: FeatureExtraction. VGG (CRNN), RCNN (GRCNN) or ResNet (FAN), each → [B, C, H', W'];
+the transformers ViT (modules/vit.py) and SVTR (modules/svtr.py) → [B, C, 1, T]."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
+from modules.svtr import SVTR
+from modules.vit import ViT
 
-class VGG_FeatureExtractor(nn.Module):
+
+class FromChannels:
+    """The convolutional extractors are built from (input_channel, output_channel) alone."""
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config.input_channel, config.output_channel)
+
+
+class VGG_FeatureExtractor(FromChannels, nn.Module):
     """CRNN's VGG: [B, Cin, 32, 100] → [B, output_channel, 1, 24]."""
 
     def __init__(self, input_channel: int, output_channel: int = 512):
@@ -26,7 +38,7 @@ class VGG_FeatureExtractor(nn.Module):
         return self.ConvNet(x)
 
 
-class RCNN_FeatureExtractor(nn.Module):
+class RCNN_FeatureExtractor(FromChannels, nn.Module):
     """GRCNN: gated recurrent convolution layers; [B, Cin, 32, 100] → [B, output_channel, 1, 26]."""
 
     def __init__(self, input_channel: int, output_channel: int = 512):
@@ -80,7 +92,7 @@ class GRCL_unit(nn.Module):
         return torch.relu(self.BN_fu(wf_u) + self.BN_Gx(self.BN_rx(wr_x) * G))
 
 
-class ResNet_FeatureExtractor(nn.Module):
+class ResNet_FeatureExtractor(FromChannels, nn.Module):
     """FAN's ResNet, layers [1, 2, 5, 3]; [B, Cin, 32, 100] → [B, output_channel, 1, 26]."""
 
     def __init__(self, input_channel: int, output_channel: int = 512):
@@ -173,4 +185,6 @@ FEATURE_EXTRACTORS = {
     "VGG": VGG_FeatureExtractor,
     "RCNN": RCNN_FeatureExtractor,
     "ResNet": ResNet_FeatureExtractor,
+    "ViT": ViT,
+    "SVTR": SVTR,
 }

@@ -1,15 +1,25 @@
-"""Stage 4: Prediction. ``CTC`` (a linear head) or ``Attn`` (an LSTM attention decoder)."""
+"""Stage 4: Prediction. ``CTC`` (a linear head), ``Attn`` (an LSTM attention decoder) or ``PARSeq`` (modules/parseq.py)."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modules.parseq import PARSeq
+
 GO_INDEX = 0  # '[GO]' in AttnLabelConverter
 EOS_INDEX = 1  # '[s]'
 
 
-class CTC(nn.Linear):
+class FromHiddenSize:
+    """The reference's heads are built from (input width, hidden_size, num_class) alone."""
+
+    @classmethod
+    def from_config(cls, config, input_size: int):
+        return cls(input_size, config.hidden_size, config.num_class)
+
+
+class CTC(FromHiddenSize, nn.Linear):
     """Per-frame logits [B, T, num_class]; blank is class 0. A plain linear layer (keys ``weight``,
     ``bias``) that takes the attention decoder's call signature and ignores what it does not use."""
 
@@ -17,11 +27,11 @@ class CTC(nn.Linear):
         super().__init__(input_size, num_class)
 
     def forward(self, batch_H: torch.Tensor, text: torch.Tensor | None = None, is_train: bool = True,
-                batch_max_length: int = 25) -> torch.Tensor:
+                batch_max_length: int = 25, perms: torch.Tensor | None = None) -> torch.Tensor:
         return super().forward(batch_H)
 
 
-class Attention(nn.Module):
+class Attention(FromHiddenSize, nn.Module):
     """Bahdanau-style attention decoder with one-hot feedback of the previous character.
 
     Training uses teacher forcing; inference decodes greedily and stops once every sequence
@@ -37,7 +47,7 @@ class Attention(nn.Module):
         self.generator = nn.Linear(hidden_size, num_class)
 
     def forward(self, batch_H: torch.Tensor, text: torch.Tensor | None = None, is_train: bool = True,
-                batch_max_length: int = 25) -> torch.Tensor:
+                batch_max_length: int = 25, perms: torch.Tensor | None = None) -> torch.Tensor:
         batch_size = batch_H.size(0)
         num_steps = batch_max_length + 1  # +1 for [s]
         h = batch_H.new_zeros(batch_size, self.hidden_size)
@@ -92,4 +102,5 @@ class AttentionCell(nn.Module):
 PREDICTIONS = {
     "CTC": CTC,
     "Attn": Attention,
+    "PARSeq": PARSeq,
 }

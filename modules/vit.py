@@ -1,0 +1,104 @@
+"""Stage 2 (transformer): ``ViT``, a plain vision transformer over rectangular patches (PARSeq's encoder).
+
+The layout and key names follow timm's ``VisionTransformer`` (class token off, global pooling off),
+which is what baudm/parseq's ``Encoder`` is, so its weights load through a prefix change
+(``modules.parseq.from_parseq_state_dict``). The tokens are returned as one row, [B, C, 1, N]:
+the model's mean over the feature map's height is then exact, and the later stages see all
+N = (imgH / patch_h) x (imgW / patch_w) tokens in row-major order, as PARSeq's decoder does.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# --vit_size: (embedding width, depth, heads), PARSeq's configs/model/parseq.yaml and experiment/parseq-tiny.yaml.
+VIT_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6)}
+
+
+class PatchEmbed(nn.Module):
+    """[B, Cin, H, W] → [B, N, C]: one strided convolution, a patch per output position."""
+
+    def __init__(self, input_channel: int, embed_dim: int, patch: tuple[int, int]):
+        super().__init__()
+        self.proj = nn.Conv2d(input_channel, embed_dim, kernel_size=patch, stride=patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection (timm's ``Attention``)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)  # [B, heads, N, C / heads]
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int = 4):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = SelfAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, dim * mlp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """Vision transformer encoder: [B, Cin, imgH, imgW] → [B, embed_dim, 1, N] (N patch tokens as a row).
+
+    Patches are ``patch_h`` x ``patch_w`` (PARSeq: 4 x 8 on 32 x 128); the position embedding is
+    learned, so the model runs at the image size it was built for.
+    """
+
+    has_own_init = True  # model.init_weights leaves it alone (trunc-normal 0.02, as timm)
+
+    def __init__(self, input_channel: int, imgH: int, imgW: int, patch: tuple[int, int] = (4, 8),
+                 embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: int = 4):
+        super().__init__()
+        self.patch_embed = PatchEmbed(input_channel, embed_dim, patch)
+        num_patches = (imgH // patch[0]) * (imgW // patch[1])
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim))
+        self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.output_size = embed_dim
+        self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, config) -> "ViT":
+        return cls(config.input_channel, config.imgH, config.imgW, (config.vit_patch_h, config.vit_patch_w),
+                   config.vit_embed_dim, config.vit_depth, config.vit_heads)
+
+    def reset_parameters(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x) + self.pos_embed  # [B, N, C]
+        x = self.norm(self.blocks(x))
+        return x.transpose(1, 2).unsqueeze(2)  # [B, C, 1, N]
