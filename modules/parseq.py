@@ -158,8 +158,10 @@ class PARSeq(nn.Module):
             tgt_in = memory.new_full((B, 1), self.bos_index, dtype=torch.long)
             logits = self.head(self.decode(tgt_in, memory, tgt_query=pos_queries))
         if self.refine_iters:
-            # Cloze mask: the AR query mask with the context to the right unmasked too.
-            query_mask = query_mask & ~torch.ones_like(query_mask).triu(2)
+            # Cloze mask: the AR query mask with the context to the right unmasked too. The reference's AR
+            # content and query masks are one tensor, so its content stream (decoder layers before the
+            # last) reads with the cloze mask as well.
+            query_mask = tgt_mask = query_mask & ~torch.ones_like(query_mask).triu(2)
             bos = memory.new_full((B, 1), self.bos_index, dtype=torch.long)
             for _ in range(self.refine_iters):
                 tgt_in = torch.cat([bos, logits[:, :-1].argmax(-1)], dim=1)

@@ -114,28 +114,34 @@ class SubSample(nn.Module):
 
 
 class SVTR(nn.Module):
-    """SVTR-Tiny: [B, Cin, imgH, imgW] → [B, 192, 1, imgW / 4]; imgH a multiple of 16, imgW of 4."""
+    """SVTR-Tiny: [B, Cin, imgH, imgW] → [B, 192, 1, imgW / 4]; imgH a multiple of 16, imgW of 4.
+
+    The stage sizes are arguments (SVTR-Tiny's by default, which is what ``--FeatureExtraction SVTR``
+    builds) so that a reduced model can be checked against the reference in tests.
+    """
 
     has_own_init = True  # model.init_weights leaves it alone (the reference's trunc-normal / Kaiming init)
 
-    def __init__(self, input_channel: int, imgH: int, imgW: int):
+    def __init__(self, input_channel: int, imgH: int, imgW: int, embed_dims: tuple[int, ...] = EMBED_DIMS,
+                 depths: tuple[int, ...] = DEPTHS, heads: tuple[int, ...] = HEADS, mixers: tuple[str, ...] = MIXERS,
+                 out_channels: int = OUT_CHANNELS):
         super().__init__()
         self.HW = (imgH // 4, imgW // 4)
         grids = [self.HW, (self.HW[0] // 2, self.HW[1]), (self.HW[0] // 4, self.HW[1])]
-        self.patch_embed = PatchEmbed(input_channel, EMBED_DIMS[0])
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.HW[0] * self.HW[1], EMBED_DIMS[0]))
-        mixers = iter(MIXERS)
+        self.patch_embed = PatchEmbed(input_channel, embed_dims[0])
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.HW[0] * self.HW[1], embed_dims[0]))
+        mixer = iter(mixers)  # one per block, in order through the three stages
         self.blocks1, self.blocks2, self.blocks3 = (
-            nn.ModuleList(Block(EMBED_DIMS[s], HEADS[s], next(mixers), grids[s]) for _ in range(DEPTHS[s]))
+            nn.ModuleList(Block(embed_dims[s], heads[s], next(mixer), grids[s]) for _ in range(depths[s]))
             for s in range(3))
-        self.sub_sample1 = SubSample(EMBED_DIMS[0], EMBED_DIMS[1])
-        self.sub_sample2 = SubSample(EMBED_DIMS[1], EMBED_DIMS[2])
+        self.sub_sample1 = SubSample(embed_dims[0], embed_dims[1])
+        self.sub_sample2 = SubSample(embed_dims[1], embed_dims[2])
         self.grids = grids
-        self.last_conv = nn.Conv2d(EMBED_DIMS[2], OUT_CHANNELS, 1, bias=False)
+        self.last_conv = nn.Conv2d(embed_dims[2], out_channels, 1, bias=False)
         self.hardswish = nn.Hardswish()
         self.dropout = nn.Dropout(0.1)
-        self.norm = nn.LayerNorm(EMBED_DIMS[2], eps=1e-6)
-        self.output_size = OUT_CHANNELS
+        self.norm = nn.LayerNorm(embed_dims[2], eps=1e-6)
+        self.output_size = out_channels
         self.reset_parameters()
 
     @classmethod
