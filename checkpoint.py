@@ -151,7 +151,13 @@ def infer_architecture(state_dict: dict) -> dict:
     keys = state_dict.keys()
     info: dict = {}
     info["Transformation"] = "TPS" if any(k.startswith("Transformation.") for k in keys) else "None"
-    if "FeatureExtraction.ConvNet.conv0_1.weight" in state_dict:
+    if "FeatureExtraction.blocks1.0.norm1.weight" in state_dict:
+        info["FeatureExtraction"] = "SVTR"
+        first = state_dict["FeatureExtraction.patch_embed.proj.0.conv.weight"]
+    elif "FeatureExtraction.pos_embed" in state_dict:
+        info["FeatureExtraction"] = "ViT"
+        first = state_dict["FeatureExtraction.patch_embed.proj.weight"]
+    elif "FeatureExtraction.ConvNet.conv0_1.weight" in state_dict:
         info["FeatureExtraction"] = "ResNet"
         first = state_dict["FeatureExtraction.ConvNet.conv0_1.weight"]
     elif any(".wgf_u." in k for k in keys):
@@ -167,6 +173,9 @@ def infer_architecture(state_dict: dict) -> dict:
         info["Prediction"] = "Attn"
         info["num_class"] = state_dict["Prediction.generator.weight"].shape[0]
         info["hidden_size"] = state_dict["Prediction.generator.weight"].shape[1]
+    elif "Prediction.head.weight" in state_dict:
+        info["Prediction"] = "PARSeq"
+        info["num_class"] = state_dict["Prediction.head.weight"].shape[0]
     elif "Prediction.weight" in state_dict:
         info["Prediction"] = "CTC"
         info["num_class"] = state_dict["Prediction.weight"].shape[0]
@@ -225,12 +234,16 @@ def load_state(model: Model, state_dict: dict) -> None:
     model.load_state_dict(state_dict)
 
 
+# The layers whose output rows are the classes (weight and bias), per head.
+CLASS_ROWS = {"CTC": ("Prediction",), "Attn": ("Prediction.generator",), "PARSeq": ("Prediction.head",)}
+
+
 def remap_characters(state_dict: dict, old_config: ModelConfig, new_config: ModelConfig,
                      fresh: Model) -> tuple[dict, dict]:
     """Carry prediction weights across character sets, by character rather than by index.
 
-    Rows of the classifier (CTC: ``Prediction``; Attn: ``Prediction.generator``) and the one-hot
-    input columns of the attention LSTM are copied for every character both sets share (and for
+    Rows of the classifier (``CLASS_ROWS``), the one-hot input columns of the attention LSTM and
+    PARSeq's token embedding are copied for every character both sets share (and for
     the special tokens); new characters keep ``fresh``'s initial weights. Returns
     ``(state_dict for new_config, report)`` where report lists kept / added / dropped characters.
     """
@@ -243,10 +256,16 @@ def remap_characters(state_dict: dict, old_config: ModelConfig, new_config: Mode
     fresh_state = fresh.state_dict()
     src = torch.tensor([p[0] for p in pairs])
     dst = torch.tensor([p[1] for p in pairs])
-    head = "Prediction.generator" if new_config.Prediction == "Attn" else "Prediction"
-    for name in (f"{head}.weight", f"{head}.bias"):
+    for name in [f"{head}.{part}" for head in CLASS_ROWS[new_config.Prediction] for part in ("weight", "bias")]:
         out = fresh_state[name].clone()
         out[dst] = state_dict[name][src].to(out.dtype)
+        new_state[name] = out
+    if new_config.Prediction == "PARSeq":  # its token embedding: the head's classes, then [B] and [P]
+        name = "Prediction.text_embed.embedding.weight"
+        old_n, new_n = old_config.num_class, new_config.num_class
+        out = fresh_state[name].clone()
+        out[torch.cat([dst, torch.tensor([new_n, new_n + 1])])] = \
+            state_dict[name][torch.cat([src, torch.tensor([old_n, old_n + 1])])].to(out.dtype)
         new_state[name] = out
     if new_config.Prediction == "Attn":
         name = "Prediction.attention_cell.rnn.weight_ih"

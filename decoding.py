@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from lexicon import Lexicon, fold_char, load_lexicon
+from modules.parseq import EOS_INDEX as PARSEQ_EOS_INDEX
 from modules.prediction import EOS_INDEX, GO_INDEX
 from runtime import UsageError
 from utils import CONVERTERS, make_converter
@@ -147,13 +148,13 @@ def greedy_ctc(logits: torch.Tensor, character: list[str]) -> list[Decoded]:
     return results
 
 
-def greedy_attention(logits: torch.Tensor, character: list[str]) -> list[Decoded]:
-    """Argmax per step, cut at the first [s] (all steps when there is none).
+def greedy_attention(logits: torch.Tensor, character: list[str], eos_index: int = EOS_INDEX) -> list[Decoded]:
+    """Argmax per step, cut at the first [s] (all steps when there is none); PARSeq's [E] is ``eos_index`` 0.
 
     Confidence: the product of the kept steps' max probabilities (an empty reading: its [s]'s).
     """
     max_probs, index = F.softmax(logits.float(), dim=2).max(dim=2)  # [B, steps]
-    is_eos = index == EOS_INDEX
+    is_eos = index == eos_index
     first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), index.size(1))  # [B]
     within = torch.arange(index.size(1), device=index.device) < first_eos.clamp(min=1)[:, None]
     confidences = max_probs.masked_fill(~within, 1.0).prod(dim=1).tolist()
@@ -163,6 +164,14 @@ def greedy_attention(logits: torch.Tensor, character: list[str]) -> list[Decoded
         log_conf = math.log(confidence) if confidence > 0 else NEG_INF
         results.append(Decoded(text, confidence, char_conf, [Hypothesis(text, log_conf, log_conf, char_conf)]))
     return results
+
+
+def greedy_parseq(logits: torch.Tensor, character: list[str]) -> list[Decoded]:
+    """PARSeq's reading is already decoded by the model (AR/NAR + refinement): argmax, cut at [E]."""
+    return greedy_attention(logits, character, eos_index=PARSEQ_EOS_INDEX)
+
+
+GREEDY = {"CTC": greedy_ctc, "Attn": greedy_attention, "PARSeq": greedy_parseq}
 
 
 # ----------------------------------------------------------------------------- word-list constraint
@@ -497,6 +506,7 @@ def decode(model, image: torch.Tensor, config, options: DecodeOptions = DecodeOp
     does. ``logits`` is the greedy forward's output, for a loss (``None`` after an attention beam
     search, which runs the decoder itself). The one way every script reads a batch.
     """
+    check_supported(options, config)
     if options.decoder == "beam" and config.Prediction == "Attn":
         if not hasattr(model, "encode"):  # an ONNX Runtime model: a fixed greedy loop, no decoder step to search
             raise UsageError("--decoder beam with an attention model runs the decoder one step at a time, which an "
@@ -512,8 +522,9 @@ def decode(model, image: torch.Tensor, config, options: DecodeOptions = DecodeOp
 def decode_logits(logits: torch.Tensor, config, options: DecodeOptions) -> list[Decoded]:
     """Decode the model's output logits [B, T or steps, C]: greedy (either head) or the CTC beam."""
     character, lexicon = _classes(config), options.lexicon
+    check_supported(options, config)
     if options.decoder == "greedy":
-        results = (greedy_ctc if config.Prediction == "CTC" else greedy_attention)(logits, character)
+        results = GREEDY[config.Prediction](logits, character)
     elif config.Prediction == "CTC":
         nbest = ctc_beam_search(logits, character, options.beam_size, options.topk,
                                 _constraint(options, config, character), options.prune_chars, lexicon)
@@ -530,6 +541,14 @@ def decode_attention(attention, contextual: torch.Tensor, config, options: Decod
                                   options.topk, _constraint(options, config, character), options.length_penalty,
                                   options.lexicon)
     return _maybe_snap([_from_nbest(hyps) for hyps in nbest], options)
+
+
+def check_supported(options: DecodeOptions, config) -> None:
+    """PARSeq reads with its own decoder: greedy (AR or NAR, then refinement); no beam search."""
+    if options.decoder == "beam" and config.Prediction == "PARSeq":
+        raise UsageError("--decoder beam is not supported for --Prediction PARSeq: use --decoder greedy (PARSeq "
+                         "reads with --parseq_decode ar|nar and --parseq_refine_iters N), with --lexicon_mode snap "
+                         "for a word list")
 
 
 def _classes(config) -> list[str]:
@@ -578,6 +597,7 @@ def options_from_args(opt, config, log=print, topk: int = 1, case_insensitive: b
     """The decoding flags checked and the lexicon loaded for ``config``'s model (dropped words logged);
     ``case_insensitive`` is test.py's scoring flag, which matches the word list ignoring case too."""
     options = check_decoding_flags(opt, topk)
+    check_supported(options, config)
     if opt.lexicon:
         ignore_case = not config.sensitive or case_insensitive or opt.lexicon_ignore_case
         lexicon = load_lexicon(opt.lexicon, config.character, ignore_case)

@@ -18,8 +18,9 @@ None-VGG-BiLSTM-CTC layout; other architectures are refused.
 
 ``onnx``: one self-contained .onnx file (``image [B, C, imgH, W] → logits``) for any of the 24
 models, run by ONNX Runtime (``demo.py`` / ``test.py --saved_model model.onnx``) or anything
-that reads ONNX. Batch is dynamic, and width too unless the model has TPS. The attention
-decoder runs a fixed batch_max_length + 1 greedy steps. The model's configuration (stages,
+that reads ONNX. Batch is dynamic, and width too unless the model has TPS, ViT or SVTR. The attention
+decoder runs a fixed batch_max_length + 1 greedy steps; PARSeq its reading (AR with every step run,
+or NAR) and refinement. The model's configuration (stages,
 sizes, character set, PAD, sensitive) is in the file's metadata. ``--quantize int8``: static
 QDQ int8 quantisation with ONNX Runtime, calibrated on the images of ``--calib_data``.
 """
@@ -33,7 +34,7 @@ import yaml
 
 from checkpoint import atomic_save, export_reference, load_model, to_reference_state_dict
 from model import Model, ModelConfig, add_model_arguments, model_flags
-from modules.feature_extraction import VGG_FeatureExtractor
+from modules.feature_extraction import FromChannels, VGG_FeatureExtractor
 from modules.sequence_modeling import BidirectionalLSTM
 from fileio import check_output_file, check_output_folder
 from onnx_model import DEFAULT_OPSET, OPSET_HELP, export_onnx
@@ -72,7 +73,7 @@ EASYOCR_MODEL_CLASS = '''class Model(nn.Module):
 
 
 def easyocr_model_source() -> str:
-    stages = [inspect.getsource(cls) for cls in (VGG_FeatureExtractor, BidirectionalLSTM)]
+    stages = [inspect.getsource(cls) for cls in (FromChannels, VGG_FeatureExtractor, BidirectionalLSTM)]
     return EASYOCR_HEADER + "\n\n".join(stages + [EASYOCR_MODEL_CLASS])
 
 

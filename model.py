@@ -25,6 +25,14 @@ STAGES = {
     "Prediction": PREDICTIONS,
 }
 
+# deep-text-recognition-benchmark's own choices: its 24 combinations (the tables above add ViT, SVTR, PARSeq).
+REFERENCE_CHOICES = {
+    "Transformation": ("None", "TPS"),
+    "FeatureExtraction": ("VGG", "RCNN", "ResNet"),
+    "SequenceModeling": ("None", "BiLSTM"),
+    "Prediction": ("CTC", "Attn"),
+}
+
 # The smallest input (imgH, imgW) each stage runs on, and the smallest --output_channel of each feature
 # extractor: found by running each stage on ever smaller inputs; tests/test_arguments.py checks both
 # sides of every edge, so a change in modules/ that moves one fails there.
@@ -388,15 +396,27 @@ def config_from_flags(flags: dict, base: ModelConfig | None = None,
     return base.replace(**given)
 
 
+def width_fixed_by(config: ModelConfig) -> str | None:
+    """The stage that fixes the input width (TPS's sampling grid, a learned position embedding), or None."""
+    for stage in STAGES:
+        name = getattr(config, stage)
+        if name == "TPS" or "imgW" in FIXED_INPUT.get(name, ()):
+            return name
+    return None
+
+
 def check_stage_options(given: dict, stages: dict) -> None:
-    """Refuse a stage's own flags given with another stage (``--parseq_decode`` with ``--Prediction Attn``)
-    and ``--output_channel`` with an extractor whose width is its own."""
+    """Refuse a stage's own flags given with another stage (``--parseq_decode nar`` with ``--Prediction Attn``)
+    and ``--output_channel`` with an extractor whose width is its own; a value equal to the default changes
+    nothing and passes (a config written out as flags)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
     for (stage, name), options in STAGE_OPTIONS.items():
-        used = [o for o in options if o in given]
+        used = [o for o in options if o in given and given[o] != defaults.get(o)]
         if used and stages[stage] is not None and stages[stage] != name:
             raise UsageError(f"--{used[0]} applies to --{stage} {name} only, not --{stage} {stages[stage]}: "
                              f"drop it, or use --{stage} {name}")
-    if stages["FeatureExtraction"] in OWN_WIDTH and "output_channel" in given:
+    if stages["FeatureExtraction"] in OWN_WIDTH and given.get("output_channel", defaults["output_channel"]) != \
+            defaults["output_channel"]:
         hint = "--vit_size or --vit_embed_dim" if stages["FeatureExtraction"] == "ViT" else "SVTR-Tiny's 192"
         raise UsageError(f"--output_channel sizes the convolutional extractors, not --FeatureExtraction "
                          f"{stages['FeatureExtraction']} (its width is {hint}): drop --output_channel")

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fileio import atomic_write
-from model import Model, ModelConfig, count_parameters
+from model import Model, ModelConfig, count_parameters, width_fixed_by
 from modules.prediction import GO_INDEX
 from runtime import UsageError
 
@@ -129,6 +129,8 @@ class ExportModule(nn.Module):
         contextual = self.sequence_modeling(m.visual_features(image))  # [B, T, hidden or C]
         if m.config.Prediction == "CTC":
             return m.Prediction(contextual)  # [B, T, num_class]
+        if m.config.Prediction == "PARSeq":  # AR with every step run (or NAR), then its refinement
+            return m.Prediction.read(contextual.contiguous(), self.num_steps - 1, early_stop=False)
         return self.decode(contextual.contiguous())
 
     def decode(self, batch_H: torch.Tensor) -> torch.Tensor:
@@ -167,10 +169,12 @@ def export_onnx(model: Model, output: str | os.PathLike, opset: int = DEFAULT_OP
     """
     config = model.config
     check_opset(config, opset)
+    fixed_by = width_fixed_by(config)
     if dynamic_width is None:
-        dynamic_width = config.Transformation == "None"
-    if dynamic_width and config.Transformation == "TPS":
-        raise OnnxExportError("TPS cannot take a dynamic width: its sampling grid is built for imgW "
+        dynamic_width = fixed_by is None
+    if dynamic_width and fixed_by is not None:
+        what = "its sampling grid is" if fixed_by == "TPS" else "its position embedding is"
+        raise OnnxExportError(f"{fixed_by} cannot take a dynamic width: {what} built for imgW "
                               f"{config.imgW}. Export it with a fixed width")
     module, example, dims = export_inputs(model, dynamic_width)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -226,7 +230,7 @@ def torch_export(model: Model, dynamic_width: bool | None = None) -> torch.expor
     """The same graph as the ONNX export, as a ``torch.export`` program (PyTorch's maintained path;
     TorchScript is deprecated). ``torch.export.save(program, "model.pt2")`` writes it to a file."""
     if dynamic_width is None:
-        dynamic_width = model.config.Transformation == "None"
+        dynamic_width = width_fixed_by(model.config) is None
     module, example, dims = export_inputs(model, dynamic_width)
     with torch.inference_mode(False), torch.no_grad():
         return torch.export.export(module, (example,), dynamic_shapes={"image": dims}, strict=False,

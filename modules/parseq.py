@@ -147,13 +147,17 @@ class PARSeq(nn.Module):
             outputs.append(self.head(self.decode(tgt_in, memory, content_mask, padding, tgt_query_mask=query_mask)))
         return torch.stack(outputs)  # [K, B, L + 1, num_class]
 
-    def read(self, memory: torch.Tensor, max_length: int) -> torch.Tensor:
-        """Inference: AR (or NAR) decoding, then ``refine_iters`` cloze refinements → [B, max_length + 1, C]."""
+    def read(self, memory: torch.Tensor, max_length: int, early_stop: bool = True) -> torch.Tensor:
+        """Inference: AR (or NAR) decoding, then ``refine_iters`` cloze refinements → [B, max_length + 1, C].
+
+        ``early_stop``: AR stops once every row has read [E] (an export runs every step instead: the
+        stop is data-dependent control flow; the readings are the same, as they are cut at [E]).
+        """
         B, num_steps = memory.size(0), max_length + 1
         pos_queries = self.pos_queries[:, :num_steps].expand(B, -1, -1)
         tgt_mask, query_mask = causal_masks(num_steps, memory.device)
         if self.decode_mode == "ar":
-            logits = self.read_autoregressive(memory, pos_queries, tgt_mask, query_mask)
+            logits = self.read_autoregressive(memory, pos_queries, tgt_mask, query_mask, early_stop)
         else:  # only [B] as context: every position is queried at once
             tgt_in = memory.new_full((B, 1), self.bos_index, dtype=torch.long)
             logits = self.head(self.decode(tgt_in, memory, tgt_query=pos_queries))
@@ -175,9 +179,8 @@ class PARSeq(nn.Module):
             logits = torch.cat([logits, rest], dim=1)
         return logits
 
-    def read_autoregressive(self, memory, pos_queries, tgt_mask, query_mask) -> torch.Tensor:
-        """One query at a time (position i sees [B] and the i characters read so far); stops once every
-        row has read [E] unless ``torch.jit.is_tracing()`` (an export runs every step)."""
+    def read_autoregressive(self, memory, pos_queries, tgt_mask, query_mask, early_stop: bool) -> torch.Tensor:
+        """One query at a time (position i sees [B] and the i characters read so far) → [B, steps run, C]."""
         B, num_steps = memory.size(0), pos_queries.size(1)
         tgt_in = memory.new_full((B, num_steps), self.pad_index, dtype=torch.long)
         tgt_in[:, 0] = self.bos_index
@@ -189,7 +192,7 @@ class PARSeq(nn.Module):
             logits.append(self.head(out))  # [B, 1, C]
             if j < num_steps:
                 tgt_in[:, j] = logits[-1][:, 0].argmax(-1)
-                if not torch.jit.is_tracing() and bool((tgt_in == EOS_INDEX).any(dim=-1).all()):
+                if early_stop and bool((tgt_in == EOS_INDEX).any(dim=-1).all()):
                     break
         return torch.cat(logits, dim=1)
 
