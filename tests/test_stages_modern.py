@@ -159,3 +159,250 @@ def test_parameter_counts_equal_the_references(name, config):
     options = {"imgW": 128, "input_channel": 3, **config}
     model = build_model(ModelConfig(*stages, character=character, **options), init=False)
     assert count_parameters(model) == REFERENCE_PARAMS[name]
+
+
+# ---------------------------------------------------------------- the stages in the toolkit
+
+import os  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import demo  # noqa: E402
+import test as test_script  # noqa: E402
+import train  # noqa: E402
+from checkpoint import load_model, read_checkpoint, save_checkpoint  # noqa: E402
+from decoding import DecodeOptions, decode  # noqa: E402
+from evaluation import predict  # noqa: E402
+from helpers import WORDS, make_gt_folder, make_word_lmdb, render_word  # noqa: E402
+from onnx_model import OnnxExportError, OnnxModel, export_onnx  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_VIT = ["--FeatureExtraction", "ViT", "--vit_embed_dim", "32", "--vit_depth", "1", "--vit_heads", "2",
+            "--imgW", "128", "--batch_max_length", "8"]
+TINY_PARSEQ = ["--Transformation", "None", *TINY_VIT, "--SequenceModeling", "None", "--Prediction", "PARSeq"]
+TINY_OPTIONS = {"None-ViT-None-PARSeq": dict(imgW=128, batch_max_length=8, vit_embed_dim=32, vit_depth=1, vit_heads=2),
+                "None-ViT-BiLSTM-PARSeq": dict(imgW=128, batch_max_length=8, vit_embed_dim=32, vit_depth=1,
+                                               vit_heads=2, hidden_size=32),
+                "None-VGG-None-PARSeq": dict(batch_max_length=8, output_channel=32),
+                "None-SVTR-None-CTC": dict(imgW=100),  # SVTR-Tiny's own sizes
+                "TPS-SVTR-BiLSTM-Attn": dict(imgW=100, hidden_size=16, batch_max_length=8),
+                "None-ViT-None-CTC": dict(imgW=128, vit_embed_dim=32, vit_depth=1, vit_heads=2)}
+
+
+def tiny(name: str, **changes) -> ModelConfig:
+    return ModelConfig(*name.split("-"), **{**TINY_OPTIONS[name], **changes})
+
+
+def word_images(config: ModelConfig, words) -> torch.Tensor:
+    from dataset import AlignCollate
+    collate = AlignCollate(config.imgH, config.imgW, keep_ratio_with_pad=config.PAD)
+    return collate([(render_word(w, config.imgH).convert("RGB" if config.rgb else "L"), w) for w in words])[0]
+
+
+@pytest.mark.parametrize("name", [n for n in TINY_OPTIONS if n != "None-SVTR-None-CTC"])  # its parts are in TPS-SVTR
+def test_every_parameter_learns_through_the_one_loss(name):
+    torch.manual_seed(0)
+    config = tiny(name)
+    model = build_model(config).train()
+    loss = compute_loss(model, word_images(config, WORDS[:3]), WORDS[:3], make_converter(config.Prediction,
+                                                                                         config.character), config)
+    loss.backward()
+    assert torch.isfinite(loss)
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing[:5]  # DDP needs no find_unused_parameters
+    with torch.inference_mode():
+        logits, strings, _ = predict(model.eval(), word_images(config, WORDS[:2]), make_converter(
+            config.Prediction, config.character), config)
+    assert len(strings) == 2 and logits.size(-1) == config.num_class
+
+
+def test_bf16_loss_is_close_to_fp32():
+    torch.manual_seed(0)
+    config = tiny("None-ViT-None-PARSeq")
+    model = build_model(config).eval()  # eval: the same orders and no dropout in both runs
+    images, converter = word_images(config, WORDS[:4]), make_converter("PARSeq", config.character)
+    losses = []
+    for dtype in (None, torch.bfloat16):
+        torch.manual_seed(1)
+        losses.append(float(compute_loss(model, images, WORDS[:4], converter, config, dtype).detach()))
+    assert abs(losses[0] - losses[1]) < 0.05 * losses[0]
+
+
+@pytest.fixture(scope="module")
+def parseq_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "parseq.pth"
+    model = build_model(tiny("None-ViT-None-PARSeq"))
+    save_checkpoint(path, model)
+    return path, model.eval()
+
+
+def test_checkpoint_describes_the_stages(parseq_checkpoint):
+    path, model = parseq_checkpoint
+    loaded = load_model(path)
+    assert loaded.config == model.config
+    assert read_checkpoint(path)["config"]["vit_embed_dim"] == 32
+    image = word_images(model.config, WORDS[:2])
+    with torch.inference_mode():
+        assert torch.equal(loaded.model(image, is_train=False), model(image, is_train=False))
+    nar = load_model(path, SimpleNamespace(parseq_decode="nar", parseq_refine_iters=0))
+    assert nar.model.Prediction.decode_mode == "nar" and nar.model.Prediction.refine_iters == 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"vit_depth": 2}, "--vit_depth 2 (the checkpoint has 1)"),
+    ({"imgW": 160}, "--imgW 160 (the checkpoint has 128)"),  # the position embedding fixes the width
+    ({"batch_max_length": 25}, "--batch_max_length 25 (the checkpoint has 8)"),  # PARSeq's position queries
+    ({"Prediction": "Attn"}, "--Prediction Attn"),
+])
+def test_checkpoint_refuses_flags_that_change_the_stages(parseq_checkpoint, flags, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_model(parseq_checkpoint[0], SimpleNamespace(**flags))
+
+
+def test_fine_tuning_remaps_the_parseq_rows(parseq_checkpoint):
+    path, model = parseq_checkpoint
+    new = "abcxyz!"
+    loaded = load_model(path, SimpleNamespace(character=new), fine_tune=True)
+    old_state, state = model.state_dict(), loaded.model.state_dict()
+    old_index = {c: i + 1 for i, c in enumerate(model.config.character)}
+    for j, c in enumerate(new, 1):
+        if c in old_index:
+            assert torch.equal(state["Prediction.head.weight"][j], old_state["Prediction.head.weight"][old_index[c]])
+            assert torch.equal(state["Prediction.text_embed.embedding.weight"][j],
+                               old_state["Prediction.text_embed.embedding.weight"][old_index[c]])
+    n, old_n = len(new) + 1, model.config.num_class
+    for offset in (0, 1):  # [B] and [P] follow the head's classes in both sets
+        assert torch.equal(state["Prediction.text_embed.embedding.weight"][n + offset],
+                           old_state["Prediction.text_embed.embedding.weight"][old_n + offset])
+    assert loaded.model.Prediction.head.out_features == n
+
+
+def test_beam_search_is_refused_with_the_supported_choices(parseq_checkpoint):
+    _, model = parseq_checkpoint
+    with pytest.raises(UsageError, match="--decoder beam is not supported for --Prediction PARSeq"):
+        decode(model, word_images(model.config, WORDS[:1]), model.config, DecodeOptions("beam"))
+
+
+@pytest.mark.parametrize("name, changes", [("None-ViT-None-PARSeq", {"batch_max_length": 4}),  # AR: every step
+                                           ("None-ViT-None-PARSeq", {"parseq_decode": "nar"}),
+                                           ("None-SVTR-None-CTC", {})])
+def test_onnx_export_reads_as_pytorch(name, changes, tmp_path):
+    torch.manual_seed(0)
+    config = tiny(name, **changes)
+    model = build_model(config).eval()
+    with torch.no_grad():  # a sharper head than random init, so that readings end with [E] at different steps
+        model.Prediction.weight.mul_(20) if name.endswith("CTC") else model.Prediction.head.weight.mul_(20)
+    onnx_model = OnnxModel(export_onnx(model, tmp_path / "m.onnx"))
+    assert not onnx_model.dynamic_width
+    converter = make_converter(config.Prediction, config.character)
+    image = word_images(config, WORDS[:6])
+    with torch.inference_mode():
+        logits, strings, _ = predict(model, image, converter, config)
+        onnx_logits, onnx_strings, _ = predict(onnx_model, image, converter, config)
+    assert onnx_strings == strings
+    assert max_diff(onnx_logits, logits) < TOLERANCE  # refinement reads every position in both
+
+
+def test_onnx_refuses_a_dynamic_width_for_a_position_embedding(tmp_path):
+    with pytest.raises(OnnxExportError, match="ViT cannot take a dynamic width"):
+        export_onnx(build_model(tiny("None-ViT-None-CTC")), tmp_path / "m.onnx", dynamic_width=True)
+
+
+# ---------------------------------------------------------------- scripts
+
+def exit_code_and_error(capsys, main, argv) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--FeatureExtraction", "ViT", "--imgW", "100"], "--vit_patch_w 8 does not divide --imgW 100"),
+    (["--FeatureExtraction", "ViT", "--imgW", "128", "--vit_heads", "5"], "--vit_heads 5 must divide --vit_embed_dim"),
+    (["--FeatureExtraction", "VGG", "--vit_size", "tiny"], "--vit_size applies to --FeatureExtraction ViT only"),
+    (["--FeatureExtraction", "SVTR", "--imgH", "40"], "SVTR needs --imgH a multiple of 16"),
+    (["--FeatureExtraction", "SVTR", "--output_channel", "256"], "drop --output_channel"),
+    (["--FeatureExtraction", "VGG", "--Prediction", "Attn", "--parseq_decode", "nar"],
+     "--parseq_decode applies to --Prediction PARSeq only, not --Prediction Attn"),
+    (["--FeatureExtraction", "VGG", "--Prediction", "PARSeq", "--parseq_perm_num", "3"], "must be even"),
+])
+def test_bad_flags_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, flags, message):
+    monkeypatch.chdir(tmp_path)
+    stages = {"--Transformation": "None", "--SequenceModeling": "None", "--Prediction": "CTC"}
+    for flag, value in zip(flags[::2], flags[1::2]):
+        stages.pop(flag, None)
+    argv = ["--train_data", "missing", "--valid_data", "missing", *flags,
+            *[x for kv in stages.items() for x in kv]]
+    code, err = exit_code_and_error(capsys, train.main, argv)
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_test_py_refuses_wrong_flags_and_beam_for_a_parseq_checkpoint(capsys, tmp_path, monkeypatch,
+                                                                      parseq_checkpoint):
+    monkeypatch.chdir(tmp_path)
+    folder = make_gt_folder(tmp_path / "eval", WORDS[:2], copies=1)
+    base = ["--eval_data", str(folder), "--saved_model", str(parseq_checkpoint[0]), "--workers", "0"]
+    code, err = exit_code_and_error(capsys, test_script.main, [*base, "--vit_depth", "3"])
+    assert code == 2 and "--vit_depth 3 (the checkpoint has 1)" in err
+    code, err = exit_code_and_error(capsys, test_script.main, [*base, "--decoder", "beam"])
+    assert code == 2 and "--decoder greedy" in err
+
+
+def test_benchmark_all_eval_and_demo_read_a_parseq_checkpoint(tmp_path, monkeypatch, parseq_checkpoint):
+    monkeypatch.chdir(tmp_path)
+    for name in test_script.BENCHMARKS:
+        make_gt_folder(tmp_path / "bench" / name, WORDS[:2], copies=1)
+    result = test_script.main(["--eval_data", str(tmp_path / "bench"), "--benchmark_all_eval", "--saved_model",
+                               str(parseq_checkpoint[0]), "--workers", "0", "--parseq_decode", "nar"])
+    assert set(result["accuracy"]) == set(test_script.BENCHMARKS)
+    demo.main(["--image_folder", str(tmp_path / "bench" / "SVT" / "images"), "--saved_model",
+               str(parseq_checkpoint[0]), "--log_file", str(tmp_path / "demo.txt")])
+    assert "0.png" in (tmp_path / "demo.txt").read_text()
+
+
+# ---------------------------------------------------------------- training
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    make_word_lmdb(root / "train" / "MJ", 24, seed=0, max_len=6)
+    make_word_lmdb(root / "valid" / "v", 4, seed=1, max_len=6)
+    return root
+
+
+def train_args(data: Path, *args) -> list[str]:
+    return ["--train_data", str(data / "train"), "--valid_data", str(data / "valid"), "--select_data", "MJ",
+            "--batch_ratio", "1", *TINY_PARSEQ, "--workers", "0", "--batch_size", "4", "--progress", "off",
+            "--adam", "--lr", "0.001", "--parseq_decode", "nar", *map(str, args)]  # nar: validation is quicker
+
+
+def test_parseq_resume_is_exact(data, tmp_path, monkeypatch):
+    """The permutations come from torch's generator, whose state last.pth keeps: a resumed run draws the same."""
+    monkeypatch.chdir(tmp_path)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        common = ("--valInterval", 2, "--deterministic")
+        train.main(train_args(data, "--num_iter", 4, *common, "--exp_name", "full"))
+        train.main(train_args(data, "--num_iter", 2, *common, "--exp_name", "part"))
+        train.main(train_args(data, "--num_iter", 4, *common, "--exp_name", "part", "--resume", "auto"))
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    full, part = ([line.rsplit(",", 1)[0] for line in (tmp_path / "saved_models" / e / "log_valid.csv").read_text()
+                   .splitlines()] for e in ("full", "part"))  # all but the elapsed-time column
+    assert len(full) == 4 and full == part  # header + iterations 1, 2, 4: losses, accuracy, lr identical
+
+
+def test_parseq_ddp_two_processes_gloo(data, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), str(ROOT / "train.py"),
+               *train_args(data, "--num_iter", 2, "--valInterval", 2, "--exp_name", "ddp", "--amp", "bf16")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STR_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert read_checkpoint(tmp_path / "saved_models" / "ddp" / "last.pth")["iteration"] == 2
