@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from modules.vit import Mlp
+
 # SVTR-Tiny (the paper's Table 1 and OpenOCR's configs/rec/svtrs/svtrnet_ctc_syn.yml).
 EMBED_DIMS = (64, 128, 256)
 DEPTHS = (3, 6, 3)
@@ -78,16 +80,9 @@ def local_mask(HW: tuple[int, int], window: tuple[int, int]) -> torch.Tensor:
     return torch.zeros(H * W, H * W).masked_fill(~near, float("-inf"))[None, None]
 
 
-class Mlp(nn.Sequential):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-
 class Block(nn.Module):
-    """Post-norm mixing block (SVTR-Tiny's ``prenorm: False`` means this order in the reference's code)."""
+    """Mixing block: x + mixer(norm1(x)), then x + mlp(norm2(x)); what the reference computes with SVTR-Tiny's
+    ``prenorm: False`` (its ``prenorm: True`` normalises after each residual sum instead)."""
 
     def __init__(self, dim: int, num_heads: int, mixer: str, HW: tuple[int, int]):
         super().__init__()
