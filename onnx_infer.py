@@ -113,17 +113,19 @@ def preprocess(image: Image.Image, config: dict) -> np.ndarray:
 
 def decode(logits: np.ndarray, config: dict) -> list[str]:
     """Greedy decoding. CTC: merge repeats, drop blank 0, character i is class i + 1.
-    Attn: cut at the first [s] (class 1), character i is class i + 2 (class 0 is [GO])."""
+    Attn: cut at the first [s] (class 1), character i is class i + 2 (class 0 is [GO]).
+    PARSeq: cut at the first [E] (class 0), character i is class i + 1."""
     characters = config["character"]
+    specials, end = (["[E]"], 0) if config["Prediction"] == "PARSeq" else (["[GO]", "[s]"], 1)
     texts = []
     for row in logits.argmax(axis=2):
         if config["Prediction"] == "CTC":
             kept = [c for t, c in enumerate(row) if c != 0 and (t == 0 or c != row[t - 1])]
             texts.append("".join(characters[c - 1] for c in kept))
         else:
-            ends = np.flatnonzero(row == 1)
+            ends = np.flatnonzero(row == end)
             row = row[:ends[0]] if len(ends) else row
-            texts.append("".join((["[GO]", "[s]"] + list(characters))[c] for c in row))
+            texts.append("".join((specials + list(characters))[c] for c in row))
     return texts
 
 

@@ -170,6 +170,7 @@ import sys  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 import demo  # noqa: E402
+import onnx_infer  # noqa: E402
 import test as test_script  # noqa: E402
 import train  # noqa: E402
 from checkpoint import load_model, read_checkpoint, save_checkpoint  # noqa: E402
@@ -304,6 +305,7 @@ def test_onnx_export_reads_as_pytorch(name, changes, tmp_path):
         onnx_logits, onnx_strings, _ = predict(onnx_model, image, converter, config)
     assert onnx_strings == strings
     assert max_diff(onnx_logits, logits) < TOLERANCE  # refinement reads every position in both
+    assert onnx_infer.decode(onnx_logits.numpy(), config.to_dict()) == strings  # the torch-free reader too
 
 
 def test_onnx_refuses_a_dynamic_width_for_a_position_embedding(tmp_path):
