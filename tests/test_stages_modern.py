@@ -19,7 +19,8 @@ from modules.parseq import (EOS_INDEX, causal_masks, from_parseq_state_dict, per
                             permutations_for)
 from modules.prediction import CTC
 from modules.svtr import SVTR, from_openocr_svtr_state_dict
-from utils import SENSITIVE_CHARACTER, UsageError, make_converter
+from runtime import UsageError
+from utils import SENSITIVE_CHARACTER, make_converter
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOLERANCE = 1e-4
@@ -167,7 +168,6 @@ import os  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
 
 import demo  # noqa: E402
 import onnx_infer  # noqa: E402
@@ -175,7 +175,6 @@ import test as test_script  # noqa: E402
 import train  # noqa: E402
 from checkpoint import load_model, read_checkpoint, save_checkpoint  # noqa: E402
 from decoding import DecodeOptions, decode  # noqa: E402
-from evaluation import predict  # noqa: E402
 from helpers import WORDS, make_gt_folder, make_word_lmdb, render_word  # noqa: E402
 from onnx_model import OnnxExportError, OnnxModel, export_onnx  # noqa: E402
 
@@ -214,9 +213,8 @@ def test_every_parameter_learns_through_the_one_loss(name):
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, missing[:5]  # DDP needs no find_unused_parameters
     with torch.inference_mode():
-        logits, strings, _ = predict(model.eval(), word_images(config, WORDS[:2]), make_converter(
-            config.Prediction, config.character), config)
-    assert len(strings) == 2 and logits.size(-1) == config.num_class
+        read = decode(model.eval(), word_images(config, WORDS[:2]), config)
+    assert len(read.texts) == 2 and read.logits.size(-1) == config.num_class
 
 
 def test_bf16_loss_is_close_to_fp32():
@@ -248,7 +246,7 @@ def test_checkpoint_describes_the_stages(parseq_checkpoint):
     image = word_images(model.config, WORDS[:2])
     with torch.inference_mode():
         assert torch.equal(loaded.model(image, is_train=False), model(image, is_train=False))
-    nar = load_model(path, SimpleNamespace(parseq_decode="nar", parseq_refine_iters=0))
+    nar = load_model(path, {"parseq_decode": "nar", "parseq_refine_iters": 0})
     assert nar.model.Prediction.decode_mode == "nar" and nar.model.Prediction.refine_iters == 0
 
 
@@ -260,13 +258,13 @@ def test_checkpoint_describes_the_stages(parseq_checkpoint):
 ])
 def test_checkpoint_refuses_flags_that_change_the_stages(parseq_checkpoint, flags, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_model(parseq_checkpoint[0], SimpleNamespace(**flags))
+        load_model(parseq_checkpoint[0], flags)
 
 
 def test_fine_tuning_remaps_the_parseq_rows(parseq_checkpoint):
     path, model = parseq_checkpoint
     new = "abcxyz!"
-    loaded = load_model(path, SimpleNamespace(character=new), fine_tune=True)
+    loaded = load_model(path, {"character": new}, fine_tune=True)
     old_state, state = model.state_dict(), loaded.model.state_dict()
     old_index = {c: i + 1 for i, c in enumerate(model.config.character)}
     for j, c in enumerate(new, 1):
@@ -298,11 +296,10 @@ def test_onnx_export_reads_as_pytorch(name, changes, tmp_path):
         model.Prediction.weight.mul_(20) if name.endswith("CTC") else model.Prediction.head.weight.mul_(20)
     onnx_model = OnnxModel(export_onnx(model, tmp_path / "m.onnx"))
     assert not onnx_model.dynamic_width
-    converter = make_converter(config.Prediction, config.character)
     image = word_images(config, WORDS[:6])
     with torch.inference_mode():
-        logits, strings, _ = predict(model, image, converter, config)
-        onnx_logits, onnx_strings, _ = predict(onnx_model, image, converter, config)
+        eager, exported = decode(model, image, config), decode(onnx_model, image, config)
+    logits, strings, onnx_logits, onnx_strings = eager.logits, eager.texts, exported.logits, exported.texts
     assert onnx_strings == strings
     assert max_diff(onnx_logits, logits) < TOLERANCE  # refinement reads every position in both
     assert onnx_infer.decode(onnx_logits.numpy(), config.to_dict()) == strings  # the torch-free reader too
@@ -361,7 +358,7 @@ def test_benchmark_all_eval_and_demo_read_a_parseq_checkpoint(tmp_path, monkeypa
                                str(parseq_checkpoint[0]), "--workers", "0", "--parseq_decode", "nar"])
     assert set(result["accuracy"]) == set(test_script.BENCHMARKS)
     demo.main(["--image_folder", str(tmp_path / "bench" / "SVT" / "images"), "--saved_model",
-               str(parseq_checkpoint[0]), "--log_file", str(tmp_path / "demo.txt")])
+               str(parseq_checkpoint[0]), "--log_file", str(tmp_path / "demo.txt"), "--workers", "0"])
     assert "0.png" in (tmp_path / "demo.txt").read_text()
 
 
