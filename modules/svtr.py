@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from modules.vit import Mlp
+from modules.vit import Mlp, init_linear_layers
 
 # SVTR-Tiny (the paper's Table 1 and OpenOCR's configs/rec/svtrs/svtrnet_ctc_syn.yml).
 EMBED_DIMS = (64, 128, 256)
@@ -145,11 +145,9 @@ class SVTR(nn.Module):
 
     def reset_parameters(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        init_linear_layers(self)
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

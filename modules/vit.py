@@ -16,6 +16,15 @@ import torch.nn.functional as F
 VIT_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6)}
 
 
+def init_linear_layers(module: nn.Module) -> None:
+    """The transformers' initialisation (timm's): Linear weights truncated-normal with std 0.02, biases zero."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class PatchEmbed(nn.Module):
     """[B, Cin, H, W] → [B, N, C]: one strided convolution, a patch per output position."""
 
@@ -93,10 +102,7 @@ class ViT(nn.Module):
 
     def reset_parameters(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        init_linear_layers(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x) + self.pos_embed  # [B, N, C]
