@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
-NUM_SPECIAL = {"CTC": 1, "Attn": 2}  # [CTCblank]; [GO], [s]
+NUM_SPECIAL = {"CTC": 1, "Attn": 2, "PARSeq": 1}  # [CTCblank]; [GO], [s]; [E]
 CONFIG_KEYS = ("input_channel", "imgH", "imgW", "PAD", "character", "Prediction")
 
 
