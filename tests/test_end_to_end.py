@@ -216,7 +216,7 @@ def test_demo_prints_the_k_best_and_character_confidences(trained):
 
 
 @pytest.mark.parametrize("flags, code, message", [
-    (["--decoder", "beam", "--beam_size", "0"], 2, "--beam_size 0: must be an integer of at least 1"),
+    (["--decoder", "beam", "--beam_size", "0"], 2, "--beam_size 0: must be an integer from 1"),
     (["--lexicon", "missing.txt", "--decoder", "beam"], 1, "--lexicon missing.txt: no such file"),
     (["--lexicon", "words.txt"], 2, "--lexicon_mode constrain needs --decoder beam"),
     (["--decoder", "beam", "--beam_size", "2", "--topk", "3"], 2, "--topk 3 is more than --beam_size 2"),
