@@ -31,7 +31,7 @@ from fileio import atomic_write, check_output_folder
 from model import REFERENCE_CHOICES, STAGES, add_model_arguments, model_flags
 from runtime import UsageError, add_runtime_arguments, get_logger, run_cli
 from study_report import build_report
-from study_runner import Cell, Outcome, cell_status, run_cell, run_local, run_submitit
+from study_runner import Cell, Outcome, cell_status, run_local, run_submitit
 from train_options import add_training_arguments, check_training_arguments
 
 REFERENCE_NAMES = ["-".join(c) for c in itertools.product(*REFERENCE_CHOICES.values())]  # the paper's 24
@@ -65,7 +65,6 @@ def study_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--report_only", action="store_true", help="rebuild the report from the cells' results")
     g.add_argument("--profile_warmup", type=int, default=10, help="profile: untimed runs before timing")
     g.add_argument("--profile_repeats", type=int, default=30, help="profile: timed runs (the median is reported)")
-    g.add_argument("--cell", help=argparse.SUPPRESS)  # study_cell.json: run one cell (the local launcher's process)
     g = parser.add_argument_group("launcher")
     g.add_argument("--launcher", choices=["local", "slurm", "submitit_local"], default="local",
                    help="local: processes on this machine; slurm: a job array through submitit; submitit_local: "
@@ -223,6 +222,7 @@ def check_args(opt, train_opt) -> str:
     for flag in ("profile_warmup", "gpus_per_node"):
         if getattr(opt, flag) < 0:
             raise UsageError(f"--{flag} must be 0 or more, got {getattr(opt, flag)}")
+    parse_seeds(opt.seeds)
     mode = mode_of(opt)
     if mode == "train" and not opt.report_only:
         if not (train_opt.train_data and train_opt.valid_data):
@@ -236,13 +236,7 @@ def check_args(opt, train_opt) -> str:
 
 def make_protocol(opt, train_opt, mode: str) -> dict:
     """What the study's numbers depend on: a rerun under another protocol is refused."""
-    protocol = {"mode": mode, "seeds": parse_seeds(opt.seeds) if mode == "train" else [],
-                "eval_data": opt.eval_data if mode != "profile_only" else [],
-                "eval_sets": evaluation_sets(opt.eval_data, opt.benchmark_all_eval) if mode != "profile_only" else [],
-                "benchmark_all_eval": opt.benchmark_all_eval, "profile_warmup": opt.profile_warmup,
-                "profile_repeats": opt.profile_repeats,
-                "train": {k: v for k, v in sorted(vars(train_opt).items())
-                          if k not in NOT_PROTOCOL and k not in PER_CELL_FLAGS}}
+    protocol = {"mode": mode}
     if mode == "checkpoints":
         found = find_checkpoints(opt.checkpoints)
         chosen = resolve_models(opt.models, [f["combination"] for f in found.values()])
@@ -250,6 +244,13 @@ def make_protocol(opt, train_opt, mode: str) -> dict:
         protocol["models"] = chosen
     else:
         protocol["models"] = resolve_models(opt.models)
+    protocol.update({
+        "seeds": parse_seeds(opt.seeds) if mode == "train" else [],
+        "eval_data": opt.eval_data if mode != "profile_only" else [],
+        "eval_sets": evaluation_sets(opt.eval_data, opt.benchmark_all_eval) if mode != "profile_only" else [],
+        "benchmark_all_eval": opt.benchmark_all_eval, "profile_warmup": opt.profile_warmup,
+        "profile_repeats": opt.profile_repeats,
+        "train": {k: v for k, v in sorted(vars(train_opt).items()) if k not in NOT_PROTOCOL and k not in PER_CELL_FLAGS}})
     return protocol
 
 
@@ -390,9 +391,6 @@ def write_report(name: str, protocol: dict, cells: list[Cell], log) -> list[dict
 def study(argv) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     opt, forwarded, train_opt = parse_args(argv)
-    if opt.cell:
-        run_cell(Cell.load(opt.cell))
-        return
     mode = check_args(opt, train_opt)
     log = get_logger("study").info
     folder = STUDIES / opt.name

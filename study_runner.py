@@ -1,9 +1,10 @@
 """The cells of a study (study.py): one combination x seed each, trained by train.py, then evaluated
 and profiled; and the launchers that run them (local processes, or Slurm through submitit).
 
-A cell is described by a :class:`Cell` written as ``study_cell.json`` into its folder; ``run_cell``
-runs it anywhere (a local process, a submitit job) and leaves either ``study_result.json`` (its row
-of the report) or ``study_failed.json`` (why, and the log to read). Training always runs with
+A cell is described by a :class:`Cell` written as ``study_cell.json`` into its folder. Locally,
+train.py runs as a child process and the study process evaluates and profiles the result; in a
+submitit job ``run_cell`` does both. Either way the cell leaves ``study_result.json`` (its row of the
+report) or ``study_failed.json`` (why, and the log to read). Training always runs with
 ``--resume auto``, so a cell killed or preempted at any moment continues from its last checkpoint.
 """
 from __future__ import annotations
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Callable
 
 from fileio import atomic_write
-from runtime import get_logger
 
 ROOT = Path(__file__).resolve().parent
 SPEC, RESULT, FAILED, LOG = "study_cell.json", "study_result.json", "study_failed.json", "study_cell.log"
@@ -102,17 +102,16 @@ def train_command(cell: Cell) -> list[str]:
     return [*launcher, script, *cell.train_argv]
 
 
-def train(cell: Cell, log: Callable[[str], None]) -> Path:
-    """train.py for the cell (resuming its last.pth); → the checkpoint to evaluate."""
+def start_training(cell: Cell, log: Callable[[str], None], env: dict | None = None) -> subprocess.Popen:
+    """train.py for the cell, resuming its last.pth; its output goes to the cell's log."""
     command = train_command(cell)
     log("$ " + " ".join(command))
     with open(cell.path / LOG, "a", encoding="utf-8") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-        RUNNING[cell.name] = proc
-        try:
-            code = proc.wait()
-        finally:
-            RUNNING.pop(cell.name, None)
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
+
+
+def trained_checkpoint(cell: Cell, code: int) -> Path:
+    """After train.py exited with ``code``: the checkpoint to evaluate, or CellFailed."""
     if code != 0:
         raise CellFailed(f"train.py exited with status {code}")
     check_not_diverged(cell.path / "log_valid.csv")
@@ -120,6 +119,16 @@ def train(cell: Cell, log: Callable[[str], None]) -> Path:
     if not best.is_file():
         raise CellFailed(f"train.py wrote no {best}")
     return best
+
+
+def train(cell: Cell, log: Callable[[str], None]) -> Path:
+    proc = start_training(cell, log)
+    RUNNING[cell.name] = proc
+    try:
+        code = proc.wait()
+    finally:
+        RUNNING.pop(cell.name, None)
+    return trained_checkpoint(cell, code)
 
 
 def check_not_diverged(history: Path) -> None:
@@ -182,8 +191,24 @@ def load_cell_model(cell: Cell, checkpoint: Path | None, device, log):
     if checkpoint is None:
         config = config_from_flags(cell.model_flags)
         return build_model(config).to(device).eval(), config
-    loaded = load_model(checkpoint, cell.model_flags, device, log=log, allow_onnx=False)
+    loaded = load_model(checkpoint, checkpoint_flags(cell, checkpoint), device, log=log, allow_onnx=False)
     return loaded.model, loaded.config
+
+
+def checkpoint_flags(cell: Cell, checkpoint: Path) -> dict:
+    """The flags to load ``checkpoint`` with: the stages its name gives (and --sensitive for a
+    ``-case-sensitive`` file) for a bare reference state_dict; none of them for a checkpoint that
+    describes its model, whose combination must then be the one its name says."""
+    from checkpoint import read_checkpoint
+    from model import STAGES, ModelConfig
+
+    ckpt = read_checkpoint(checkpoint)
+    if ckpt.get("config") is None:
+        return cell.model_flags
+    described = ModelConfig.from_dict(ckpt["config"]).name
+    if described != cell.combination:
+        raise CellFailed(f"{checkpoint} holds a {described} model, not the {cell.combination} its name says")
+    return {k: v for k, v in cell.model_flags.items() if k not in (*STAGES, "sensitive")}
 
 
 def training_summary(cell: Cell) -> dict:
@@ -195,16 +220,35 @@ def training_summary(cell: Cell) -> dict:
             "best_valid_accuracy": state["best_accuracy"]}
 
 
-def run_cell(cell: Cell) -> dict:
-    """Train (kind "train"), evaluate and profile one cell; → its row, also written to study_result.json.
-    A failure writes study_failed.json (the reason and the log) and raises."""
-    (cell.path / FAILED).unlink(missing_ok=True)
-    log = get_logger(f"study.cell.{cell.name}", cell.path / LOG).info
-    try:
-        from runtime import resolve_device
+def cell_log(cell: Cell) -> Callable[[str], None]:
+    """Lines for the cell's log file only (the study's console says one line per cell)."""
+    def log(message: str) -> None:
+        with open(cell.path / LOG, "a", encoding="utf-8") as f:
+            f.write(message.rstrip("\n") + "\n")
+    return log
 
-        checkpoint = train(cell, log) if cell.kind == "train" else Path(cell.checkpoint) if cell.checkpoint else None
-        device = resolve_device(cell.device)
+
+def run_cell(cell: Cell) -> dict:
+    """One cell where it stands (a submitit job): train, evaluate, profile; → its row."""
+    (cell.path / FAILED).unlink(missing_ok=True)
+    log = cell_log(cell)
+    try:
+        checkpoint = train(cell, log) if cell.kind == "train" else None
+    except BaseException as e:
+        mark_failed(cell, str(e) or type(e).__name__)
+        raise
+    return measure(cell, checkpoint)
+
+
+def measure(cell: Cell, checkpoint: Path | None, device: str | None = None) -> dict:
+    """Evaluate and profile the cell's model (trained ``checkpoint``, the cell's own checkpoint, or a fresh
+    model); → its row, also written to study_result.json. A failure writes study_failed.json and raises."""
+    from runtime import resolve_device
+
+    log = cell_log(cell)
+    checkpoint = checkpoint or (Path(cell.checkpoint) if cell.checkpoint else None)
+    try:
+        device = resolve_device(device or cell.device)
         model, config = load_cell_model(cell, checkpoint, device, log)
         row = {"cell": cell.name, "combination": cell.combination, "seed": cell.seed, "checkpoint": str(checkpoint or ""),
                "log": str(cell.path / LOG), **evaluate(cell, model, config, device, log)}
@@ -212,10 +256,8 @@ def run_cell(cell: Cell) -> dict:
             row.update(training_summary(cell))
         row.update(profile(cell, model, device))
         log(f"profile: {json.dumps({k: v for k, v in row.items() if k not in ('accuracy', 'samples')})}")
-    except BaseException as e:
-        reason = str(e) or type(e).__name__
-        if isinstance(e, KeyboardInterrupt | SystemExit):
-            reason = f"interrupted ({type(e).__name__})"
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         mark_failed(cell, reason)
         log(f"cell failed: {reason}")
         raise
@@ -250,35 +292,44 @@ class Outcome:
     reason: str = ""
 
 
-def run_local(cells: list[Cell], parallel: int, gpus: list[int], gpus_per_cell: int,
+def run_local(cells: list[Cell], parallel: int, gpus: list[str], gpus_per_cell: int,
               report: Callable[[Outcome], None]) -> list[Outcome]:
-    """Up to ``parallel`` cells at once, each a ``study.py --cell`` process; with GPUs each cell gets
-    ``gpus_per_cell`` of them (CUDA_VISIBLE_DEVICES), and waits for free ones."""
-    queue, running, outcomes, free = list(cells), {}, [], list(gpus)
+    """Up to ``parallel`` cells train at once, each a train.py process (with GPUs, ``gpus_per_cell`` of them
+    through CUDA_VISIBLE_DEVICES; a cell waits for free ones). A cell that finished training is evaluated
+    and profiled here, one at a time, on its first GPU."""
+    queue, running, outcomes, free = list(cells), {}, [], list(range(len(gpus)))
     while queue or running:
         while queue and len(running) < parallel and len(free) >= gpus_per_cell:
             cell = queue.pop(0)
+            (cell.path / FAILED).unlink(missing_ok=True)
+            if cell.kind != "train":
+                outcomes.append(finish(cell, None, None, report))
+                continue
             mine, free = free[:gpus_per_cell], free[gpus_per_cell:]
-            env = dict(os.environ)
-            if gpus:
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, mine))
-            with open(cell.path / LOG, "a", encoding="utf-8") as err:
-                proc = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--cell", str(cell.path / SPEC)],
-                                        stdout=subprocess.DEVNULL, stderr=err, env=env, preexec_fn=die_with_parent)
-            running[proc] = (cell, mine)
-        time.sleep(0.2)
+            env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ",".join(gpus[i] for i in mine)} if gpus else {})}
+            running[start_training(cell, cell_log(cell), env)] = (cell, mine)
+        if running:
+            time.sleep(0.1)
         for proc in [p for p in running if p.poll() is not None]:
             cell, mine = running.pop(proc)
-            free += mine
-            outcome = Outcome(cell, proc.returncode == 0)
-            if not outcome.ok:
-                status, info = cell_status(cell)
-                outcome.reason = info["reason"] if status == "failed" else f"exit status {proc.returncode}"
-                if status != "failed":
-                    mark_failed(cell, outcome.reason)
-            outcomes.append(outcome)
-            report(outcome)
+            free = sorted(free + mine)
+            outcomes.append(finish(cell, proc.returncode, f"cuda:{mine[0]}" if mine else None, report))
     return outcomes
+
+
+def finish(cell: Cell, code: int | None, device: str | None, report: Callable[[Outcome], None]) -> Outcome:
+    """Measure a cell (after training, if it trained); → its outcome, also reported."""
+    try:
+        checkpoint = trained_checkpoint(cell, code) if cell.kind == "train" else None
+        measure(cell, checkpoint, device)
+        outcome = Outcome(cell, True)
+    except CellFailed as e:
+        mark_failed(cell, str(e))
+        outcome = Outcome(cell, False, str(e))
+    except Exception:  # measure() marked it
+        outcome = Outcome(cell, False, cell_status(cell)[1]["reason"])
+    report(outcome)
+    return outcome
 
 
 class CellJob:
@@ -305,6 +356,8 @@ def run_submitit(cells: list[Cell], folder: Path, cluster: str | None, parameter
     """The cells as one Slurm job array (``cluster`` None) or as submitit's local jobs ("local")."""
     import submitit
 
+    # The job unpickles CellJob from this folder's modules, wherever submitit starts it.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
     executor.update_parameters(**parameters)
     with executor.batch():
