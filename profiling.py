@@ -40,7 +40,7 @@ from runtime import UsageError, check_amp
 from utils import make_converter
 
 __all__ = ["Profile", "profile_model", "count_flops", "flop_breakdown", "count_parameters", "build_by_name",
-           "measure_latency", "measure_throughput", "peak_memory_mb", "PRECISIONS"]
+           "measure_latency", "measure_throughput", "peak_memory", "peak_memory_mb", "PRECISIONS"]
 
 aten = torch.ops.aten
 PRECISIONS = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}  # --amp names (runtime.check_amp)
@@ -320,25 +320,25 @@ def _rss_growth_mb(step) -> float:
 
 
 def _memory_child() -> None:
-    """The fresh process of a CPU measurement: reads its job (JSON) on stdin, prints the growth in MiB.
+    """The fresh process of a CPU measurement: reads its job (JSON) on stdin, prints {kind: MiB} on stdout.
 
-    One warm-up at batch 1 first (a forward, and for training its backward, no optimizer step) loads what
-    the first call of a kernel loads; the parent fixes glibc's mmap threshold so that what the warm-up
-    frees goes back to the system instead of being reused unseen by the measured step."""
+    One warm-up at batch 1 first (an inference, and for training a forward and backward without an optimizer
+    step) loads what the first call of a kernel loads. The parent fixes glibc's mmap threshold
+    (``CHILD_MALLOC_ENV``) so that what the warm-up and an earlier measurement free goes back to the
+    system, instead of being reused unseen by the next step."""
     job = json.loads(sys.stdin.read())
     torch.set_num_threads(job["threads"])
     model = build_model(ModelConfig.from_dict(job["config"]), init=False)
+    config, device = model.config, torch.device("cpu")
     amp_dtype = getattr(torch, job["amp_dtype"]) if job["amp_dtype"] else None
-    device = torch.device("cpu")
     _step(model, "infer", 1, device, amp_dtype)()
-    if job["kind"] == "train":
+    if "train" in job["kinds"]:
         model.train()
-        config = model.config
         compute_loss(model, _input(config, 1, device), _labels(config, 1),
                      make_converter(config.Prediction, config.character), config, amp_dtype).backward()
         model.zero_grad(set_to_none=True)
-    step = _step(model, job["kind"], job["batch_size"], device, amp_dtype)
-    print(json.dumps({"mb": _rss_growth_mb(step)}))
+    growth = {kind: _rss_growth_mb(_step(model, kind, job["batch_size"], device, amp_dtype)) for kind in job["kinds"]}
+    print(json.dumps(growth))
 
 
 # glibc: blocks from 64 KiB on are mapped and unmapped one by one (a fixed threshold, which glibc would
@@ -346,29 +346,37 @@ def _memory_child() -> None:
 CHILD_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
-def _cpu_peak_mb(model: Model, kind: str, batch_size: int, amp_dtype) -> float:
-    job = {"config": model.config.to_dict(), "kind": kind, "batch_size": batch_size, "threads": torch.get_num_threads(),
+def _cpu_peak_mb(model: Model, kinds: tuple[str, ...], batch_size: int, amp_dtype) -> dict[str, float]:
+    job = {"config": model.config.to_dict(), "kinds": list(kinds), "batch_size": batch_size,
+           "threads": torch.get_num_threads(),
            "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else None}
     root = Path(__file__).resolve().parent
     env = {**os.environ, **CHILD_MALLOC_ENV, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", "import profiling; profiling._memory_child()"], input=json.dumps(job),
                           capture_output=True, text=True, cwd=root, env=env)
     if done.returncode:
-        raise RuntimeError(f"the memory measurement of {model.config.name} ({kind}) failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])["mb"]
+        raise RuntimeError(f"the memory measurement of {model.config.name} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def peak_memory(model: Model, batch_size: int, device, amp_dtype=None,
+                kinds: tuple[str, ...] = ("infer", "train")) -> dict[str, float]:
+    """Peak memory growth (MiB) of one inference ("infer") and one training step ("train": the loss,
+    backward and an optimizer step, with its gradients and optimizer state) at ``batch_size``, above the state
+    before each (model and input in place): CUDA max_memory_allocated; on the CPU the resident set, in one
+    fresh process for the model. → {kind: MiB}. The caller's model is left as it was."""
+    unknown = set(kinds) - {"infer", "train"}
+    if unknown:
+        raise ValueError(f"kinds must be 'infer' or 'train', got {sorted(unknown)}")
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {kind: _cuda_peak_mb(model, kind, batch_size, device, amp_dtype) for kind in kinds}
+    return _cpu_peak_mb(model, tuple(kinds), batch_size, amp_dtype)
 
 
 def peak_memory_mb(model: Model, kind: str, batch_size: int, device, amp_dtype=None) -> float:
-    """Peak memory growth (MiB) of one inference (``kind`` "infer") or one training step ("train": loss,
-    backward, optimizer step, its gradients and optimizer state included) at ``batch_size``, above the state
-    before it (model and input in place): CUDA max_memory_allocated, or the CPU resident set in a fresh
-    process. The caller's model is left as it was."""
-    if kind not in ("infer", "train"):
-        raise ValueError(f"kind must be 'infer' or 'train', got {kind!r}")
-    device = torch.device(device)
-    if device.type == "cuda":
-        return _cuda_peak_mb(model, kind, batch_size, device, amp_dtype)
-    return _cpu_peak_mb(model, kind, batch_size, amp_dtype)
+    """``peak_memory`` of one kind ("infer" or "train")."""
+    return peak_memory(model, batch_size, device, amp_dtype, (kind,))[kind]
 
 
 # ---------------------------------------------------------------- the profile
@@ -423,6 +431,7 @@ def profile_model(model: Model, *, device="cpu", precision: str = "fp32", batch_
     amp_dtype = check_amp(PRECISIONS[precision], device)
     model = model.to(device)
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    memory = peak_memory(model, batch_size, device, amp_dtype, ("infer", "train") if train_step else ("infer",))
     return Profile(
         name=model.config.name,
         params_m=count_parameters(model) / 1e6,
@@ -430,8 +439,8 @@ def profile_model(model: Model, *, device="cpu", precision: str = "fp32", batch_
         latency_ms=measure_latency(model, device, amp_dtype, warmup, repeats, every_step),
         throughput_ips=measure_throughput(model, batch_size, device, amp_dtype, max(1, warmup // 2),
                                           max(3, repeats // 3), every_step),
-        infer_mem_mb=peak_memory_mb(model, "infer", batch_size, device, amp_dtype),
-        train_mem_mb=peak_memory_mb(model, "train", batch_size, device, amp_dtype) if train_step else None,
+        infer_mem_mb=memory["infer"],
+        train_mem_mb=memory.get("train"),
         weights_mb=weights / 2 ** 20,
         device=str(device),
         precision=precision,
