@@ -106,16 +106,29 @@ OP_FLOPS = {
 _COUNTER_MAPPING = {**OP_FLOPS, **{getattr(op, name): rule for op, rule in OP_FLOPS.items() for name in op.overloads()}}
 
 
-def tps_grid_flops(module: TPS_SpatialTransformerNetwork, image: torch.Tensor) -> int:
+def tps_grid_flops(module: TPS_SpatialTransformerNetwork, args: tuple, kwargs: dict) -> int:
     """TPS's sampling grid P' = (P_hat inv(delta_C))[:, :F] C': the constant [n, F] matrix (n = the output's
     pixels) times each image's fiducials [F, 2], 2 * B * n * F * 2 FLOPs, written as elementwise products
     (``GridGenerator.build_P_prime``) that no operator count sees. The constants (P_hat, inv(delta_C)) are
-    computed once when the model is built, not per image."""
+    computed once when the model is built, not per image (the maintainers' hand count adds their
+    ~17 k multiply-accumulates: 20 x 20 distances, a 23 x 23 inversion)."""
     n = module.I_r_size[0] * module.I_r_size[1]
-    return 2 * image.size(0) * n * module.F * 2
+    return 2 * args[0].size(0) * n * module.F * 2
+
+
+def reference_i2h_flops(module: Attention, args: tuple, kwargs: dict) -> int:
+    """What the reference's attention decoder computes beyond ours: it projects the encoder features
+    (``i2h``, [B, T, C] → [B, T, hidden]) again at each of its batch_max_length + 1 steps, where ours
+    projects them once (the same result): steps - 1 more projections, 2 * B * T * C * hidden FLOPs each."""
+    B, T, C = args[0].shape
+    steps = kwargs.get("batch_max_length", 25) + 1
+    return (steps - 1) * 2 * B * T * C * module.hidden_size
 
 
 MODULE_FLOPS = {TPS_SpatialTransformerNetwork: tps_grid_flops}
+# --as_reference: what the paper's count (of the reference implementation) has on top.
+REFERENCE_MODULE_FLOPS = {Attention: reference_i2h_flops}
+
 
 # The decoders' steps end early once every row has read its end token; the FLOPs (and the timing, by
 # default) are of all batch_max_length + 1 steps: the end token's logit is pushed to the minimum.
@@ -174,40 +187,48 @@ def _inference(model: Model, image: torch.Tensor, amp_dtype: torch.dtype | None 
         return forward_logits(model, image, model.config, amp_dtype)
 
 
-def flop_breakdown(model: Model) -> dict[str, int]:
-    """FLOPs of one image per stage ({"Transformation": ..., "Prediction": ...}) and their "total"."""
-    device = next(model.parameters()).device
-    image = _input(model.config, 1, device)
+def flop_breakdown(model: nn.Module, image: torch.Tensor | None = None, as_reference: bool = False) -> dict[str, int]:
+    """FLOPs of the forward pass per top-level part ({"Transformation": ..., "Prediction": ...}) and their
+    "total". Without ``image``, ``model`` is a ``Model`` read at its input size, one image, on its inference
+    path with every decoding step; with it, ``model(image)`` in eval mode.
+
+    ``as_reference``: count what the reference implementation computes, on which the paper's figures
+    rest: the attention decoder's encoder projection at every step (``REFERENCE_MODULE_FLOPS``).
+    """
+    rules = {**MODULE_FLOPS, **(REFERENCE_MODULE_FLOPS if as_reference else {})}
     extra: dict[str, int] = {}
     names = {m: name for name, m in model.named_modules()}
 
     def add(rule):
-        def hook(module, args, output):
-            stage = names[module].split(".")[0]
-            extra[stage] = extra.get(stage, 0) + rule(module, args[0])
+        def hook(module, args, kwargs, output):
+            part = names[module].split(".")[0]
+            extra[part] = extra.get(part, 0) + rule(module, args, kwargs)
         return hook
 
-    handles = [m.register_forward_hook(add(rule)) for m in model.modules()
-               for cls, rule in MODULE_FLOPS.items() if isinstance(m, cls)]
+    handles = [m.register_forward_hook(add(rule), with_kwargs=True) for m in model.modules()
+               for cls, rule in rules.items() if isinstance(m, cls)]
     counter = FlopCounterMode(display=False, custom_mapping=_COUNTER_MAPPING)
     try:
         with _training_mode(model, False), _no_grad_parameters(model), torch.inference_mode(), counter:
-            _inference(model, image)
+            if image is None:
+                _inference(model, _input(model.config, 1, next(model.parameters()).device))
+            else:
+                model(image)
     finally:
         for h in handles:
             h.remove()
     counts = counter.get_flop_counts()
     root = type(model).__name__
-    stages = {}
-    for stage, _ in model.named_children():
-        stages[stage] = sum(counts.get(f"{root}.{stage}", {}).values()) + extra.get(stage, 0)
-    stages["total"] = sum(counts.get("Global", {}).values()) + sum(extra.values())
-    return stages
+    parts = {name: sum(counts.get(f"{root}.{name}", {}).values()) + extra.get(name, 0)
+             for name, _ in model.named_children()}
+    parts["total"] = sum(counts.get("Global", {}).values()) + sum(extra.values())
+    return parts
 
 
-def count_flops(model: Model) -> int:
-    """FLOPs (2 x multiply-accumulates) of one image at the model's input size, on its inference path."""
-    return flop_breakdown(model)["total"]
+def count_flops(model: nn.Module, image: torch.Tensor | None = None, as_reference: bool = False) -> int:
+    """FLOPs (2 x multiply-accumulates) of one image at the model's input size, on its inference path
+    (``flop_breakdown``'s "total"; ``image``: of ``model(image)`` instead)."""
+    return flop_breakdown(model, image, as_reference)["total"]
 
 
 # ---------------------------------------------------------------- time
