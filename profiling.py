@@ -187,25 +187,20 @@ def _inference(model: Model, image: torch.Tensor, amp_dtype: torch.dtype | None 
         return forward_logits(model, image, model.config, amp_dtype)
 
 
-def flop_breakdown(model: nn.Module, image: torch.Tensor | None = None, as_reference: bool = False) -> dict[str, int]:
-    """FLOPs of the forward pass per top-level part ({"Transformation": ..., "Prediction": ...}) and their
-    "total". Without ``image``, ``model`` is a ``Model`` read at its input size, one image, on its inference
-    path with every decoding step; with it, ``model(image)`` in eval mode.
-
-    ``as_reference``: count what the reference implementation computes, on which the paper's figures
-    rest: the attention decoder's encoder projection at every step (``REFERENCE_MODULE_FLOPS``).
-    """
-    rules = {**MODULE_FLOPS, **(REFERENCE_MODULE_FLOPS if as_reference else {})}
+def _count(model: nn.Module, image: torch.Tensor | None) -> tuple[dict[str, int], dict[str, int]]:
+    """→ (FLOPs per top-level part and "total", the same of what the reference computes on top)."""
     extra: dict[str, int] = {}
+    reference: dict[str, int] = {}
     names = {m: name for name, m in model.named_modules()}
 
-    def add(rule):
+    def add(rule, into):
         def hook(module, args, kwargs, output):
             part = names[module].split(".")[0]
-            extra[part] = extra.get(part, 0) + rule(module, args, kwargs)
+            into[part] = into.get(part, 0) + rule(module, args, kwargs)
         return hook
 
-    handles = [m.register_forward_hook(add(rule), with_kwargs=True) for m in model.modules()
+    handles = [m.register_forward_hook(add(rule, into), with_kwargs=True) for m in model.modules()
+               for rules, into in ((MODULE_FLOPS, extra), (REFERENCE_MODULE_FLOPS, reference))
                for cls, rule in rules.items() if isinstance(m, cls)]
     counter = FlopCounterMode(display=False, custom_mapping=_COUNTER_MAPPING)
     try:
@@ -222,6 +217,21 @@ def flop_breakdown(model: nn.Module, image: torch.Tensor | None = None, as_refer
     parts = {name: sum(counts.get(f"{root}.{name}", {}).values()) + extra.get(name, 0)
              for name, _ in model.named_children()}
     parts["total"] = sum(counts.get("Global", {}).values()) + sum(extra.values())
+    reference["total"] = sum(reference.values())
+    return parts, reference
+
+
+def flop_breakdown(model: nn.Module, image: torch.Tensor | None = None, as_reference: bool = False) -> dict[str, int]:
+    """FLOPs of the forward pass per top-level part ({"Transformation": ..., "Prediction": ...}) and their
+    "total". Without ``image``, ``model`` is a ``Model`` read at its input size, one image, on its inference
+    path with every decoding step; with it, ``model(image)`` in eval mode.
+
+    ``as_reference``: count what the reference implementation computes, on which the paper's figures
+    rest: also the attention decoder's encoder projection at every step (``REFERENCE_MODULE_FLOPS``).
+    """
+    parts, reference = _count(model, image)
+    if as_reference:
+        parts = {name: count + reference.get(name, 0) for name, count in parts.items()}
     return parts
 
 
@@ -420,6 +430,7 @@ class Profile:
     name: str  # the combination, "TPS-ResNet-BiLSTM-Attn"
     params_m: float  # trainable parameters, millions
     gflops: float  # 2 x MACs of one image at imgH x imgW, 1e9
+    gflops_reference: float  # the same of the reference implementation (the paper's basis; Attn: i2h per step)
     latency_ms: float  # per image at batch 1, median
     throughput_ips: float  # images per second at batch_size
     infer_mem_mb: float  # peak memory growth of one inference at batch_size (MiB)
@@ -435,8 +446,10 @@ class Profile:
 
 
 def profile_model(model: Model, *, device="cpu", precision: str = "fp32", batch_size: int = 192, warmup: int = 5,
-                  repeats: int = 30, train_step: bool = True, every_step: bool = True) -> Profile:
-    """Parameters, FLOPs, latency (batch 1), throughput and peak memory (at ``batch_size``) of ``model``.
+                  repeats: int = 30, throughput_repeats: int = 5, train_step: bool = True,
+                  every_step: bool = True) -> Profile:
+    """Parameters, FLOPs, latency (batch 1: the median of ``repeats`` after ``warmup``), throughput (at
+    ``batch_size``: the median of ``throughput_repeats`` after one) and peak memory (at ``batch_size``).
 
     ``precision`` fp32 | bf16 | fp16 goes through ``runtime.check_amp`` (fp16 needs CUDA; bf16 on a CPU
     without AVX512-BF16/AMX is refused). ``every_step``: time the decoders over all their steps, as the
@@ -445,21 +458,23 @@ def profile_model(model: Model, *, device="cpu", precision: str = "fp32", batch_
     """
     if precision not in PRECISIONS:
         raise UsageError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if batch_size < 1 or repeats < 1 or warmup < 0:
-        raise UsageError(f"batch_size and repeats must be at least 1 and warmup at least 0, got {batch_size}, "
-                         f"{repeats}, {warmup}")
+    if min(batch_size, repeats, throughput_repeats) < 1 or warmup < 0:
+        raise UsageError(f"batch_size, repeats and throughput_repeats must be at least 1 and warmup at least 0, got "
+                         f"{batch_size}, {repeats}, {throughput_repeats}, {warmup}")
     device = torch.device(device)
     amp_dtype = check_amp(PRECISIONS[precision], device)
     model = model.to(device)
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     memory = peak_memory(model, batch_size, device, amp_dtype, ("infer", "train") if train_step else ("infer",))
+    flops, reference = _count(model, None)
     return Profile(
         name=model.config.name,
         params_m=count_parameters(model) / 1e6,
-        gflops=count_flops(model) / 1e9,
+        gflops=flops["total"] / 1e9,
+        gflops_reference=(flops["total"] + reference["total"]) / 1e9,
         latency_ms=measure_latency(model, device, amp_dtype, warmup, repeats, every_step),
-        throughput_ips=measure_throughput(model, batch_size, device, amp_dtype, max(1, warmup // 2),
-                                          max(3, repeats // 3), every_step),
+        throughput_ips=measure_throughput(model, batch_size, device, amp_dtype, min(warmup, 1), throughput_repeats,
+                                          every_step),
         infer_mem_mb=memory["infer"],
         train_mem_mb=memory.get("train"),
         weights_mb=weights / 2 ** 20,

@@ -106,11 +106,12 @@ def tiny_profile() -> Profile:
 
 def test_profile_values_are_positive_and_finite(tiny_profile):
     values = tiny_profile.as_dict()
-    for key in ("params_m", "gflops", "latency_ms", "throughput_ips", "infer_mem_mb", "train_mem_mb", "weights_mb"):
+    for key in ("params_m", "gflops", "gflops_reference", "latency_ms", "throughput_ips", "infer_mem_mb", "train_mem_mb", "weights_mb"):
         assert math.isfinite(values[key]) and values[key] > 0, key
     assert (values["name"], values["device"], values["precision"], values["batch_size"]) == \
         ("None-VGG-BiLSTM-Attn", "cpu", "fp32", 4)
     assert values["train_mem_mb"] > values["infer_mem_mb"]  # gradients and optimizer state on top
+    assert values["gflops_reference"] > values["gflops"]  # the reference projects i2h at every step
 
 
 def test_bad_precision_is_refused():
