@@ -20,9 +20,10 @@ from fileio import atomic_write
 from model import STAGES
 
 # Numbers a cell's row carries (besides its per-set accuracies), in the table's order.
-COST_COLUMNS = ("params_m", "gflops", "latency_ms", "throughput_ips", "infer_mem_mb", "train_mem_mb")
+COST_COLUMNS = ("params_m", "gflops", "gflops_reference", "latency_ms", "throughput_ips", "infer_mem_mb",
+                "train_mem_mb")
 ACCURACY_COLUMNS = ("paper_total_accuracy", "total_accuracy")
-COLUMN_TITLES = {"params_m": "params (M)", "gflops": "GFLOPs", "latency_ms": "ms/image",
+COLUMN_TITLES = {"params_m": "params (M)", "gflops": "GFLOPs", "gflops_reference": "GFLOPs (paper's count)", "latency_ms": "ms/image",
                  "throughput_ips": "images/s", "infer_mem_mb": "inference MB", "train_mem_mb": "training MB",
                  "paper_total_accuracy": "total (paper's 7)", "total_accuracy": "total"}
 # The frontiers the paper draws: accuracy against time (T1..Tk) and against parameters (P1..Pk).
@@ -140,7 +141,7 @@ def fmt(combo: Combination, key: str, digits: int) -> str:
     return text
 
 
-DIGITS = {"params_m": 2, "gflops": 2, "latency_ms": 2, "throughput_ips": 0, "infer_mem_mb": 0, "train_mem_mb": 0}
+DIGITS = {"params_m": 2, "gflops": 2, "gflops_reference": 2, "latency_ms": 2, "throughput_ips": 0, "infer_mem_mb": 0, "train_mem_mb": 0}
 
 
 def results_table(combos: list[Combination], sets: list[str], accuracy: str | None, marks: dict[str, str]) -> list[str]:
@@ -180,8 +181,10 @@ def write_markdown(path: Path, title: str, protocol: dict, rows: list[dict], com
             marks[combo.name] = ", ".join(filter(None, (marks.get(combo.name), f"{letter}{i}")))
     first = rows[0] if rows else {}
     lines = [f"# Study {title}", "",
-             f"{len(rows)} cells finished, {len(combos)} combinations; costs measured on {first.get('device', '?')} "
-             f"in {first.get('precision', '?')} (latency at batch 1, throughput at batch {first.get('batch_size', '?')}).",
+             f"{len(rows)} cells finished, {len(combos)} combinations; costs measured on {first.get('machine', '?')} "
+             f"({first.get('device', '?')}) in {first.get('precision', '?')}: latency per image at batch 1, "
+             f"throughput and memory at batch {first.get('batch_size', '?')}. GFLOPs count 2 x multiply-accumulates "
+             "per image; the paper's count differs for the attention decoder (its per-step input projection).",
              ""]
     if accuracy:
         lines += [f"Accuracy: {COLUMN_TITLES[accuracy]} in %, mean ± standard deviation over seeds.", ""]

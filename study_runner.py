@@ -179,7 +179,7 @@ def profile(cell: Cell, model, device) -> dict:
 
     result = profiling.profile_model(model, device=device, precision=AMP_PRECISION[cell.amp],
                                      batch_size=cell.batch_size, warmup=cell.warmup, repeats=cell.repeats,
-                                     train_step=True)
+                                     throughput_repeats=min(5, cell.repeats), train_step=True)
     return result.as_dict()
 
 
