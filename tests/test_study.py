@@ -29,7 +29,7 @@ CELLS = ["None-VGG-None-CTC-Seed1", "None-VGG-None-CTC-Seed2", "None-ResNet-None
          "None-ResNet-None-CTC-Seed2"]
 TINY = ["--output_channel", "16", "--hidden_size", "16", "--imgW", "32", "--batch_size", "4", "--workers", "0",
         "--device", "cpu", "--profile_warmup", "1", "--profile_repeats", "2"]
-NUM_ITER = 30
+NUM_ITER = 20
 
 
 def study_args(name: str = "tiny", *extra: str) -> list[str]:
@@ -69,21 +69,25 @@ def wait_for(condition, timeout: float = 120.0) -> bool:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """The study, killed (kill -9) while its second cell trains, then run again to the end."""
+def tiny(tmp_path_factory) -> tuple[Path, set[str]]:
+    """The study (two cells at a time), killed with kill -9 while its second cell trains, then run again
+    to the end; → (its folder, the cells that were not interrupted)."""
     cwd = tmp_path_factory.mktemp("study")
     make_data(cwd)
     second = cwd / "saved_models" / "tiny" / CELLS[1]
-    proc = start(cwd, study_args())
+    proc = start(cwd, study_args("tiny", "--parallel", "2"))
     assert wait_for(lambda: (second / "last.pth").exists() or proc.poll() is not None), proc.communicate()[0]
     assert proc.poll() is None, f"the study ended before the kill:\n{proc.communicate()[0]}"
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    # The cell's train.py learns of it (SIGTERM when its parent dies), saves last.pth and lets go of its lock.
-    assert wait_for(lambda: not (second / "train.lock").exists(), timeout=60)
-    finished = run(cwd, study_args())
-    assert finished.returncode == 0, finished.stdout + finished.stderr
-    return cwd
+    # Cells not started at the kill, or finished by then, are started once in all.
+    once = {c for c in CELLS if not (cell_dir(cwd, c) / "study_cell.log").exists()
+            or (cell_dir(cwd, c) / "study_result.json").exists()}
+    # Its train.py processes learn of it (SIGTERM when their parent dies), save last.pth and let go of their locks.
+    assert wait_for(lambda: not any((cell_dir(cwd, c) / "train.lock").exists() for c in CELLS), timeout=60)
+    rerun = run(cwd, study_args("tiny", "--parallel", "2"))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    return cwd, once
 
 
 def cell_dir(cwd: Path, cell: str) -> Path:
@@ -91,6 +95,7 @@ def cell_dir(cwd: Path, cell: str) -> Path:
 
 
 def test_every_cell_is_trained_and_every_column_filled(tiny):
+    tiny = tiny[0]
     rows = [json.loads((cell_dir(tiny, c) / "study_result.json").read_text()) for c in CELLS]
     for row in rows:
         assert row["iterations"] == NUM_ITER
@@ -111,17 +116,23 @@ def test_every_cell_is_trained_and_every_column_filled(tiny):
         assert (tiny / "studies" / "tiny" / png).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_a_killed_study_resumes_the_interrupted_cell_and_trains_none_twice(tiny):
-    logs = {c: (cell_dir(tiny, c) / "study_cell.log").read_text() for c in CELLS}
+def test_a_killed_study_resumes_the_interrupted_cells_and_trains_none_twice(tiny):
+    """Cells finished before the kill are not started again; the interrupted ones resume from last.pth."""
+    cwd, once = tiny
+    logs = {c: (cell_dir(cwd, c) / "study_cell.log").read_text() for c in CELLS}
     starts = {c: logs[c].count("train.py --") for c in CELLS}
-    assert starts == {CELLS[0]: 1, CELLS[1]: 2, CELLS[2]: 1, CELLS[3]: 1}, starts
-    assert "resumed from" in logs[CELLS[1]]
-    with open(cell_dir(tiny, CELLS[1]) / "log_valid.csv") as f:
-        iterations = [int(line.split(",")[0]) for line in f.read().splitlines()[1:]]
-    assert iterations == sorted(set(iterations)) and iterations[-1] == NUM_ITER
+    assert starts[CELLS[1]] == 2 and "resumed from" in logs[CELLS[1]]
+    for cell in CELLS:
+        assert starts[cell] == (1 if cell in once else 2), starts
+        if starts[cell] == 2:
+            assert logs[cell].count("resumed from") == 1, cell
+        with open(cell_dir(cwd, cell) / "log_valid.csv") as f:
+            iterations = [int(line.split(",")[0]) for line in f.read().splitlines()[1:]]
+        assert iterations == sorted(set(iterations)) and iterations[-1] == NUM_ITER
 
 
 def test_a_rerun_trains_nothing_and_report_only_rebuilds(tiny, monkeypatch, capsys):
+    tiny = tiny[0]
     monkeypatch.chdir(tiny)
     results = {c: (cell_dir(tiny, c) / "study_result.json").stat().st_mtime_ns for c in CELLS}
     study.main(study_args())
@@ -133,6 +144,7 @@ def test_a_rerun_trains_nothing_and_report_only_rebuilds(tiny, monkeypatch, caps
 
 
 def test_a_changed_protocol_is_refused_naming_the_flags(tiny, monkeypatch, capsys):
+    tiny = tiny[0]
     monkeypatch.chdir(tiny)
     with pytest.raises(SystemExit) as info:
         study.main(study_args("tiny", "--lr", "0.5"))
@@ -142,6 +154,7 @@ def test_a_changed_protocol_is_refused_naming_the_flags(tiny, monkeypatch, capsy
 
 
 def test_checkpoints_named_as_the_reference_are_evaluated_and_profiled(tiny, monkeypatch):
+    tiny = tiny[0]
     monkeypatch.chdir(tiny)
     folder = tiny / "published"
     folder.mkdir()
