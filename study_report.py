@@ -146,7 +146,7 @@ DIGITS = {"params_m": 2, "gflops": 2, "gflops_reference": 2, "latency_ms": 2, "t
 
 def results_table(combos: list[Combination], sets: list[str], accuracy: str | None, marks: dict[str, str]) -> list[str]:
     acc_columns = [*[f"acc:{s}" for s in sets], *([k for k in ACCURACY_COLUMNS if any(k in c.mean for c in combos)])]
-    head = ["combination", "frontier", "seeds", *[c.removeprefix("acc:") for c in acc_columns],
+    head = ["combination", "frontier", "seeds", *[COLUMN_TITLES.get(c, c.removeprefix("acc:")) for c in acc_columns],
             *[COLUMN_TITLES[k] for k in COST_COLUMNS]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = sorted(combos, key=lambda c: -c.mean.get(accuracy, 0)) if accuracy else combos
