@@ -210,12 +210,31 @@ def write_markdown(path: Path, title: str, protocol: dict, rows: list[dict], com
 
 # ---------------------------------------------------------------- plots
 
+def label_points(ax, points: list[tuple[str, float, float]], size: float = 6) -> None:
+    """Label each point with its name, moving a label up until it overlaps none placed before (the 24
+    combinations come in tight clusters)."""
+    ax.figure.canvas.draw()  # fixes the scales and limits, so that data map to pixels
+    placed: list[tuple[float, float, float, float]] = []
+    for name, px, py in sorted(points, key=lambda p: p[2]):
+        x0, y0 = ax.transData.transform((px, py))
+        points_to_pixels = ax.figure.dpi / 72
+        width, height = 0.62 * size * points_to_pixels * len(name), 1.25 * size * points_to_pixels
+        dy = 3.0
+        while any(x0 + 3 < bx + bw and bx < x0 + 3 + width and y0 + dy < by + bh and by < y0 + dy + height
+                  for bx, by, bw, bh in placed):
+            dy += height / 2
+        placed.append((x0 + 3, y0 + dy, width, height))
+        ax.annotate(name, (px, py), fontsize=size, xytext=(3, dy), textcoords="offset pixels",
+                    arrowprops={"arrowstyle": "-", "lw": 0.3, "color": "grey"} if dy > 3 else None)
+
+
 def plot_tradeoffs(folder: Path, combos: list[Combination]) -> list[str]:
     """accuracy_vs_{time,params,gflops}.png with error bars over seeds and the frontier; without accuracy
     (a profile-only study), costs.png: ms/image against GFLOPs. → the file names written."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     accuracy = accuracy_key(combos)
     written = []
@@ -231,8 +250,6 @@ def plot_tradeoffs(folder: Path, combos: list[Combination]) -> list[str]:
         fig, ax = plt.subplots(figsize=(8, 5.5))
         ax.errorbar([c.mean[x] for c in points], [c.mean[y] for c in points],
                     xerr=[c.std[x] for c in points], yerr=[c.std[y] for c in points], fmt="o", ms=4, capsize=2)
-        for c in points:
-            ax.annotate(c.name, (c.mean[x], c.mean[y]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         if accuracy is not None:
             frontier = pareto_frontier(combos, x, y)
             ax.plot([c.mean[x] for c in frontier], [c.mean[y] for c in frontier], "r--", lw=1, label="Pareto frontier")
@@ -244,6 +261,11 @@ def plot_tradeoffs(folder: Path, combos: list[Combination]) -> list[str]:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")
+        ax.margins(x=0.25, y=0.08)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(NullFormatter())
+        label_points(ax, [(c.name, c.mean[x], c.mean[y]) for c in points])
         fig.tight_layout()
         try:
             with atomic_write(folder / name, what=f"the study's {name}") as f:
