@@ -252,7 +252,7 @@ def plot_tradeoffs(folder: Path, combos: list[Combination]) -> list[str]:
                     xerr=[c.std[x] for c in points], yerr=[c.std[y] for c in points], fmt="o", ms=4, capsize=2)
         if accuracy is not None:
             frontier = pareto_frontier(combos, x, y)
-            ax.plot([c.mean[x] for c in frontier], [c.mean[y] for c in frontier], "r--", lw=1, label="Pareto frontier")
+            ax.plot([c.mean[x] for c in frontier], [c.mean[y] for c in frontier], "r--o", lw=1, ms=9, mfc="none", label="Pareto frontier")
             ax.legend(loc="lower right")
         if accuracy is None or PLOTS[x][2]:
             ax.set_xscale("log")
