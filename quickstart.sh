@@ -25,7 +25,7 @@ echo "== 1/6 install (scripts/setup.sh)"
 bash scripts/setup.sh
 
 if [ "$AMP" = auto ]; then
-  AMP=$($PY -c "import torch, utils; print('bf16' if (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) or utils.cpu_flags() & set(utils.BF16_CPU_FLAGS) else 'off')")
+  AMP=$($PY -c "import torch, runtime; print('bf16' if (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) or runtime.cpu_flags() & set(runtime.BF16_CPU_FLAGS) else 'off')")
 fi
 # TRAIN_MINUTES of training on any machine: train.py --time_budget times a short warm-up here and
 # chooses --num_iter from it (bf16 trains about 1.5x more iterations than fp32 where the CPU has it).
