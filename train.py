@@ -687,8 +687,9 @@ def time_iterations(run: TrainRun, start: int) -> BudgetPlan:
     data_state, rng = run.train_data.state_dict(), rng_state()
     model = copy.deepcopy(unwrap(run.model))
     optimizer = make_optimizer(opt, [p for p in model.parameters() if p.requires_grad])
+    constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     probe = dataclasses.replace(run, model=wrap_ddp(model, run.device) if run.world_size > 1 else model,
-                                optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+                                optimizer=optimizer, scheduler=constant,
                                 scaler=torch.amp.GradScaler(run.device.type, enabled=run.scaler.is_enabled()))
     budget = opt.time_budget * 60
     began = time.time()
