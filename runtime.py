@@ -128,6 +128,28 @@ def _read_cpu_flags() -> frozenset[str]:
                      for flag in line.split(":", 1)[1].split())
 
 
+# What the int8 and bf16 paths depend on, as /proc/cpuinfo names it (any of the flags counts).
+CPU_FEATURES = {"AVX2": ("avx2",), "AVX-512": ("avx512f",), "VNNI": ("avx512_vnni", "avx_vnni"),
+                "AVX512-BF16": ("avx512_bf16",), "AMX": ("amx_tile",)}
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ('unknown' where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    return names[0] if names else "unknown"
+
+
+def cpu_description() -> str:
+    """One line: model, cores, and the features of CPU_FEATURES with yes/no, e.g. for a benchmark's header."""
+    flags = cpu_flags()
+    features = ", ".join(f"{name} {'yes' if flags & set(names) else 'no'}" for name, names in CPU_FEATURES.items())
+    return f"CPU: {cpu_model()}, {os.cpu_count()} cores; {features}"
+
+
 def check_amp(amp: str, device: torch.device | str, training: bool = False) -> torch.dtype | None:
     """``--amp off|bf16|fp16`` → the autocast dtype (None: full precision); every script's one door.
 
