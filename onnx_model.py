@@ -577,6 +577,7 @@ class Int8Check:
     fp32_accuracy: float | None
     int8_accuracy: float | None
     confident_changed: float  # % of fp32's confident readings that int8 reads otherwise
+    confident: int  # how many of fp32's readings are confident
 
     @property
     def drop(self) -> float:
@@ -587,8 +588,12 @@ class Int8Check:
             return (f"on {self.images} labelled calibration images int8 reads {self.int8_accuracy:.2f} % against "
                     f"fp32's {self.fp32_accuracy:.2f} % (drop {self.drop:.2f} points; {self.agreement:.1f} % of "
                     "readings equal)")
-        return (f"on {self.images} unlabelled calibration images int8 changes {self.drop:.2f} % of fp32's confident "
-                f"readings (estimated drop {self.drop:.2f} points; {self.agreement:.1f} % of readings equal)")
+        if not self.confident:
+            return (f"on {self.images} unlabelled calibration images fp32 reads none with confidence {CONFIDENT} or "
+                    f"more, so the drop cannot be estimated ({self.agreement:.1f} % of readings equal); add a gt.txt")
+        return (f"on {self.images} unlabelled calibration images int8 reads {self.drop:.2f} % of fp32's {self.confident} "
+                f"confident readings otherwise (estimated drop {self.drop:.2f} points; {self.agreement:.1f} % of "
+                "readings equal)")
 
 
 CONFIDENT = 0.9
@@ -627,4 +632,5 @@ def compare_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, cal
         images=n, labelled=labelled, agreement=100 * sum(norm(x) == norm(y) for x, _, y, _ in rows) / n,
         fp32_accuracy=100 * sum(norm(x) == norm(g) for x, _, _, g in rows) / n if labelled else None,
         int8_accuracy=100 * sum(norm(y) == norm(g) for _, _, y, g in rows) / n if labelled else None,
-        confident_changed=100 * sum(norm(x) != norm(y) for x, y in confident) / max(len(confident), 1))
+        confident_changed=100 * sum(norm(x) != norm(y) for x, y in confident) / max(len(confident), 1),
+        confident=len(confident))

@@ -66,6 +66,29 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, batch_help: str = "ba
                    help="with --PAD: batch width follows the widest image (multiple of imgH, at most imgW)")
 
 
+COMPILE_HELP = ("torch.compile the model (nn.Module.compile: same weights and checkpoints). Off by default: "
+                "on a 2-core CPU its compile time exceeded what it saved (docs/cpus.md); try it on a GPU or for "
+                "long runs")
+
+
+def add_compile_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compile`` for the scripts that run a PyTorch model many times (train.py, test.py)."""
+    parser.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+
+
+def compile_model(model, enabled: bool, log: Callable[[str], None] = lambda message: None):
+    """``--compile``: compile ``model`` in place (its state_dict keys do not change) → the model."""
+    import torch
+
+    if not enabled:
+        return model
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError("--compile applies to PyTorch models; an .onnx model runs in ONNX Runtime")
+    log("--compile: torch.compile on the first batches (each new input shape compiles once more)")
+    model.compile()
+    return model
+
+
 class UsageError(ValueError):
     """A flag or argument the script cannot run with: exit status 2, like argparse's own errors."""
 
