@@ -38,8 +38,8 @@ from dataset import BatchBalancedDataset, DataConfig, TrainDataConfig, hierarchi
 from evaluation import make_eval_loader, validation
 from fileio import FolderLock, atomic_write
 from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args, model_flags
-from runtime import (UsageError, add_runtime_arguments, check_amp, check_runtime_arguments, get_logger,
-                     resolve_device, run_cli)
+from runtime import (UsageError, add_compile_argument, add_runtime_arguments, check_amp, check_runtime_arguments,
+                     compile_model, get_logger, resolve_device, run_cli)
 from utils import Averager, make_converter
 
 
@@ -89,6 +89,7 @@ def parse_args(argv=None):
     p.add_argument("--log_interval", type=int, default=0, help="also print a loss line every N iterations")
     p.add_argument("--tensorboard", action="store_true", help="log to saved_models/<exp>/tensorboard")
     add_runtime_arguments(p, batch_help="batch size per process")
+    add_compile_argument(p)
     add_model_arguments(p)
     opt = p.parse_args(argv)
     if opt.baiduCTC:
@@ -320,11 +321,12 @@ def make_valid_loader(valid_data: str, data: DataConfig, batch_size: int, datase
     return make_eval_loader(valid_dataset, valid)
 
 
-def prepare_model(model, config: ModelConfig, device: torch.device, world_size: int, console):
+def prepare_model(model, config: ModelConfig, device: torch.device, world_size: int, console,
+                  opt_compile: bool = False):
     console(f"model input parameters {config.imgH} {config.imgW} {config.num_fiducial} {config.input_channel} "
             f"{config.output_channel} {config.hidden_size} {config.num_class} {config.batch_max_length} "
             f"{config.Transformation} {config.FeatureExtraction} {config.SequenceModeling} {config.Prediction}")
-    model = model.to(device).train()
+    model = compile_model(model.to(device).train(), opt_compile, console)
     return wrap_ddp(model, device) if world_size > 1 else model
 
 
@@ -755,7 +757,7 @@ def train(opt) -> dict:
                                     workers=opt.workers, batch_size=opt.batch_size, seed=opt.manualSeed)
         train_data = make_train_data(opt, data, rank, world_size, console, dataset_log)
         valid_loader = make_valid_loader(opt.valid_data, data, train_data.batch_size, dataset_log) if rank == 0 else None
-        model = prepare_model(model, config, device, world_size, console)
+        model = prepare_model(model, config, device, world_size, console, opt.compile)
         params = [p for p in model.parameters() if p.requires_grad]
         console(f"Trainable params num :  {sum(p.numel() for p in params)}")
         optimizer = make_optimizer(opt, params)
