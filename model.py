@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,8 @@ REFERENCE_CHOICES = {
     "SequenceModeling": ("None", "BiLSTM"),
     "Prediction": ("CTC", "Attn"),
 }
+# Their names, "None-VGG-None-CTC" ... "TPS-ResNet-BiLSTM-Attn" (config_from_name builds any of them).
+REFERENCE_NAMES = tuple("-".join(p) for p in itertools.product(*REFERENCE_CHOICES.values()))
 
 # The smallest input (imgH, imgW) each stage runs on, and the smallest --output_channel of each feature
 # extractor: found by running each stage on ever smaller inputs; tests/test_arguments.py checks both
@@ -242,6 +245,27 @@ def init_weights(model: nn.Module) -> None:
                 nn.init.constant_(param, 1.0)  # BatchNorm weights (kaiming_normal_ needs 2-D)
             else:
                 nn.init.kaiming_normal_(param)
+
+
+# Sizes a stage needs where the reference's 32 x 100 does not fit it: ViT's 4 x 8 patches tile PARSeq's 32 x 128.
+NAME_DEFAULTS = {("FeatureExtraction", "ViT"): {"imgW": 128}}
+
+
+def config_from_name(name: str, **options) -> ModelConfig:
+    """A combination name, Transformation-FeatureExtraction-SequenceModeling-Prediction as the reference names
+    its models ("TPS-ResNet-BiLSTM-Attn", "None-ViT-None-PARSeq"), → its config with the reference's default
+    widths (``NAME_DEFAULTS`` where a stage needs another size); ``options`` override any field."""
+    parts = name.split("-")
+    if len(parts) != 4:
+        raise UsageError(f"model name {name!r} is not Transformation-FeatureExtraction-SequenceModeling-Prediction, "
+                         "e.g. None-VGG-BiLSTM-CTC")
+    stages = dict(zip(STAGES, parts))
+    for stage, value in stages.items():
+        if value not in STAGES[stage]:
+            raise UsageError(f"model name {name!r}: {stage} {value!r} is not one of {', '.join(STAGES[stage])}")
+    defaults = {k: v for (stage, value), sizes in NAME_DEFAULTS.items() if stages[stage] == value
+                for k, v in sizes.items()}
+    return ModelConfig(**{**stages, **defaults, **options})
 
 
 def build_model(config: ModelConfig, init: bool = True) -> Model:
