@@ -24,7 +24,7 @@ from dataset import DataConfig, hierarchical_dataset
 from decoding import DecodeOptions, add_decoding_arguments, check_decoding_flags, options_from_args
 from error_analysis import write_errors
 from evaluation import (BENCHMARKS, PAPER_BENCHMARKS, UNION14M_BENCHMARKS, ValidationResult, make_eval_loader,
-                        validation)
+                        total_accuracy, validation)
 from fileio import check_output_folder
 from model import ModelConfig, add_model_arguments, count_parameters, model_flags
 from runtime import (UsageError, add_compile_argument, add_runtime_arguments, check_amp, check_runtime_arguments,
@@ -76,11 +76,8 @@ def benchmark_all_eval(ev: Evaluation, eval_data: str) -> dict:
         log(f"Acc {result.accuracy:0.3f}\t normalized_ED {result.norm_ED:0.3f}")
         log("-" * 80)
 
-    def weighted(names):
-        return sum(accuracies[n] * counts[n] for n in names) / sum(counts[n] for n in names)
-
-    total = weighted(BENCHMARKS)
-    paper_total = weighted(PAPER_BENCHMARKS)
+    total = total_accuracy(accuracies, counts, BENCHMARKS)
+    paper_total = total_accuracy(accuracies, counts, PAPER_BENCHMARKS)
     ms_per_image = total_time / sum(counts.values()) * 1000
     params = count_parameters(ev.model) / 1e6
     line = "accuracy: " + "".join(f"{n}: {accuracies[n]:0.3f}\t" for n in BENCHMARKS)
