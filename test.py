@@ -27,8 +27,8 @@ from evaluation import (BENCHMARKS, PAPER_BENCHMARKS, UNION14M_BENCHMARKS, Valid
                         total_accuracy, validation)
 from fileio import check_output_folder
 from model import ModelConfig, add_model_arguments, count_parameters, model_flags
-from runtime import (UsageError, add_runtime_arguments, check_amp, check_runtime_arguments, get_logger,
-                     resolve_device, run_cli)
+from runtime import (UsageError, add_compile_argument, add_runtime_arguments, check_amp, check_runtime_arguments,
+                     compile_model, get_logger, resolve_device, run_cli)
 from utils import AttnLabelConverter, CTCLabelConverter, make_converter
 
 
@@ -168,6 +168,7 @@ def parse_args(argv=None):
                         help="write wrong predictions (image, label, prediction, confidence) and an HTML gallery here")
     parser.add_argument("--baiduCTC", action="store_true", help=argparse.SUPPRESS)  # accepted, has no effect
     add_runtime_arguments(parser)
+    add_compile_argument(parser)
     add_decoding_arguments(parser)
     add_model_arguments(parser)
     return parser.parse_args(argv)
@@ -189,7 +190,7 @@ def evaluate(argv=None) -> dict:
     device = resolve_device(opt.device)
     amp_dtype = check_amp(opt.amp, device)  # before the model is read, once for every set
     loaded = load_model(opt.saved_model, model_flags(opt), device, log=get_logger("test.load").info, amp=opt.amp)
-    model, config, path = loaded.model, loaded.config, loaded.source
+    model, config, path = compile_model(loaded.model, opt.compile), loaded.config, loaded.source
     out_dir = result_dir(opt.saved_model if Path(opt.saved_model).exists() else str(path))
     out_dir.mkdir(parents=True, exist_ok=True)
     if path.resolve() != (out_dir / path.name).resolve():

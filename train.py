@@ -8,11 +8,13 @@ Several GPUs or processes: ``torchrun --nproc_per_node N train.py ...`` (Distrib
 Interrupted runs continue exactly with ``--resume auto`` (or a path to ``last.pth``); SIGINT/SIGTERM
 save last.pth first (under DDP within 10 iterations). A constant schedule may be resumed with a larger
 ``--num_iter``; a cosine or one-cycle curve is fixed by the first run's ``--num_iter``.
+``--time_budget MINUTES`` chooses ``--num_iter`` from a timed warm-up on the machine it runs on.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import dataclasses
 import math
@@ -35,7 +37,8 @@ from dataset import BatchBalancedDataset, DataConfig, TrainDataConfig, hierarchi
 from evaluation import make_eval_loader, validation
 from fileio import FolderLock, atomic_write
 from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args, model_flags
-from runtime import UsageError, add_runtime_arguments, check_amp, get_logger, resolve_device, run_cli
+from runtime import UsageError, add_compile_argument, add_runtime_arguments, check_amp, compile_model, get_logger, \
+    resolve_device, run_cli
 from train_options import add_training_arguments, check_training_arguments
 from utils import Averager, make_converter
 
@@ -44,6 +47,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_arguments(p)
     add_runtime_arguments(p, batch_help="batch size per process")
+    add_compile_argument(p)
     add_model_arguments(p)
     opt = p.parse_args(argv)
     if opt.baiduCTC:
@@ -233,14 +237,17 @@ def make_valid_loader(valid_data: str, data: DataConfig, batch_size: int, datase
     return make_eval_loader(valid_dataset, valid)
 
 
-def prepare_model(model, config: ModelConfig, device: torch.device, world_size: int, console):
+def prepare_model(model, config: ModelConfig, device: torch.device, world_size: int, console,
+                  opt_compile: bool = False):
     console(f"model input parameters {config.imgH} {config.imgW} {config.num_fiducial} {config.input_channel} "
             f"{config.output_channel} {config.hidden_size} {config.num_class} {config.batch_max_length} "
             f"{config.Transformation} {config.FeatureExtraction} {config.SequenceModeling} {config.Prediction}")
-    model = model.to(device).train()
-    if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    return model
+    model = compile_model(model.to(device).train(), opt_compile, console)
+    return wrap_ddp(model, device) if world_size > 1 else model
+
+
+def wrap_ddp(model, device: torch.device):
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 # ---------------------------------------------------------------- the run
@@ -266,6 +273,7 @@ class TrainRun:
     console: Callable[[str], None]
     train_log: Callable[[str], None]
     tb: Any = None  # SummaryWriter on rank 0 with --tensorboard
+    budget: BudgetPlan | None = None  # what --time_budget chose
     best_accuracy: float = -1.0
     best_norm_ED: float = -1.0
     loss_avg: Averager = field(default_factory=Averager)
@@ -382,7 +390,8 @@ def save_last(run: TrainRun, next_iteration: int) -> None:
         run.exp_dir / "last.pth", run.model, iteration=next_iteration,
         optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
         scaler=run.scaler.state_dict(), data=run.train_data.state_dict(), rng=rng_state(),
-        schedule=schedule_spec(run.opt), best_accuracy=run.best_accuracy, best_norm_ED=run.best_norm_ED,
+        schedule=schedule_spec(run.opt), budget=dataclasses.asdict(run.budget) if run.budget else None,
+        best_accuracy=run.best_accuracy, best_norm_ED=run.best_norm_ED,
         loss_avg=[run.loss_avg.sum, run.loss_avg.n_count], elapsed=run.elapsed + time.time() - run.start_time)
 
 
@@ -468,11 +477,15 @@ def progress_bar(opt, start: int, rank: int):
     return tqdm(total=opt.num_iter, initial=start, dynamic_ncols=True, unit="it")
 
 
+def resume_file(opt, exp_dir: Path) -> Path | None:
+    return exp_dir / "last.pth" if opt.resume == "auto" else Path(opt.resume) if opt.resume else None
+
+
 def resume_or_start(run: TrainRun) -> int:
     """The iteration to start at: from last.pth with --resume, else the reference's file-name rule."""
     opt = run.opt
     start = start_iteration(opt)
-    resume_path = run.exp_dir / "last.pth" if opt.resume == "auto" else Path(opt.resume) if opt.resume else None
+    resume_path = resume_file(opt, run.exp_dir)
     if resume_path is not None:
         if resume_path.is_file():
             start = restore(run, read_training_state(resume_path), resume_path)
@@ -549,6 +562,99 @@ def train_until(run: TrainRun, start: int, stop: StopRequest) -> int:
     return done
 
 
+# ---------------------------------------------------------------- the time budget
+
+WARMUP_ITERS = 3  # untimed: the first iterations allocate memory and choose kernels
+CALIBRATION_SECONDS = 10.0  # the timed window (at most 5 % of the budget)
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What ``--time_budget`` chose from the timed warm-up; last.pth keeps it, so a resume trains to the same end."""
+
+    minutes: float
+    num_iter: int
+    seconds_per_iter: float
+    seconds_per_validation: float
+    timed_iters: int
+
+    def describe(self) -> str:
+        return (f"--time_budget {self.minutes:g} min: {1 / self.seconds_per_iter:.2f} iterations/s over "
+                f"{self.timed_iters} timed warm-up iterations, {self.seconds_per_validation:.1f} s per validation "
+                f"-> --num_iter {self.num_iter} (--num_iter {self.num_iter} repeats this run)")
+
+
+def plan_iterations(run: TrainRun) -> BudgetPlan | None:
+    """--num_iter under --time_budget: the resumed run's own plan, or a new one timed on this machine."""
+    opt = run.opt
+    if not opt.time_budget:
+        return None
+    path = resume_file(opt, run.exp_dir)
+    ckpt = read_training_state(path) if path is not None and path.is_file() else None
+    if ckpt is not None and ckpt.get("budget"):
+        plan = BudgetPlan(**ckpt["budget"])
+        run.console(f"resuming keeps the first run's plan: {plan.describe()}")
+        return plan
+    return time_iterations(run, ckpt["iteration"] if ckpt is not None else start_iteration(opt))
+
+
+def time_iterations(run: TrainRun, start: int) -> BudgetPlan:
+    """Train a throwaway copy of the model for a few timed iterations and time one validation (rank 0),
+    then rewind the data stream and the random states: the run that follows is the run --num_iter N gives."""
+    opt = run.opt
+    data_state, rng = run.train_data.state_dict(), rng_state()
+    model = copy.deepcopy(unwrap(run.model))
+    optimizer = make_optimizer(opt, [p for p in model.parameters() if p.requires_grad])
+    constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    probe = dataclasses.replace(run, model=wrap_ddp(model, run.device) if run.world_size > 1 else model,
+                                optimizer=optimizer, scheduler=constant,
+                                scaler=torch.amp.GradScaler(run.device.type, enabled=run.scaler.is_enabled()))
+    budget = opt.time_budget * 60
+    began = time.time()
+    for _ in range(WARMUP_ITERS):
+        train_iteration(probe)
+    window, timed, t0 = min(CALIBRATION_SECONDS, 0.05 * budget), 0, time.time()
+    while not rank0_says(timed >= 2 and time.time() - t0 >= window, run):  # ranks time the same iterations
+        train_iteration(probe)
+        timed += 1
+    per_iter = (time.time() - t0) / timed
+    per_validation = 0.0
+    if run.rank == 0:
+        t0 = time.time()
+        model.eval()
+        with torch.inference_mode():
+            validation(model, run.valid_loader, run.converter, run.config, run.device,
+                       case_insensitive=opt.case_insensitive, amp_dtype=run.amp_dtype)
+        per_validation = time.time() - t0
+    run.train_data.load_state_dict(data_state)
+    set_rng_state(rng)
+    # The loop validates after its first iteration and every --valInterval: n iterations take about
+    # n * per_iter + (1 + n / valInterval) * per_validation seconds.
+    left = budget - (time.time() - began)
+    fitted = int((left - per_validation) / (per_iter + per_validation / opt.valInterval))
+    plan = BudgetPlan(opt.time_budget, min(opt.num_iter, start + max(fitted, 1)), per_iter, per_validation, timed)
+    return broadcast_plan(plan, run)
+
+
+def rank0_says(flag: bool, run: TrainRun) -> bool:
+    if run.world_size == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=run.device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def broadcast_plan(plan: BudgetPlan, run: TrainRun) -> BudgetPlan:
+    """Every rank trains rank 0's plan (its timing includes the validations only rank 0 runs)."""
+    if run.world_size == 1:
+        return plan
+    values = torch.tensor([plan.num_iter, plan.seconds_per_iter, plan.seconds_per_validation, plan.timed_iters],
+                          dtype=torch.float64, device=run.device)
+    dist.broadcast(values, src=0)
+    num_iter, per_iter, per_validation, timed = values.tolist()
+    return BudgetPlan(plan.minutes, int(num_iter), per_iter, per_validation, int(timed))
+
+
 def train(opt) -> dict:
     """A training run, top to bottom: set-up, model, data, optimizer, resume, the loop."""
     check_training_arguments(opt)
@@ -567,21 +673,27 @@ def train(opt) -> dict:
                                     workers=opt.workers, batch_size=opt.batch_size, seed=opt.manualSeed)
         train_data = make_train_data(opt, data, rank, world_size, console, dataset_log)
         valid_loader = make_valid_loader(opt.valid_data, data, train_data.batch_size, dataset_log) if rank == 0 else None
-        model = prepare_model(model, config, device, world_size, console)
+        model = prepare_model(model, config, device, world_size, console, opt.compile)
         params = [p for p in model.parameters() if p.requires_grad]
         console(f"Trainable params num :  {sum(p.numel() for p in params)}")
         optimizer = make_optimizer(opt, params)
         console(f"Optimizer:\n{optimizer}")
         run = TrainRun(opt, rank, world_size, device, config, exp_dir, model, train_data, valid_loader,
-                       make_converter(config.Prediction, config.character), optimizer, make_scheduler(opt, optimizer),
+                       make_converter(config.Prediction, config.character), optimizer, None,
                        torch.amp.GradScaler(device.type, enabled=opt.amp == "fp16"), dtype,
                        console, train_log)
+        run.budget = plan_iterations(run)
+        if run.budget is not None:  # the chosen --num_iter, before the schedule is planned over it
+            opt = run.opt = argparse.Namespace(**{**vars(opt), "num_iter": run.budget.num_iter})
+            train_log(run.budget.describe())  # log_train.txt and the console
+        run.scheduler = make_scheduler(opt, optimizer)
         start = resume_or_start(run)
         if rank == 0:
             effective = train_data.batch_size * world_size * opt.accum_steps
+            extra = {"time_budget_plan": run.budget.describe()} if run.budget else {}
             console(write_options(opt, config, exp_dir, {"exp_name": exp_name, "num_class": config.num_class,
                                                         "world_size": world_size,
-                                                        "effective_batch_size": effective}).rstrip())
+                                                        "effective_batch_size": effective, **extra}).rstrip())
             if summary_writer is not None:  # purge_step: a resumed run replaces what a killed run logged later
                 run.tb = summary_writer(str(exp_dir / "tensorboard"), purge_step=start + 1)
         try:

@@ -21,6 +21,11 @@ def add_training_arguments(parser: argparse.ArgumentParser, data_required: bool 
     g.add_argument("--valid_data", required=data_required, help="root folder of the validation LMDB(s)")
     g.add_argument("--manualSeed", type=int, default=1111, help="random seed")
     g.add_argument("--num_iter", type=int, default=300000, help="number of iterations to train for")
+    g.add_argument("--time_budget", type=float, default=0, metavar="MINUTES",
+                   help="train for about MINUTES of wall time: a short timed warm-up measures this machine's "
+                        "iterations per second, then fixes --num_iter (at most the one given) and the schedule's "
+                        "horizon before the schedule starts; opt.txt and the log record the number, so "
+                        "--num_iter N repeats the run")
     g.add_argument("--valInterval", type=int, default=2000, help="validate (and write last.pth) every N iterations")
     g.add_argument("--saveInterval", type=int, default=100000, help="also keep iter_N.pth every N iterations")
     g.add_argument("--saved_model", default="", help="checkpoint (path or pretrained name) to continue from")
@@ -61,6 +66,8 @@ def check_training_arguments(opt) -> None:
     The model's sizes (--imgH for the feature extractor, ...) are checked by ModelConfig itself."""
     check_runtime_arguments(opt)
     make_augment(opt.augment, opt.augment_n, opt.augment_m)  # --augment_n / --augment_m in range
+    if not 0 <= opt.time_budget < math.inf:
+        raise UsageError(f"--time_budget must be 0 (off) or a number of minutes, got {opt.time_budget}")
     at_least = {"num_iter": 1, "valInterval": 1, "saveInterval": 1, "accum_steps": 1, "log_interval": 0,
                 "warmup_iters": 0}
     for name, low in at_least.items():
