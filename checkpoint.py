@@ -10,6 +10,8 @@ keys start with ``module.``. Both load here; ``export_reference`` writes the bar
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import torch
 
 from model import STAGES, Model, ModelConfig, build_model, config_from_flags
 from pretrained import REGISTRY, resolve_saved_model
-from fileio import atomic_write
+from fileio import atomic_write, cache_root
 from runtime import UsageError
 from utils import CONVERTERS
 
@@ -341,6 +343,47 @@ def load_onnx_model(path: Path, flags: dict, device, training: bool, log, amp: s
                          "again with them")
     log(f"ONNX Runtime model {config.name} from {path} ({', '.join(model.session.get_providers())})")
     return LoadedModel(model, config, path, {})
+
+
+RUNTIMES = ("torch", "onnx")
+
+
+def load_model_for_runtime(saved_model: str | os.PathLike, flags: dict | None, device: torch.device | str,
+                           runtime: str = "torch", *, log: Callable[[str], None] = lambda message: None,
+                           amp: str = "off") -> LoadedModel:
+    """``--runtime torch``: :func:`load_model`. ``--runtime onnx``: the checkpoint exported once to ONNX
+    (fp32) under ``cache_root()/onnx/``, keyed by the checkpoint's bytes and the flags, and run by ONNX
+    Runtime; later runs reuse the file. An ``.onnx`` ``--saved_model`` runs as it is either way."""
+    if runtime not in RUNTIMES:
+        raise UsageError(f"--runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    flags = flags or {}
+    if runtime == "torch" or Path(saved_model).suffix.lower() == ".onnx":
+        return load_model(saved_model, flags, device, log=log, amp=amp)
+    if amp != "off":
+        raise UsageError(f"--runtime onnx runs the model in fp32; --amp {amp} applies to --runtime torch")
+    cached = onnx_cache_path(saved_model, flags)
+    if not cached.exists():
+        from onnx_model import export_onnx
+
+        log(f"exporting {saved_model} to ONNX once: {cached}")
+        export_onnx(load_model(saved_model, flags, "cpu", log=log, allow_onnx=False).model, cached)
+    return load_onnx_model(cached, flags, device, False, log)
+
+
+def onnx_cache_path(saved_model: str | os.PathLike, flags: dict) -> Path:
+    """cache_root()/onnx/<checkpoint stem>-<sha256 of its bytes, the flags and the export format>.onnx"""
+    from onnx_model import DEFAULT_OPSET, VERSION as ONNX_VERSION
+
+    path, _ = resolve_saved_model(str(saved_model))
+    if not path.is_file():
+        raise FileNotFoundError(f"--saved_model {saved_model}: {path} is not a file; give a checkpoint or a "
+                                "registered name (python pretrained.py lists them)")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    digest.update(json.dumps([flags, ONNX_VERSION, DEFAULT_OPSET], sort_keys=True, default=str).encode())
+    return cache_root() / "onnx" / f"{path.stem}-{digest.hexdigest()[:16]}.onnx"
 
 
 def trained_config(ckpt: dict, registered: dict | None, named: bool, path: Path, flags: dict, log

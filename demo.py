@@ -4,7 +4,8 @@
 
 Prints the reference's table and appends it to ./log_demo_result.txt. ``--decoder beam``,
 ``--lexicon words.txt``, ``--topk 3`` (the three best readings with scores) and ``--char_conf``
-(each character's confidence) add lines under each row.
+(each character's confidence) add lines under each row. ``--runtime onnx`` reads with ONNX Runtime
+(the checkpoint is exported once to a cache and reused).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import argparse
 
 import torch
 
-from checkpoint import load_model
+from checkpoint import RUNTIMES, load_model_for_runtime
 from dataset import DataConfig, RawDataset
 from decoding import Decoded, add_decoding_arguments, check_decoding_flags, decode, options_from_args
 from evaluation import make_eval_loader
@@ -30,6 +31,9 @@ def parse_args(argv=None):
                         help="folder(s) walked recursively for images, and/or image files")
     parser.add_argument("--saved_model", default=DEFAULT_MODEL,
                         help=f"checkpoint path or pretrained model name (default {DEFAULT_MODEL})")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                        help="torch: run the checkpoint in PyTorch; onnx: export it to ONNX once (cached by its "
+                             "content under the toolkit's cache folder) and run it with ONNX Runtime (fp32)")
     parser.add_argument("--log_file", default="log_demo_result.txt", help="where the table is appended")
     add_runtime_arguments(parser)
     add_decoding_arguments(parser, readout=True)
@@ -48,7 +52,7 @@ def read_decoded(opt) -> list[tuple[str, Decoded]]:
     device = resolve_device(opt.device)
     dtype = check_amp(opt.amp, device)
     log = get_logger("demo.load").info
-    loaded = load_model(opt.saved_model, model_flags(opt), device, log=log, amp=opt.amp)
+    loaded = load_model_for_runtime(opt.saved_model, model_flags(opt), device, opt.runtime, log=log, amp=opt.amp)
     config = loaded.config
     options = options_from_args(opt, config, log, topk=opt.topk)
     data = DataConfig.for_model(config, dynamic_width=opt.dynamic_width, workers=opt.workers,

@@ -68,6 +68,12 @@ def make_eval_loader(dataset, data: DataConfig, shuffle: bool = False) -> torch.
                                        pin_memory=torch.cuda.is_available())
 
 
+def total_accuracy(accuracies: dict[str, float], counts: dict[str, int], names: list[str]) -> float:
+    """The accuracy over the sets ``names`` taken together (each weighted by its samples), as the
+    reference's total and the paper's 7-set total."""
+    return sum(accuracies[n] * counts[n] for n in names) / sum(counts[n] for n in names)
+
+
 def synchronize(device) -> None:
     """Wait for the GPU, so that a timer around a forward pass measures the forward pass."""
     if torch.device(device).type == "cuda":

@@ -22,12 +22,16 @@ that reads ONNX. Batch is dynamic, and width too unless the model has TPS, ViT o
 decoder runs a fixed batch_max_length + 1 greedy steps; PARSeq its reading (AR with every step run,
 or NAR) and refinement. The model's configuration (stages,
 sizes, character set, PAD, sensitive) is in the file's metadata. ``--quantize int8``: static
-QDQ int8 quantisation with ONNX Runtime, calibrated on the images of ``--calib_data``.
+QDQ int8 quantisation with ONNX Runtime (7-bit per-channel weights, which read the same on CPUs with
+and without VNNI), calibrated on the images of ``--calib_data``, then read against fp32 on those
+images: past ``--max_drop`` points (default 1) nothing is written and the exit status is 1, unless
+``--on_drop warn``.
 """
 from __future__ import annotations
 
 import argparse
 import inspect
+import os
 from pathlib import Path
 
 import yaml
@@ -41,6 +45,7 @@ from onnx_model import DEFAULT_OPSET, OPSET_HELP, export_onnx
 from runtime import UsageError, run_cli
 
 EASYOCR_ARCHITECTURE = "None-VGG-BiLSTM-CTC"
+DEFAULT_MAX_DROP = 1.0
 
 # Written to DIR/NAME.py: torch only, the reference's module names, EasyOCR's constructor signature.
 # The stage classes are copied from modules/ by inspect, so the export cannot drift from them.
@@ -117,14 +122,39 @@ def export_onnx_file(model: Model, opt) -> Path:
     output = Path(opt.output)
     if not opt.quantize:
         return export_onnx(model, output, opset=opt.opset)
-    from onnx_model import quantize_int8
+    from onnx_model import compare_int8, quantize_int8
 
     fp32 = output.with_name(output.stem + ".fp32.tmp.onnx")
+    int8 = output.with_name(output.stem + ".int8.tmp.onnx")
     try:
         export_onnx(model, fp32, opset=opt.opset)
-        return quantize_int8(fp32, output, opt.calib_data, opt.calib_size)
+        quantize_int8(fp32, int8, opt.calib_data, opt.calib_size)
+        check_int8_drop(compare_int8(fp32, int8, opt.calib_data, opt.calib_size), opt)
+        os.replace(int8, output)  # only a file that passed the check (or --on_drop warn) reaches --output
+        return output
     finally:
         fp32.unlink(missing_ok=True)
+        int8.unlink(missing_ok=True)
+
+
+class Int8DropError(ValueError):
+    """The int8 file reads worse than fp32 by more than --max_drop: exit status 1, no file written."""
+
+
+def check_int8_drop(check, opt) -> None:
+    """Refuse (no file written) or warn when int8 loses more than ``--max_drop`` points against fp32."""
+    print(f"int8 check: {check.describe()}")
+    max_drop = DEFAULT_MAX_DROP if opt.max_drop is None else opt.max_drop
+    if check.drop <= max_drop:
+        return
+    problem = (f"the int8 model loses {check.drop:.2f} points against fp32, more than --max_drop {max_drop:g} "
+               f"({check.describe()})")
+    if opt.on_drop == "warn":
+        print(f"warning: {problem}; {opt.output} is written anyway (--on_drop warn)")
+        return
+    raise Int8DropError(f"{problem}; {opt.output} was not written. Calibrate on more images like those the model "
+                        "will read (--calib_data, --calib_size), use the fp32 export, or keep this file with "
+                        "--on_drop warn (or a larger --max_drop)")
 
 
 def check_outputs(opt, source: str | Path) -> None:
@@ -150,6 +180,13 @@ def parse_args(argv=None):
     parser.add_argument("--calib_data", default=None,
                         help="onnx --quantize: a folder of word images like those the model will read (a few hundred)")
     parser.add_argument("--calib_size", type=int, default=256, help="onnx --quantize: images used for calibration")
+    parser.add_argument("--max_drop", type=float, default=None, metavar="POINTS",
+                        help="onnx --quantize: the most accuracy points int8 may lose against fp32 on the calibration "
+                             f"images (default {DEFAULT_MAX_DROP}; measured with their gt.txt labels when the "
+                             "folder or its parent has one, else estimated from fp32's confident readings)")
+    parser.add_argument("--on_drop", choices=["refuse", "warn"], default="refuse",
+                        help="onnx --quantize: past --max_drop, refuse (exit 1, no file written; default) or "
+                             "write the file with a warning")
     parser.add_argument("--name", default=None, help="easyocr: the recogniser's name (default: the model's file stem)")
     add_model_arguments(parser)
     return parser.parse_args(argv)
@@ -161,6 +198,10 @@ def export(argv=None) -> list[Path]:
         raise UsageError("--quantize and --calib_data apply to --format onnx only")
     if opt.quantize and not opt.calib_data:
         raise UsageError("--quantize int8 needs --calib_data DIR: a folder of word images to calibrate on")
+    if opt.max_drop is not None and not opt.quantize:
+        raise UsageError("--max_drop applies to --quantize int8 only")
+    if opt.max_drop is not None and opt.max_drop < 0:
+        raise UsageError(f"--max_drop is a number of accuracy points, 0 or more; got {opt.max_drop:g}")
     if opt.calib_size < 1:
         raise UsageError(f"--calib_size must be at least 1, got {opt.calib_size}")
     if opt.calib_data and not Path(opt.calib_data).is_dir():

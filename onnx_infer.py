@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import stat
 import sys
 
@@ -25,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
+VNNI_CPU_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # x86 int8 kernels that accumulate in int32
 NUM_SPECIAL = {"CTC": 1, "Attn": 2, "PARSeq": 1}  # [CTCblank]; [GO], [s]; [E]
 CONFIG_KEYS = ("input_channel", "imgH", "imgW", "PAD", "character", "Prediction")
 
@@ -65,7 +67,31 @@ def load(path: str) -> tuple[ort.InferenceSession, dict]:
         raise OnnxFileError(f"{path}: its str_toolkit metadata is not a model configuration ({e}); export it "
                             "again with export.py --format onnx") from None
     check_classes(path, session, config)
+    warn_if_saturating(path, json.loads(meta["str_toolkit"]).get("quantized"))
     return session, config
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return set()
+
+
+def warn_if_saturating(path: str, quantized) -> None:
+    """An int8 file with 8-bit weights (``reduce_range`` false, or not recorded) on an x86 CPU without VNNI:
+    ONNX Runtime's u8s8 kernels add product pairs in int16 there, which saturates (see export.py)."""
+    if not quantized or (isinstance(quantized, dict) and quantized.get("reduce_range")):
+        return
+    flags = cpu_flags()
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686") or not flags or flags & VNNI_CPU_FLAGS:
+        return
+    print(f"warning: {path}: this int8 model was quantised with 8-bit weights (without reduce_range), and this CPU "
+          "has no VNNI: ONNX Runtime's int8 kernels saturate here and the model can read several points worse "
+          "than fp32. Re-export it with export.py --quantize int8 (7-bit weights by default), or use the fp32 "
+          ".onnx", file=sys.stderr)
 
 
 def check_model_file(path: str) -> None:

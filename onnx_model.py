@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import platform
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -364,11 +366,18 @@ class OnnxModel:
     the logits as a float32 tensor on the image's device. ``.config`` is the model's ModelConfig.
     """
 
-    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", threads: int | None = None,
+                 warn: bool = True):
         import onnxruntime as ort
 
         self.source = Path(path)
         info = read_metadata(self.source)
+        self.quantized = info.get("quantized")
+        warning = int8_saturation_warning(info) if warn else None
+        if warning:
+            from runtime import get_logger
+
+            get_logger("onnx").warning(f"warning: {self.source}: {warning}")
         self.config = ModelConfig.from_dict(info["config"])
         self.dynamic_width = bool(info.get("dynamic_width"))
         self.num_parameters = int(info.get("parameters", 0))
@@ -428,8 +437,9 @@ class OnnxModel:
 
 # --- int8 ---------------------------------------------------------------------------------------
 
-def calibration_batches(folder: str | os.PathLike, config: ModelConfig, count: int, batch_size: int = 16):
-    """Batches of the folder's images ({"image": float32 array}), preprocessed as demo.py does."""
+def calibration_items(folder: str | os.PathLike, config: ModelConfig, count: int, batch_size: int = 16):
+    """(images [B, C, imgH, imgW], paths) batches of the folder's first ``count`` readable images,
+    preprocessed as demo.py does."""
     from dataset import AlignCollate, DataConfig, RawDataset
 
     dataset = RawDataset(folder, DataConfig.for_model(config))
@@ -438,20 +448,52 @@ def calibration_batches(folder: str | os.PathLike, config: ModelConfig, count: i
     if not items:
         raise ValueError(f"--calib_data {folder}: no readable image to calibrate on")
     for start in range(0, len(items), batch_size):
-        images, _ = collate(items[start:start + batch_size])
+        yield collate(items[start:start + batch_size])
+
+
+def calibration_batches(folder: str | os.PathLike, config: ModelConfig, count: int, batch_size: int = 16):
+    """Batches of the folder's images ({"image": float32 array}) for ONNX Runtime's calibrator."""
+    for images, _ in calibration_items(folder, config, count, batch_size):
         yield {"image": images.numpy()}
 
 
 # Quantised statically (calibrated ranges); everything between two convolutions is among them.
 STATIC_INT8_OPS = ["Conv", "MatMul", "Gemm", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Add",
                    "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Concat"]
+CALIBRATION_PERCENTILE = 99.999
+# x86 CPUs whose u8s8 int8 kernels accumulate in int32 (no int16 intermediate that can saturate).
+VNNI_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How ``quantize_int8`` quantises; written into the .onnx metadata (``quantized``).
+
+    ``reduce_range`` (7-bit weights, -64..64): on x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels
+    multiply uint8 activations by int8 weights and add adjacent pairs into int16 (``vpmaddubsw``),
+    which saturates once a pair exceeds 32767; with 8-bit weights 2 x 255 x 127 = 64770 can, with
+    7-bit weights 2 x 255 x 64 = 32640 cannot. VNNI CPUs accumulate in int32 either way, so one
+    file reads the same on every x86 CPU. Per-channel weights keep the 7-bit grid fine enough:
+    english_g2 lost 0.6 points on svt_647 + ic03_860 (docs/cpus.md).
+    """
+
+    reduce_range: bool = True
+    per_channel: bool = True
+
+    def to_dict(self, calib_images: int) -> dict:
+        return {"scheme": "int8 static QDQ", "weights": "int8 per channel" if self.per_channel else "int8 per tensor",
+                "reduce_range": self.reduce_range, "weight_bits": 7 if self.reduce_range else 8,
+                "activations": "uint8", "ops": STATIC_INT8_OPS, "lstm": "DynamicQuantizeLSTM",
+                "calibration": f"percentile {CALIBRATION_PERCENTILE}", "calib_images": calib_images}
 
 
 def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike, calib_data: str | os.PathLike,
-                  calib_size: int = 256) -> Path:
-    """Static QDQ int8 quantisation (ONNX Runtime), calibrated on ``calib_data``; keeps the metadata.
+                  calib_size: int = 256, settings: Int8Settings = Int8Settings()) -> Path:
+    """Static QDQ int8 quantisation (ONNX Runtime), calibrated on ``calib_data``; keeps the metadata
+    and records ``settings`` in it.
 
-    Convolutions, MatMul and Gemm get int8 weights (per channel) and uint8 activations, and the
+    Convolutions, MatMul and Gemm get int8 weights (per channel, 7-bit: :class:`Int8Settings`) and
+    uint8 activations, and the
     ops between them (ReLU, pooling, reshapes, the residual Add) are quantised too, so that the
     tensors stay int8 from one convolution to the next (ONNX Runtime folds a ReLU into the range of
     the convolution before it; quantising only the convolutions left a Dequantize → Relu →
@@ -459,8 +501,7 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike, calib
     static int8 LSTM, so a second pass gives the LSTMs int8 weights with activations quantised
     on the fly (``DynamicQuantizeLSTM``; LSTM time on english_g2: 36 % of the model → 19 %).
     Activation ranges are the 99.999th percentile of the calibration activations: with MinMax
-    ranges english_g2 lost 1.5 points on svt_647 + ic03_860; with percentile ranges it lost none
-    on 300 of those crops.
+    ranges english_g2 lost 1.5 points on svt_647 + ic03_860.
     """
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -468,29 +509,128 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike, calib
 
     info = read_metadata(fp32_path)
     config = ModelConfig.from_dict(info["config"])
+    seen = []
 
     class Reader(CalibrationDataReader):
         def __init__(self):
             self.batches = calibration_batches(calib_data, config, calib_size)
 
         def get_next(self):
-            return next(self.batches, None)
+            batch = next(self.batches, None)
+            seen.append(0 if batch is None else len(batch["image"]))
+            return batch
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as work:
         tmp = Path(work) / "int8.onnx"  # onnxruntime's quantisers write to a path, not a file object
         quantize_static(str(fp32_path), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        op_types_to_quantize=STATIC_INT8_OPS, calibrate_method=CalibrationMethod.Percentile)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=settings.per_channel, reduce_range=settings.reduce_range,
+                        op_types_to_quantize=STATIC_INT8_OPS, calibrate_method=CalibrationMethod.Percentile,
+                        extra_options={"CalibPercentile": CALIBRATION_PERCENTILE})
         proto = onnx.load_model(tmp)
         if any(node.op_type == "LSTM" for node in proto.graph.node):
-            quantize_dynamic(str(tmp), str(tmp), op_types_to_quantize=["LSTM"], weight_type=QuantType.QInt8)
+            quantize_dynamic(str(tmp), str(tmp), op_types_to_quantize=["LSTM"], weight_type=QuantType.QInt8,
+                             reduce_range=settings.reduce_range)
             proto = onnx.load_model(tmp)
-    info["quantized"] = "int8 static QDQ"
+    info["quantized"] = settings.to_dict(calib_images=sum(seen))
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(info, ensure_ascii=False)
     with atomic_write(output, what="the ONNX model") as f:
         f.write(proto.SerializeToString())
     return output
+
+
+def int8_saturation_warning(info: dict, flags: set[str] | None = None, machine: str | None = None) -> str | None:
+    """Why an int8 file may read worse on this CPU than where it was checked, or None.
+
+    Files quantised with 8-bit weights (``reduce_range`` false; every int8 file whose metadata does not
+    say, as export.py wrote them before the setting was recorded) saturate in ONNX Runtime's u8s8
+    kernels on x86 CPUs without VNNI (:class:`Int8Settings`). Other CPUs (ARM) and unknown flags: None.
+    """
+    quantized = info.get("quantized")
+    if not quantized or (isinstance(quantized, dict) and quantized.get("reduce_range")):
+        return None
+    from runtime import cpu_flags
+
+    flags = cpu_flags() if flags is None else flags
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686") or not flags or flags & set(VNNI_CPU_FLAGS):
+        return None
+    return ("this int8 model was quantised with 8-bit weights (without reduce_range), and this CPU has no VNNI "
+            f"({', '.join(VNNI_CPU_FLAGS)} absent from /proc/cpuinfo): ONNX Runtime's int8 kernels saturate here "
+            "and the model can read several points worse than fp32. Re-export it with this toolkit's export.py "
+            "--quantize int8 (7-bit weights by default), or use the fp32 .onnx")
+
+
+@dataclass(frozen=True)
+class Int8Check:
+    """int8 against fp32 on the calibration images. With labels (a gt.txt in the calibration folder or
+    its parent): ``drop`` is fp32's accuracy minus int8's; without: the share of fp32's confident
+    readings (confidence >= ``CONFIDENT``) that int8 reads otherwise, an estimate of the points lost."""
+
+    images: int
+    labelled: bool
+    agreement: float  # % of images read the same (case-insensitive alphanumeric)
+    fp32_accuracy: float | None
+    int8_accuracy: float | None
+    confident_changed: float  # % of fp32's confident readings that int8 reads otherwise
+    confident: int  # how many of fp32's readings are confident
+
+    @property
+    def drop(self) -> float:
+        return self.fp32_accuracy - self.int8_accuracy if self.labelled else self.confident_changed
+
+    def describe(self) -> str:
+        if self.labelled:
+            return (f"on {self.images} labelled calibration images int8 reads {self.int8_accuracy:.2f} % against "
+                    f"fp32's {self.fp32_accuracy:.2f} % (drop {self.drop:.2f} points; {self.agreement:.1f} % of "
+                    "readings equal)")
+        if not self.confident:
+            return (f"on {self.images} unlabelled calibration images fp32 reads none with confidence {CONFIDENT} or "
+                    f"more, so the drop cannot be estimated ({self.agreement:.1f} % of readings equal); add a gt.txt")
+        return (f"on {self.images} unlabelled calibration images int8 reads {self.drop:.2f} % of fp32's {self.confident} "
+                f"confident readings otherwise (estimated drop {self.drop:.2f} points; {self.agreement:.1f} % of "
+                "readings equal)")
+
+
+CONFIDENT = 0.9
+
+
+def calibration_labels(folder: str | os.PathLike) -> dict[str, str]:
+    """Resolved image path → label from a gt.txt in ``folder`` or its parent (the layout of
+    create_lmdb_dataset.py's input: ``images/<file>\tlabel``); empty when there is none."""
+    from dataset import parse_gt_file
+
+    folder = Path(folder)
+    for gt in (folder / "gt.txt", folder.parent / "gt.txt"):
+        if gt.is_file():
+            samples, _ = parse_gt_file(gt)
+            return {str((gt.parent / image).resolve()): label for _, image, label in samples}
+    return {}
+
+
+def compare_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calib_data: str | os.PathLike,
+                 calib_size: int = 256) -> Int8Check:
+    """Read the calibration images with both files (greedy, as demo.py) → :class:`Int8Check`."""
+    from decoding import DecodeOptions, decode
+    from evaluation import normalize_for_scoring as norm
+
+    fp32, int8 = OnnxModel(fp32_path, warn=False), OnnxModel(int8_path, warn=False)
+    config, labels = fp32.config, calibration_labels(calib_data)
+    rows = []  # (fp32 text, fp32 confidence, int8 text, label or None)
+    for images, paths in calibration_items(calib_data, config, calib_size):
+        a, b = (decode(m, images, config, DecodeOptions()).results for m in (fp32, int8))
+        rows += [(x.text, x.confidence, y.text, labels.get(str(Path(p).resolve())))
+                 for x, y, p in zip(a, b, paths)]
+    labelled = bool(rows) and all(label is not None for *_, label in rows)
+    confident = [(x, y) for x, c, y, _ in rows if c >= CONFIDENT]
+    n = len(rows)
+    return Int8Check(
+        images=n, labelled=labelled, agreement=100 * sum(norm(x) == norm(y) for x, _, y, _ in rows) / n,
+        fp32_accuracy=100 * sum(norm(x) == norm(g) for x, _, _, g in rows) / n if labelled else None,
+        int8_accuracy=100 * sum(norm(y) == norm(g) for _, _, y, g in rows) / n if labelled else None,
+        confident_changed=100 * sum(norm(x) != norm(y) for x, y in confident) / max(len(confident), 1),
+        confident=len(confident))

@@ -4,9 +4,10 @@
 # the real crops are beside the repository, ../shared/data/real, or REAL=<folder>), and read a few
 # images with demo.py.
 #
-#   bash quickstart.sh                       # about 15 minutes on a 2-core CPU
-#   NUM_ITER=400 NUM_TRAIN=5000 bash quickstart.sh   # a quick look (lower accuracy)
-#   AMP=off bash quickstart.sh               # fp32 (3,500 iterations unless NUM_ITER says otherwise)
+#   bash quickstart.sh                       # about 12 minutes on a 2-core CPU, 9 of them training
+#   TRAIN_MINUTES=3 NUM_TRAIN=5000 bash quickstart.sh   # a quick look (lower accuracy)
+#   NUM_ITER=6000 bash quickstart.sh         # a fixed number of iterations instead of a time budget
+#   AMP=off bash quickstart.sh               # fp32 even where the CPU computes bf16
 #
 # Everything it writes goes under $OUT (default quickstart_out/) and saved_models/quickstart/.
 set -euo pipefail
@@ -24,11 +25,17 @@ echo "== 1/6 install (scripts/setup.sh)"
 bash scripts/setup.sh
 
 if [ "$AMP" = auto ]; then
-  AMP=$($PY -c "import torch, utils; print('bf16' if (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) or utils.cpu_flags() & set(utils.BF16_CPU_FLAGS) else 'off')")
+  AMP=$($PY -c "import torch, runtime; print('bf16' if (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) or runtime.cpu_flags() & set(runtime.BF16_CPU_FLAGS) else 'off')")
 fi
-# About 9 minutes of training on a 2-core CPU either way: bf16 trains about 1.5x faster there
-# (6,000 bf16 iterations with augmentation took 8.6 minutes on the idle machine; README, real-image table).
-if [ "$AMP" = bf16 ]; then NUM_ITER=${NUM_ITER:-6000}; else NUM_ITER=${NUM_ITER:-3500}; fi
+# TRAIN_MINUTES of training on any machine: train.py --time_budget times a short warm-up here and
+# chooses --num_iter from it (bf16 trains about 1.5x more iterations than fp32 where the CPU has it).
+# NUM_ITER, when set, fixes the iterations instead.
+TRAIN_MINUTES=${TRAIN_MINUTES:-9}
+if [ -n "${NUM_ITER:-}" ]; then
+  LENGTH=(--num_iter "$NUM_ITER"); LENGTH_TEXT="$NUM_ITER iterations"
+else
+  LENGTH=(--time_budget "$TRAIN_MINUTES"); LENGTH_TEXT="about $TRAIN_MINUTES minutes (--time_budget)"
+fi
 
 echo "== 2/6 synthetic data: $NUM_TRAIN training images, validation, held-out-font evaluation"
 if [ ! -f "$OUT/data/evaluation/synth_heldout_fonts/data.mdb" ]; then
@@ -38,14 +45,17 @@ if [ ! -f "$OUT/data/evaluation/synth_heldout_fonts/data.mdb" ]; then
 fi
 $PY scripts/make_contact_sheet.py --lmdb "$OUT/data/training/synth" --output "$OUT/training_samples.png"
 
-echo "== 3/6 train a CRNN (None-VGG-BiLSTM-CTC, narrow) for $NUM_ITER iterations, --amp $AMP, augmented"
+echo "== 3/6 train a CRNN (None-VGG-BiLSTM-CTC, narrow) for $LENGTH_TEXT, --amp $AMP, augmented"
 rm -rf saved_models/quickstart
+train_start=$(date +%s)
 $PY train.py --train_data "$OUT/data/training" --valid_data "$OUT/data/validation" \
     --select_data / --batch_ratio 1 --exp_name quickstart \
     --Transformation None --FeatureExtraction VGG --SequenceModeling BiLSTM --Prediction CTC \
     --output_channel 128 --hidden_size 128 \
-    --adam --lr 0.002 --schedule onecycle --num_iter "$NUM_ITER" --valInterval 250 \
+    --adam --lr 0.002 --schedule onecycle "${LENGTH[@]}" --valInterval 250 \
     --batch_size 64 --workers 1 --log_interval 50 --amp "$AMP" --augment rand --augment_m 3
+plan=$(sed -n 's/^time_budget_plan: //p' saved_models/quickstart/opt.txt | tail -1)
+echo "trained in $(( $(date +%s) - train_start )) s${plan:+; train.py chose: $plan}"
 
 echo "== 4/6 evaluate on fonts never seen in training"
 $PY test.py --eval_data "$OUT/data/evaluation" --saved_model saved_models/quickstart/best_accuracy.pth --workers 1

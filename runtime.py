@@ -66,6 +66,29 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, batch_help: str = "ba
                    help="with --PAD: batch width follows the widest image (multiple of imgH, at most imgW)")
 
 
+COMPILE_HELP = ("torch.compile the model (nn.Module.compile: same weights and checkpoints). Off by default: "
+                "on a 2-core CPU its compile time exceeded what it saved (docs/cpus.md); try it on a GPU or for "
+                "long runs")
+
+
+def add_compile_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compile`` for the scripts that run a PyTorch model many times (train.py, test.py)."""
+    parser.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+
+
+def compile_model(model, enabled: bool, log: Callable[[str], None] = lambda message: None):
+    """``--compile``: compile ``model`` in place (its state_dict keys do not change) → the model."""
+    import torch
+
+    if not enabled:
+        return model
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError("--compile applies to PyTorch models; an .onnx model runs in ONNX Runtime")
+    log("--compile: torch.compile on the first batches (each new input shape compiles once more)")
+    model.compile()
+    return model
+
+
 class UsageError(ValueError):
     """A flag or argument the script cannot run with: exit status 2, like argparse's own errors."""
 
@@ -126,6 +149,28 @@ def _read_cpu_flags() -> frozenset[str]:
         return frozenset()
     return frozenset(flag for line in text.splitlines() if line.startswith("flags")
                      for flag in line.split(":", 1)[1].split())
+
+
+# What the int8 and bf16 paths depend on, as /proc/cpuinfo names it (any of the flags counts).
+CPU_FEATURES = {"AVX2": ("avx2",), "AVX-512": ("avx512f",), "VNNI": ("avx512_vnni", "avx_vnni"),
+                "AVX512-BF16": ("avx512_bf16",), "AMX": ("amx_tile",)}
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ('unknown' where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    return names[0] if names else "unknown"
+
+
+def cpu_description() -> str:
+    """One line: model, cores, and the features of CPU_FEATURES with yes/no, e.g. for a benchmark's header."""
+    flags = cpu_flags()
+    features = ", ".join(f"{name} {'yes' if flags & set(names) else 'no'}" for name, names in CPU_FEATURES.items())
+    return f"CPU: {cpu_model()}, {os.cpu_count()} cores; {features}"
 
 
 def check_amp(amp: str, device: torch.device | str, training: bool = False) -> torch.dtype | None:

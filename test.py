@@ -24,11 +24,11 @@ from dataset import DataConfig, hierarchical_dataset
 from decoding import DecodeOptions, add_decoding_arguments, check_decoding_flags, options_from_args
 from error_analysis import write_errors
 from evaluation import (BENCHMARKS, PAPER_BENCHMARKS, UNION14M_BENCHMARKS, ValidationResult, make_eval_loader,
-                        validation)
+                        total_accuracy, validation)
 from fileio import check_output_folder
 from model import ModelConfig, add_model_arguments, count_parameters, model_flags
-from runtime import (UsageError, add_runtime_arguments, check_amp, check_runtime_arguments, get_logger,
-                     resolve_device, run_cli)
+from runtime import (UsageError, add_compile_argument, add_runtime_arguments, check_amp, check_runtime_arguments,
+                     compile_model, get_logger, resolve_device, run_cli)
 from utils import AttnLabelConverter, CTCLabelConverter, make_converter
 
 
@@ -76,11 +76,8 @@ def benchmark_all_eval(ev: Evaluation, eval_data: str) -> dict:
         log(f"Acc {result.accuracy:0.3f}\t normalized_ED {result.norm_ED:0.3f}")
         log("-" * 80)
 
-    def weighted(names):
-        return sum(accuracies[n] * counts[n] for n in names) / sum(counts[n] for n in names)
-
-    total = weighted(BENCHMARKS)
-    paper_total = weighted(PAPER_BENCHMARKS)
+    total = total_accuracy(accuracies, counts, BENCHMARKS)
+    paper_total = total_accuracy(accuracies, counts, PAPER_BENCHMARKS)
     ms_per_image = total_time / sum(counts.values()) * 1000
     params = count_parameters(ev.model) / 1e6
     line = "accuracy: " + "".join(f"{n}: {accuracies[n]:0.3f}\t" for n in BENCHMARKS)
@@ -171,6 +168,7 @@ def parse_args(argv=None):
                         help="write wrong predictions (image, label, prediction, confidence) and an HTML gallery here")
     parser.add_argument("--baiduCTC", action="store_true", help=argparse.SUPPRESS)  # accepted, has no effect
     add_runtime_arguments(parser)
+    add_compile_argument(parser)
     add_decoding_arguments(parser)
     add_model_arguments(parser)
     return parser.parse_args(argv)
@@ -192,7 +190,7 @@ def evaluate(argv=None) -> dict:
     device = resolve_device(opt.device)
     amp_dtype = check_amp(opt.amp, device)  # before the model is read, once for every set
     loaded = load_model(opt.saved_model, model_flags(opt), device, log=get_logger("test.load").info, amp=opt.amp)
-    model, config, path = loaded.model, loaded.config, loaded.source
+    model, config, path = compile_model(loaded.model, opt.compile), loaded.config, loaded.source
     out_dir = result_dir(opt.saved_model if Path(opt.saved_model).exists() else str(path))
     out_dir.mkdir(parents=True, exist_ok=True)
     if path.resolve() != (out_dir / path.name).resolve():

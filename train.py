@@ -8,11 +8,13 @@ Several GPUs or processes: ``torchrun --nproc_per_node N train.py ...`` (Distrib
 Interrupted runs continue exactly with ``--resume auto`` (or a path to ``last.pth``); SIGINT/SIGTERM
 save last.pth first (under DDP within 10 iterations). A constant schedule may be resumed with a larger
 ``--num_iter``; a cosine or one-cycle curve is fixed by the first run's ``--num_iter``.
+``--time_budget MINUTES`` chooses ``--num_iter`` from a timed warm-up on the machine it runs on.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import dataclasses
 import math
@@ -30,103 +32,27 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from augment import AUGMENTATIONS, make_augment
 from checkpoint import load_model, load_state, read_training_state, save_checkpoint, unwrap
 from dataset import BatchBalancedDataset, DataConfig, TrainDataConfig, hierarchical_dataset
 from evaluation import make_eval_loader, validation
 from fileio import FolderLock, atomic_write
 from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args, model_flags
-from runtime import (UsageError, add_runtime_arguments, check_amp, check_runtime_arguments, get_logger,
-                     resolve_device, run_cli)
+from runtime import UsageError, add_compile_argument, add_runtime_arguments, check_amp, compile_model, get_logger, \
+    resolve_device, run_cli
+from train_options import add_training_arguments, check_training_arguments
 from utils import Averager, make_converter
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--exp_name", help="folder under ./saved_models/ (default <Trans>-<Feat>-<Seq>-<Pred>-Seed<seed>)")
-    p.add_argument("--train_data", required=True, help="root folder of the training LMDBs")
-    p.add_argument("--valid_data", required=True, help="root folder of the validation LMDB(s)")
-    p.add_argument("--manualSeed", type=int, default=1111, help="random seed")
-    p.add_argument("--num_iter", type=int, default=300000, help="number of iterations to train for")
-    p.add_argument("--valInterval", type=int, default=2000, help="validate (and write last.pth) every N iterations")
-    p.add_argument("--saveInterval", type=int, default=100000, help="also keep iter_N.pth every N iterations")
-    p.add_argument("--saved_model", default="", help="checkpoint (path or pretrained name) to continue from")
-    p.add_argument("--FT", action="store_true", help="fine-tune --saved_model (a new --character set is remapped)")
-    p.add_argument("--freeze", default="", help="'-'-separated stages kept fixed (no gradient, eval mode), "
-                                                "e.g. FeatureExtraction to fine-tune only the sequence and prediction")
-    p.add_argument("--resume", default="", help="exact resume from last.pth: a path, or 'auto' for the experiment's")
-    p.add_argument("--adam", action="store_true", help="Adam instead of Adadelta")
-    p.add_argument("--lr", type=float, default=1, help="learning rate (1.0 for Adadelta)")
-    p.add_argument("--beta1", type=float, default=0.9, help="Adam beta1")
-    p.add_argument("--rho", type=float, default=0.95, help="Adadelta rho")
-    p.add_argument("--eps", type=float, default=1e-8, help="Adadelta eps")
-    p.add_argument("--grad_clip", type=float, default=5, help="gradient clipping (max L2 norm)")
-    p.add_argument("--schedule", choices=["constant", "cosine", "onecycle"], default="constant",
-                   help="learning-rate schedule (the reference's is constant); cosine and onecycle are planned "
-                        "over --num_iter, so --resume refuses a different --num_iter for them")
-    p.add_argument("--warmup_iters", type=int, default=0, help="linear warm-up for --schedule cosine")
-    p.add_argument("--accum_steps", type=int, default=1, help="gradient accumulation: batches per optimizer step")
-    p.add_argument("--baiduCTC", action="store_true", help=argparse.SUPPRESS)  # dropped: torch's CTC is used
-    p.add_argument("--select_data", default="MJ-ST", help="'-'-separated dataset name fragments")
-    p.add_argument("--batch_ratio", default="0.5-0.5", help="'-'-separated share of the batch for each dataset")
-    p.add_argument("--total_data_usage_ratio", default="1.0", help="fraction of each dataset to use")
-    p.add_argument("--augment", choices=sorted(AUGMENTATIONS), default="none",
-                   help="training-image augmentation: 'rand' = RandAugment for word images (augment.py)")
-    p.add_argument("--augment_n", type=int, default=3, help="--augment rand: ops per image")
-    p.add_argument("--augment_m", type=float, default=5, help="--augment rand: magnitude, 0-10")
-    p.add_argument("--data_filtering_off", action="store_true", help="keep samples with out-of-set characters")
-    p.add_argument("--case_insensitive", action="store_true", help="validate with case-insensitive alphanumeric scoring")
-    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exactly repeatable on CPU)")
-    p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
-                   help="progress bar (auto: only when the output is a terminal)")
-    p.add_argument("--log_interval", type=int, default=0, help="also print a loss line every N iterations")
-    p.add_argument("--tensorboard", action="store_true", help="log to saved_models/<exp>/tensorboard")
+    add_training_arguments(p)
     add_runtime_arguments(p, batch_help="batch size per process")
+    add_compile_argument(p)
     add_model_arguments(p)
     opt = p.parse_args(argv)
     if opt.baiduCTC:
         print("--baiduCTC is not supported: warp-ctc is replaced by torch.nn.CTCLoss (same model, same checkpoints)")
     return opt
-
-
-def check_args(opt) -> None:
-    """Refuse the flags a run cannot use (UsageError, exit 2) before any data is read or folder made.
-    The model's sizes (--imgH for the feature extractor, ...) are checked by ModelConfig itself."""
-    check_runtime_arguments(opt)
-    make_augment(opt.augment, opt.augment_n, opt.augment_m)  # --augment_n / --augment_m in range
-    at_least = {"num_iter": 1, "valInterval": 1, "saveInterval": 1, "accum_steps": 1, "log_interval": 0,
-                "warmup_iters": 0}
-    for name, low in at_least.items():
-        if getattr(opt, name) < low:
-            raise UsageError(f"--{name} must be at least {low}, got {getattr(opt, name)}")
-    ranges = {"lr": (lambda v: 0 < v < math.inf, "greater than 0"),
-              "grad_clip": (lambda v: v >= 0, "0 or more"),  # NaN fails every comparison, so it is refused
-              "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"), "rho": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-              "eps": (lambda v: 0 < v < math.inf, "greater than 0")}
-    for name, (ok, allowed) in ranges.items():
-        if not ok(getattr(opt, name)):
-            raise UsageError(f"--{name} must be {allowed}, got {getattr(opt, name)}")
-    check_data_shares(opt)
-
-
-def check_data_shares(opt) -> None:
-    """--batch_ratio: one positive number per --select_data entry, summing to 1; --total_data_usage_ratio in (0, 1]."""
-    names, shares = opt.select_data.split("-"), opt.batch_ratio.split("-")
-    if len(names) != len(shares):
-        raise UsageError(f"--batch_ratio {opt.batch_ratio} has {len(shares)} entries but --select_data "
-                         f"{opt.select_data} has {len(names)}: give one share per dataset (e.g. --select_data "
-                         "MJ-ST --batch_ratio 0.5-0.5)")
-    try:
-        values = [float(v) for v in shares]
-        usage = float(opt.total_data_usage_ratio)
-    except ValueError:
-        raise UsageError(f"--batch_ratio {opt.batch_ratio} and --total_data_usage_ratio "
-                         f"{opt.total_data_usage_ratio} must be numbers ('-'-separated for --batch_ratio)") from None
-    if not all(0 < v <= 1 for v in values) or not abs(sum(values) - 1) <= 0.01:
-        raise UsageError(f"--batch_ratio {opt.batch_ratio}: each share must be in (0, 1] and together they must "
-                         f"sum to 1 (within 0.01), got a sum of {sum(values):g}")
-    if not 0 < usage <= 1:
-        raise UsageError(f"--total_data_usage_ratio must be in (0, 1], got {opt.total_data_usage_ratio}")
 
 
 # ---------------------------------------------------------------- set-up
@@ -311,14 +237,17 @@ def make_valid_loader(valid_data: str, data: DataConfig, batch_size: int, datase
     return make_eval_loader(valid_dataset, valid)
 
 
-def prepare_model(model, config: ModelConfig, device: torch.device, world_size: int, console):
+def prepare_model(model, config: ModelConfig, device: torch.device, world_size: int, console,
+                  opt_compile: bool = False):
     console(f"model input parameters {config.imgH} {config.imgW} {config.num_fiducial} {config.input_channel} "
             f"{config.output_channel} {config.hidden_size} {config.num_class} {config.batch_max_length} "
             f"{config.Transformation} {config.FeatureExtraction} {config.SequenceModeling} {config.Prediction}")
-    model = model.to(device).train()
-    if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    return model
+    model = compile_model(model.to(device).train(), opt_compile, console)
+    return wrap_ddp(model, device) if world_size > 1 else model
+
+
+def wrap_ddp(model, device: torch.device):
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 # ---------------------------------------------------------------- the run
@@ -344,6 +273,7 @@ class TrainRun:
     console: Callable[[str], None]
     train_log: Callable[[str], None]
     tb: Any = None  # SummaryWriter on rank 0 with --tensorboard
+    budget: BudgetPlan | None = None  # what --time_budget chose
     best_accuracy: float = -1.0
     best_norm_ED: float = -1.0
     loss_avg: Averager = field(default_factory=Averager)
@@ -460,7 +390,8 @@ def save_last(run: TrainRun, next_iteration: int) -> None:
         run.exp_dir / "last.pth", run.model, iteration=next_iteration,
         optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
         scaler=run.scaler.state_dict(), data=run.train_data.state_dict(), rng=rng_state(),
-        schedule=schedule_spec(run.opt), best_accuracy=run.best_accuracy, best_norm_ED=run.best_norm_ED,
+        schedule=schedule_spec(run.opt), budget=dataclasses.asdict(run.budget) if run.budget else None,
+        best_accuracy=run.best_accuracy, best_norm_ED=run.best_norm_ED,
         loss_avg=[run.loss_avg.sum, run.loss_avg.n_count], elapsed=run.elapsed + time.time() - run.start_time)
 
 
@@ -546,11 +477,15 @@ def progress_bar(opt, start: int, rank: int):
     return tqdm(total=opt.num_iter, initial=start, dynamic_ncols=True, unit="it")
 
 
+def resume_file(opt, exp_dir: Path) -> Path | None:
+    return exp_dir / "last.pth" if opt.resume == "auto" else Path(opt.resume) if opt.resume else None
+
+
 def resume_or_start(run: TrainRun) -> int:
     """The iteration to start at: from last.pth with --resume, else the reference's file-name rule."""
     opt = run.opt
     start = start_iteration(opt)
-    resume_path = run.exp_dir / "last.pth" if opt.resume == "auto" else Path(opt.resume) if opt.resume else None
+    resume_path = resume_file(opt, run.exp_dir)
     if resume_path is not None:
         if resume_path.is_file():
             start = restore(run, read_training_state(resume_path), resume_path)
@@ -627,9 +562,102 @@ def train_until(run: TrainRun, start: int, stop: StopRequest) -> int:
     return done
 
 
+# ---------------------------------------------------------------- the time budget
+
+WARMUP_ITERS = 3  # untimed: the first iterations allocate memory and choose kernels
+CALIBRATION_SECONDS = 10.0  # the timed window (at most 5 % of the budget)
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What ``--time_budget`` chose from the timed warm-up; last.pth keeps it, so a resume trains to the same end."""
+
+    minutes: float
+    num_iter: int
+    seconds_per_iter: float
+    seconds_per_validation: float
+    timed_iters: int
+
+    def describe(self) -> str:
+        return (f"--time_budget {self.minutes:g} min: {1 / self.seconds_per_iter:.2f} iterations/s over "
+                f"{self.timed_iters} timed warm-up iterations, {self.seconds_per_validation:.1f} s per validation "
+                f"-> --num_iter {self.num_iter} (--num_iter {self.num_iter} repeats this run)")
+
+
+def plan_iterations(run: TrainRun) -> BudgetPlan | None:
+    """--num_iter under --time_budget: the resumed run's own plan, or a new one timed on this machine."""
+    opt = run.opt
+    if not opt.time_budget:
+        return None
+    path = resume_file(opt, run.exp_dir)
+    ckpt = read_training_state(path) if path is not None and path.is_file() else None
+    if ckpt is not None and ckpt.get("budget"):
+        plan = BudgetPlan(**ckpt["budget"])
+        run.console(f"resuming keeps the first run's plan: {plan.describe()}")
+        return plan
+    return time_iterations(run, ckpt["iteration"] if ckpt is not None else start_iteration(opt))
+
+
+def time_iterations(run: TrainRun, start: int) -> BudgetPlan:
+    """Train a throwaway copy of the model for a few timed iterations and time one validation (rank 0),
+    then rewind the data stream and the random states: the run that follows is the run --num_iter N gives."""
+    opt = run.opt
+    data_state, rng = run.train_data.state_dict(), rng_state()
+    model = copy.deepcopy(unwrap(run.model))
+    optimizer = make_optimizer(opt, [p for p in model.parameters() if p.requires_grad])
+    constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    probe = dataclasses.replace(run, model=wrap_ddp(model, run.device) if run.world_size > 1 else model,
+                                optimizer=optimizer, scheduler=constant,
+                                scaler=torch.amp.GradScaler(run.device.type, enabled=run.scaler.is_enabled()))
+    budget = opt.time_budget * 60
+    began = time.time()
+    for _ in range(WARMUP_ITERS):
+        train_iteration(probe)
+    window, timed, t0 = min(CALIBRATION_SECONDS, 0.05 * budget), 0, time.time()
+    while not rank0_says(timed >= 2 and time.time() - t0 >= window, run):  # ranks time the same iterations
+        train_iteration(probe)
+        timed += 1
+    per_iter = (time.time() - t0) / timed
+    per_validation = 0.0
+    if run.rank == 0:
+        t0 = time.time()
+        model.eval()
+        with torch.inference_mode():
+            validation(model, run.valid_loader, run.converter, run.config, run.device,
+                       case_insensitive=opt.case_insensitive, amp_dtype=run.amp_dtype)
+        per_validation = time.time() - t0
+    run.train_data.load_state_dict(data_state)
+    set_rng_state(rng)
+    # The loop validates after its first iteration and every --valInterval: n iterations take about
+    # n * per_iter + (1 + n / valInterval) * per_validation seconds.
+    left = budget - (time.time() - began)
+    fitted = int((left - per_validation) / (per_iter + per_validation / opt.valInterval))
+    plan = BudgetPlan(opt.time_budget, min(opt.num_iter, start + max(fitted, 1)), per_iter, per_validation, timed)
+    return broadcast_plan(plan, run)
+
+
+def rank0_says(flag: bool, run: TrainRun) -> bool:
+    if run.world_size == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=run.device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def broadcast_plan(plan: BudgetPlan, run: TrainRun) -> BudgetPlan:
+    """Every rank trains rank 0's plan (its timing includes the validations only rank 0 runs)."""
+    if run.world_size == 1:
+        return plan
+    values = torch.tensor([plan.num_iter, plan.seconds_per_iter, plan.seconds_per_validation, plan.timed_iters],
+                          dtype=torch.float64, device=run.device)
+    dist.broadcast(values, src=0)
+    num_iter, per_iter, per_validation, timed = values.tolist()
+    return BudgetPlan(plan.minutes, int(num_iter), per_iter, per_validation, int(timed))
+
+
 def train(opt) -> dict:
     """A training run, top to bottom: set-up, model, data, optimizer, resume, the loop."""
-    check_args(opt)
+    check_training_arguments(opt)
     rank, world_size, device = setup_distributed(opt)
     dtype = check_device_options(opt, device)
     seed_everything(opt.manualSeed)
@@ -645,21 +673,27 @@ def train(opt) -> dict:
                                     workers=opt.workers, batch_size=opt.batch_size, seed=opt.manualSeed)
         train_data = make_train_data(opt, data, rank, world_size, console, dataset_log)
         valid_loader = make_valid_loader(opt.valid_data, data, train_data.batch_size, dataset_log) if rank == 0 else None
-        model = prepare_model(model, config, device, world_size, console)
+        model = prepare_model(model, config, device, world_size, console, opt.compile)
         params = [p for p in model.parameters() if p.requires_grad]
         console(f"Trainable params num :  {sum(p.numel() for p in params)}")
         optimizer = make_optimizer(opt, params)
         console(f"Optimizer:\n{optimizer}")
         run = TrainRun(opt, rank, world_size, device, config, exp_dir, model, train_data, valid_loader,
-                       make_converter(config.Prediction, config.character), optimizer, make_scheduler(opt, optimizer),
+                       make_converter(config.Prediction, config.character), optimizer, None,
                        torch.amp.GradScaler(device.type, enabled=opt.amp == "fp16"), dtype,
                        console, train_log)
+        run.budget = plan_iterations(run)
+        if run.budget is not None:  # the chosen --num_iter, before the schedule is planned over it
+            opt = run.opt = argparse.Namespace(**{**vars(opt), "num_iter": run.budget.num_iter})
+            train_log(run.budget.describe())  # log_train.txt and the console
+        run.scheduler = make_scheduler(opt, optimizer)
         start = resume_or_start(run)
         if rank == 0:
             effective = train_data.batch_size * world_size * opt.accum_steps
+            extra = {"time_budget_plan": run.budget.describe()} if run.budget else {}
             console(write_options(opt, config, exp_dir, {"exp_name": exp_name, "num_class": config.num_class,
                                                         "world_size": world_size,
-                                                        "effective_batch_size": effective}).rstrip())
+                                                        "effective_batch_size": effective, **extra}).rstrip())
             if summary_writer is not None:  # purge_step: a resumed run replaces what a killed run logged later
                 run.tb = summary_writer(str(exp_dir / "tensorboard"), purge_step=start + 1)
         try:

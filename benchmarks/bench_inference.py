@@ -8,7 +8,8 @@ Exports the model to ONNX (fp32, and int8 calibrated on ``--calib_data``, which 
 evaluation set), then runs ``demo.read_images`` (image files → Pillow → AlignCollate → model →
 decode, model loading included) once per path, each in its own process so that its peak memory
 (VmHWM: imports, model, data and activations) is its own. Accuracy is case-insensitive alphanumeric against each folder's gt.txt.
-Prints the CPU's bf16/int8 features, a JSON object and a Markdown table.
+Prints the CPU (model, cores, AVX2, AVX-512, VNNI, AVX512-BF16, AMX) above a Markdown table, and
+writes a JSON object with ``--json``.
 """
 from __future__ import annotations
 
@@ -79,10 +80,11 @@ def peak_rss_mib() -> float:
 def cpu_features() -> dict:
     import torch
 
-    from runtime import cpu_flags
+    from runtime import cpu_description, cpu_flags
 
     flags = cpu_flags()
-    return {"flags": {f: f in flags for f in FEATURES}, "torch_capability": torch.backends.cpu.get_cpu_capability()}
+    return {"description": cpu_description(), "flags": {f: f in flags for f in FEATURES},
+            "torch_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def export_models(args, out_dir: Path) -> dict[str, str]:
@@ -126,8 +128,7 @@ def benchmark(argv=None) -> dict:
     if unknown:
         parser.error(f"unknown --paths {unknown}; choose from {list(PATHS)}")
     features = cpu_features()
-    print("CPU:", ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in features["flags"].items()),
-          f"(torch: {features['torch_capability']})", flush=True)
+    print(f"{features['description']} (torch: {features['torch_capability']})", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         models = export_models(args, Path(tmp))
         results = {}
@@ -144,6 +145,7 @@ def benchmark(argv=None) -> dict:
                 results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
             print(name, {k: v for k, v in results[name].items() if k != "predictions"}, flush=True)
     report = {"cpu": features, "batch_size": args.batch_size, "eval_data": args.eval_data, "results": results}
+    print(f"\n{features['description']}, batch size {args.batch_size}, {len(args.eval_data)} folder(s)")
     print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
@@ -151,6 +153,7 @@ def benchmark(argv=None) -> dict:
 
 
 def print_table(results: dict) -> None:
+    """Markdown; the CPU line is printed above it by the caller."""
     base = results.get("PyTorch fp32", {})
     print("\n| path | images/s | vs PyTorch fp32 | peak RSS (MiB) | accuracy (%) | same strings as fp32 |")
     print("|---|---|---|---|---|---|")

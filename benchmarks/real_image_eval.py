@@ -65,11 +65,17 @@ def train(opt: argparse.Namespace, data: Path, exp_name: str, logs: Path) -> Pat
          "--Transformation", "None", "--FeatureExtraction", "VGG", "--SequenceModeling", "BiLSTM",
          "--Prediction", "CTC", "--output_channel", str(opt.output_channel), "--hidden_size", str(opt.hidden_size),
          "--adam", "--lr", str(opt.lr), "--schedule", opt.schedule, "--warmup_iters", str(opt.warmup_iters),
-         "--num_iter", str(opt.num_iter),
+         *(["--time_budget", str(opt.time_budget)] if opt.time_budget else ["--num_iter", str(opt.num_iter)]),
          "--valInterval", str(min(250, opt.num_iter)), "--batch_size", "64", "--workers", "1",
          "--log_interval", "250", "--progress", "off", "--amp", opt.amp, "--augment", opt.augment,
          "--augment_n", str(opt.augment_n), "--augment_m", str(opt.augment_m)], logs / "train.log")
     return ROOT / "saved_models" / exp_name / "best_accuracy.pth"
+
+
+def trained_iterations(model: Path) -> int:
+    """The run's --num_iter as its opt.txt records it (chosen by train.py under --time_budget)."""
+    values = re.findall(r"^num_iter: (\d+)$", (model.parent / "opt.txt").read_text(), re.M)
+    return int(values[-1])
 
 
 def evaluate(model: Path, eval_data: Path, log_path: Path) -> float:
@@ -109,7 +115,8 @@ def compare_runs(opt: argparse.Namespace) -> None:
         generate(opt, data, logs)
     train_start = time.perf_counter()
     model = train(opt, data, f"real_eval_{opt.tag}", logs)
-    row = {"tag": opt.tag, "num_train": opt.num_train, "num_iter": opt.num_iter, "amp": opt.amp, "augment": opt.augment,
+    row = {"tag": opt.tag, "num_train": opt.num_train, "num_iter": trained_iterations(model),
+           "time_budget": opt.time_budget, "amp": opt.amp, "augment": opt.augment,
            "augment_n": opt.augment_n, "augment_m": opt.augment_m, "lr": opt.lr,
            "output_channel": opt.output_channel, "hidden_size": opt.hidden_size,
            "schedule": opt.schedule, "warmup_iters": opt.warmup_iters, "seed": opt.seed,
@@ -132,6 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder holding svt_647/, ic03_860/, iiit5k_train_2000/ (default $REAL or ../shared/data/real)")
     parser.add_argument("--num_train", type=int, default=40000, help="synthetic training images")
     parser.add_argument("--num_iter", type=int, default=3500, help="training iterations of 64 (1500: a cheaper proxy)")
+    parser.add_argument("--time_budget", type=float, default=0, metavar="MINUTES",
+                        help="train.py --time_budget instead of --num_iter (the table shows the iterations it chose)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
     parser.add_argument("--train_seed", type=int, default=1111, help="train.py --manualSeed")
     parser.add_argument("--gen_workers", type=int, default=2, help="rendering processes")
@@ -147,8 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--amp", choices=["off", "bf16"], default="off",
                         help="train.py --amp: bf16 trains about 1.5x faster on a CPU with AVX512-BF16 or AMX")
     opt = parser.parse_args(argv)
-    if opt.num_train < 1 or opt.num_iter < 1:
-        parser.error("--num_train and --num_iter must be >= 1")
+    if opt.num_train < 1 or opt.num_iter < 1 or opt.time_budget < 0:
+        parser.error("--num_train and --num_iter must be >= 1, --time_budget >= 0")
     return opt
 
 

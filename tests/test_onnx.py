@@ -8,8 +8,12 @@ the decoded strings must be identical. A mismatch fails; nothing here skips exce
 """
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import itertools
 import json
+import multiprocessing
+from pathlib import Path
 
 import onnx
 import pytest
@@ -66,8 +70,15 @@ def parity_batches(config: ModelConfig) -> dict[str, torch.Tensor]:
     return batches
 
 
-def compare(model, onnx_model, image: torch.Tensor, config: ModelConfig) -> tuple[float, list, list]:
-    """→ (max |logit difference| over the compared steps, eager strings, ONNX strings)."""
+@dataclasses.dataclass
+class Parity:
+    diff: float  # max |logit difference| over the compared steps
+    strings: list[str]  # eager
+    onnx_strings: list[str]
+    largest_logit: float  # max |eager logit|: the scale of the logits compared
+
+
+def compare(model, onnx_model, image: torch.Tensor, config: ModelConfig) -> Parity:
     with torch.inference_mode():
         eager, exported = decode(model, image, config), decode(onnx_model, image, config)
     logits, strings, onnx_logits, onnx_strings = eager.logits, eager.texts, exported.logits, exported.texts
@@ -77,7 +88,7 @@ def compare(model, onnx_model, image: torch.Tensor, config: ModelConfig) -> tupl
         is_eos = logits.argmax(2) == EOS_INDEX
         first = torch.where(is_eos.any(1), is_eos.int().argmax(1), logits.size(1))
         diff = diff.masked_fill(torch.arange(logits.size(1))[None, :, None] > first[:, None, None], 0)
-    return float(diff.max()), strings, onnx_strings
+    return Parity(float(diff.max()), strings, onnx_strings, float(logits.abs().max()))
 
 
 @pytest.fixture(scope="module")
@@ -85,17 +96,39 @@ def exports(tmp_path_factory):
     return tmp_path_factory.mktemp("onnx")
 
 
+def export_in_worker(name: str, folder: Path) -> None:
+    """In a worker process: the tiny calibrated model of ``name``, its weights and its .onnx file."""
+    torch.set_num_threads(1)  # two workers share the two cores; the exporter is mostly Python anyway
+    model = calibrated_model(tiny_config(name))
+    torch.save(model.state_dict(), folder / f"{name}.pt")
+    export_onnx(model, folder / f"{name}.onnx")
+
+
 @pytest.fixture(scope="module")
-def exported(exports):
-    """name → (tiny model, its .onnx path), each exported once per test run (exports take seconds)."""
-    cache = {}
+def exported(exports, request):
+    """name → (tiny model, its .onnx path), each exported once per test run.
+
+    An export takes seconds of single-threaded Python (torch.export, decompositions, the ONNX
+    optimiser), so two worker processes export the models of the selected parity tests side by side,
+    in the order the tests run; the test gets the exporting worker's own weights, so it compares the
+    very model exported."""
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("fork"))
+    futures, cache = {}, {}
+    selected = [item.callspec.params["name"] for item in request.session.items
+                if item.module is request.module and item.originalname == "test_parity_with_pytorch"]
 
     def get(name: str):
+        for wanted in (name, *selected):  # the one asked for, then the rest in the background
+            if wanted not in futures:
+                futures[wanted] = pool.submit(export_in_worker, wanted, exports)
         if name not in cache:
-            model = calibrated_model(tiny_config(name))
-            cache[name] = model, export_onnx(model, exports / f"{name}.onnx")
+            futures[name].result()
+            model = build_model(tiny_config(name))
+            model.load_state_dict(torch.load(exports / f"{name}.pt", weights_only=True))
+            cache[name] = model.eval(), exports / f"{name}.onnx"
         return cache[name]
-    return get
+    yield get
+    pool.shutdown(cancel_futures=True)
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -114,9 +147,9 @@ def test_parity_with_pytorch(name, exported):
     onnx_model = OnnxModel(path)
     assert onnx_model.config == config
     for label, image in parity_batches(config).items():
-        diff, strings, onnx_strings = compare(model, onnx_model, image, config)
-        assert diff < TOLERANCE, f"{name}, {label} ({list(image.shape)}): max |logit difference| {diff:.2e}"
-        assert onnx_strings == strings, f"{name}, {label}"
+        p = compare(model, onnx_model, image, config)
+        assert p.diff < TOLERANCE, f"{name}, {label} ({list(image.shape)}): max |logit difference| {p.diff:.2e}"
+        assert p.onnx_strings == p.strings, f"{name}, {label}"
 
 
 def test_export_mode_decoder_runs_every_step_and_equals_eager_strings():
@@ -173,8 +206,8 @@ def test_other_opsets_export(exports, exported):
         proto = onnx.load(path)
         assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [opset]
         assert "GridSample" in {n.op_type for n in proto.graph.node}
-        diff, strings, onnx_strings = compare(model, OnnxModel(path), image, config)
-        assert diff < TOLERANCE and strings == onnx_strings
+        p = compare(model, OnnxModel(path), image, config)
+        assert p.diff < TOLERANCE and p.strings == p.onnx_strings
     with pytest.raises(OnnxExportError, match="--opset 99 is not supported"):
         export_onnx(model, exports / "bad.onnx", opset=99)
 
@@ -218,8 +251,8 @@ def test_cli_exports_a_bare_reference_file_with_stage_flags(tmp_path):
           "--imgW", "160", "--output_channel", "32", "--hidden_size", "16", "--batch_max_length", "6", "--PAD"])
     onnx_model = OnnxModel(out)
     assert onnx_model.config == config
-    diff, strings, onnx_strings = compare(model, onnx_model, word_batch(config, WORDS[:8]), config)
-    assert diff < TOLERANCE and strings == onnx_strings
+    p = compare(model, onnx_model, word_batch(config, WORDS[:8]), config)
+    assert p.diff < TOLERANCE and p.strings == p.onnx_strings
 
 
 def test_int8_quantisation_calibrates_on_a_folder(tmp_path):
@@ -244,6 +277,9 @@ def test_int8_quantisation_calibrates_on_a_folder(tmp_path):
     assert "Relu" not in ops, ops
     int8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert len(int8_weights) >= 7  # every VGG convolution
+    # 7-bit weights: no uint8 x int8 pair sum can pass int16 in the kernels of CPUs without VNNI, so this
+    # correlation holds there too (with 8-bit weights it fell to 0.73 on an AVX2-only CPU)
+    assert max(int(abs(onnx.numpy_helper.to_array(t).astype("int32")).max()) for t in int8_weights) <= 64
     assert json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])["quantized"]
     assert not list(tmp_path.glob("*.tmp*"))
     image = word_batch(config, WORDS[:8])
@@ -296,15 +332,14 @@ def test_english_g2_on_real_crops(tmp_path):
         for dynamic in (False, True):
             collate = AlignCollate(config.imgH, config.imgW, keep_ratio_with_pad=True, dynamic_width=dynamic)
             image, _ = collate(items)
-            diff, strings, onnx_strings = compare(model, onnx_model, image, config)
+            p = compare(model, onnx_model, image, config)
             # A trained model's logits reach ~46 here; float32 rounding of its deep convolutions then
             # differs by ~2e-4 between runtimes (5e-6 of the largest logit, also with ONNX Runtime's
             # optimisations off). The bound is the tiny models' 1e-4 at their logit scale (~10).
-            with torch.inference_mode():
-                bound = TOLERANCE / 10 * float(model(image, None, is_train=False).abs().max())
-            assert diff < bound, f"{name}, dynamic width {dynamic}: {diff:.2e} (bound {bound:.2e})"
-            assert onnx_strings == strings
-            checked += len(strings)
+            bound = TOLERANCE / 10 * p.largest_logit
+            assert p.diff < bound, f"{name}, dynamic width {dynamic}: {p.diff:.2e} (bound {bound:.2e})"
+            assert p.onnx_strings == p.strings
+            checked += len(p.strings)
     assert checked == 256
 
 
@@ -404,8 +439,8 @@ def test_torch_export_program_equals_eager(tmp_path):
     torch.export.save(torch_export(model), tmp_path / "model.pt2")
     program = torch.export.load(tmp_path / "model.pt2").module()
     image = parity_batches(config)["mixed widths"]  # one batch: each call of a program checks its shape asserts
-    diff, strings, exported_strings = compare(model, lambda x, *_, **__: program(x), image, config)
-    assert diff < 1e-6 and exported_strings == strings
+    p = compare(model, lambda x, *_, **__: program(x), image, config)
+    assert p.diff < 1e-6 and p.onnx_strings == p.strings
 
 
 def test_beam_search_on_an_onnx_model(exported):

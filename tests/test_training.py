@@ -6,6 +6,7 @@ built here (helpers.make_word_lmdb), so the whole file runs on two CPU cores in 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import socket
@@ -71,20 +72,25 @@ def free_port() -> int:
 
 # ---------------------------------------------------------------- DDP
 
-def test_ddp_two_processes_gloo(data, tmp_path):
+def test_ddp_two_processes_gloo_under_a_time_budget(data, tmp_path):
+    """Two gloo processes: rank 0 alone validates and logs; both train rank 0's --time_budget plan (a rank
+    with another --num_iter would hang in a collective or fail)."""
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                 "--master_port", str(free_port())]
-    proc = cli(data, tmp_path, "--num_iter", 4, "--valInterval", 2, "--exp_name", "ddp", launcher=launcher)
+    proc = cli(data, tmp_path, "--time_budget", 0.03, "--valInterval", 20, "--exp_name", "ddp", launcher=launcher)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     exp = tmp_path / "saved_models" / "ddp"
     log = (exp / "log_dataset.txt").read_text()
     assert "effective batch size: 4 per process x 2 process(es) x 1 accumulation step(s) = 8" in log
-    # Only rank 0 validates and logs: one line per validation, one CSV row each.
-    assert (exp / "log_train.txt").read_text().count("Train loss") == 3
-    assert [r["iteration"] for r in history(exp)] == ["1", "2", "4"]
     ckpt = read_checkpoint(exp / "last.pth")
-    assert ckpt["iteration"] == 4 and ckpt["data"] == {"batches": 4}
+    n = ckpt["budget"]["num_iter"]
+    assert ckpt["iteration"] == n and ckpt["data"] == {"batches": n}
+    assert out.count(f"-> --num_iter {n} ") == 2  # rank 0 alone logs the plan: its log line and its opt.txt
+    # Only rank 0 validates and logs: one line per validation, one CSV row each.
+    validated = ["1", *(str(i) for i in range(20, n + 1, 20))] if n > 1 else ["1"]
+    assert (exp / "log_train.txt").read_text().count("Train loss") == len(validated)
+    assert [r["iteration"] for r in history(exp)] == validated
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped
     assert not list(exp.glob(".*.tmp"))
 
@@ -156,6 +162,57 @@ def test_resume_refuses_a_different_cosine_horizon(run):
 def test_resume_missing_path_is_an_error(run):
     with pytest.raises(SystemExit, match="does not exist"):
         run("--num_iter", 2, "--resume", "nowhere/last.pth")
+
+
+# ---------------------------------------------------------------- the time budget
+
+def test_time_budget_chooses_num_iter_and_that_num_iter_repeats_the_run(run):
+    """--time_budget fixes --num_iter and the one-cycle horizon before training, records them, and a run
+    given that --num_iter logs the same losses (the timed warm-up leaves no trace in the run)."""
+    args = ("--valInterval", 40, "--deterministic", "--schedule", "onecycle", "--adam", "--lr", "1e-3")
+    exp, result = run("--time_budget", 0.03, *args, exp="budget")
+    ckpt = read_checkpoint(exp / "last.pth")
+    plan = ckpt["budget"]
+    n = plan["num_iter"]
+    assert result["iteration"] == ckpt["iteration"] == n and ckpt["schedule"] == {"schedule": "onecycle", "num_iter": n}
+    assert n * plan["seconds_per_iter"] < 0.03 * 60  # the iterations fit the 1.8 s
+    assert plan["timed_iters"] >= 2 and plan["seconds_per_validation"] > 0
+    options = (exp / "opt.txt").read_text()
+    assert f"num_iter: {n}\n" in options and "time_budget: 0.03\n" in options
+    assert f"--num_iter {n} repeats this run" in options and f"-> --num_iter {n}" in (exp / "log_train.txt").read_text()
+    fixed, result = run("--num_iter", n, *args, exp="fixed")
+    assert result["iteration"] == n
+    columns = ("iteration", "train_loss", "valid_loss", "accuracy", "norm_ED", "lr")
+    assert [[r[c] for c in columns] for r in history(exp)] == [[r[c] for c in columns] for r in history(fixed)]
+
+
+def test_time_budget_resume_keeps_the_first_runs_num_iter(run, monkeypatch):
+    plan = train.BudgetPlan(minutes=0.05, num_iter=6, seconds_per_iter=0.01, seconds_per_validation=0.1,
+                            timed_iters=2)
+    args = ("--valInterval", 3, "--schedule", "onecycle", "--adam", "--lr", "1e-3")
+    with monkeypatch.context() as m:
+        m.setattr(train, "time_iterations", lambda run, start: plan)
+        m.setattr(train.StopRequest, "requested", lambda self, done: done == 3)  # as if stopped after 3
+        with pytest.raises(SystemExit):
+            run("--time_budget", 0.05, *args, exp="budget")
+    exp = Path("saved_models") / "budget"
+    assert read_checkpoint(exp / "last.pth")["iteration"] == 3
+
+    def no_new_timing(run, start):
+        raise AssertionError("a resumed run must keep its plan, not time a new one")
+    monkeypatch.setattr(train, "time_iterations", no_new_timing)
+    _, result = run("--time_budget", 5, "--resume", "auto", *args, exp="budget")  # another budget: the plan stands
+    assert result["iteration"] == 6 and read_checkpoint(exp / "last.pth")["budget"] == dataclasses.asdict(plan)
+    assert (exp / "log_train.txt").read_text().count("-> --num_iter 6 ") == 2  # the first run's line, and the resume's
+
+
+def test_time_budget_num_iter_is_a_cap_and_bad_values_are_refused(run, monkeypatch):
+    monkeypatch.setattr(train, "CALIBRATION_SECONDS", 0.05)  # a short timing: 10 minutes fit far more than 3
+    exp, result = run("--time_budget", 10, "--num_iter", 3, "--valInterval", 3, exp="cap")
+    assert result["iteration"] == 3 and read_checkpoint(exp / "last.pth")["budget"]["num_iter"] == 3
+    for bad in ("-1", "inf", "nan"):
+        with pytest.raises(SystemExit, match="--time_budget must be 0 \\(off\\) or a number of minutes"):
+            run("--time_budget", bad, exp="bad")
 
 
 # ---------------------------------------------------------------- crash safety
