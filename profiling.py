@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -288,9 +289,10 @@ def _labels(config: ModelConfig, batch_size: int) -> list[str]:
     return ["".join(chars[(i + j) % len(chars)] for j in range(config.batch_max_length)) for i in range(batch_size)]
 
 
-def _step(model: Model, kind: str, batch_size: int, device: torch.device, amp_dtype) -> callable:
+def _step(model: Model, kind: str, batch_size: int, device: torch.device, amp_dtype) -> Callable[[], None]:
     """→ a function running one inference (``kind`` "infer") or one training step ("train": the loss of
-    ``model.compute_loss``, backward, an Adadelta step as train.py's default) on a prepared batch."""
+    ``model.compute_loss``, backward, gradient clipping at 5 and an Adadelta step, train.py's defaults) on a
+    prepared batch."""
     config = model.config
     image = _input(config, batch_size, device)
     if kind == "infer":
@@ -303,11 +305,13 @@ def _step(model: Model, kind: str, batch_size: int, device: torch.device, amp_dt
     model.train()
     converter = make_converter(config.Prediction, config.character)
     labels = _labels(config, batch_size)
-    optimizer = torch.optim.Adadelta([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adadelta(params, lr=1.0)
 
     def train():
         loss = compute_loss(model, image, labels, converter, config, amp_dtype)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return train
