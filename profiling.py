@@ -1,17 +1,19 @@
 """A model's profile: parameters, FLOPs per image, latency, throughput and peak memory (``profile_model``).
 
-FLOPs are counted as the paper counts them, 2 x multiply-accumulates of one image at the model's input
-size, on its inference path (eval mode; the attention and PARSeq decoders run all batch_max_length + 1
-steps, as the reference's fixed loop does). ``torch.utils.flop_counter.FlopCounterMode`` counts the
-matrix products and convolutions it knows; ``OP_FLOPS`` adds the operators it gives no count (LSTM,
-grid_sample, attention on the CPU), and ``MODULE_FLOPS`` what no operator shows (TPS's sampling grid,
-computed as elementwise products). Elementwise work (activations, normalisation, pooling, bias adds) is
-counted nowhere, as in FlopCounterMode.
+FLOPs follow the paper's convention, 2 x multiply-accumulates of one image at the model's input size, on
+the inference path (eval mode; the attention and PARSeq decoders run all batch_max_length + 1 steps, as
+the reference's fixed loop does, whatever an untrained model reads). ``torch.utils.flop_counter.
+FlopCounterMode`` counts the matrix products and convolutions it knows; ``OP_FLOPS`` adds the operators
+it gives no count (LSTM, grid_sample, attention on the CPU), and ``MODULE_FLOPS`` what no operator shows
+(TPS's sampling grid, computed as elementwise products). Elementwise work (activations, normalisation,
+pooling, bias adds) is counted nowhere, as in FlopCounterMode. ``as_reference`` adds what the reference
+implementation, on which the paper's figures rest, computes beyond ours (``REFERENCE_MODULE_FLOPS``).
 
-Memory is the growth above the state before the step (the model and its input already in place): CUDA
-``max_memory_allocated``; on the CPU the peak resident set (``VmHWM``, reset through
-``/proc/self/clear_refs`` just before the step) of a fresh process per measurement, since an allocator
-keeps freed pages and a second step in the same process would reuse them and show no growth.
+Memory is the peak growth above the state before the step (the model and its input in place), after a
+warm-up at batch 1 (what a kernel's first call loads): CUDA ``max_memory_allocated``; on the CPU the
+peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs`` just before the step) in a fresh
+process per model, with glibc's mmap threshold fixed, since an allocator that keeps freed pages would
+let a step reuse them unseen.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -286,9 +289,10 @@ def _labels(config: ModelConfig, batch_size: int) -> list[str]:
     return ["".join(chars[(i + j) % len(chars)] for j in range(config.batch_max_length)) for i in range(batch_size)]
 
 
-def _step(model: Model, kind: str, batch_size: int, device: torch.device, amp_dtype) -> callable:
+def _step(model: Model, kind: str, batch_size: int, device: torch.device, amp_dtype) -> Callable[[], None]:
     """→ a function running one inference (``kind`` "infer") or one training step ("train": the loss of
-    ``model.compute_loss``, backward, an Adadelta step as train.py's default) on a prepared batch."""
+    ``model.compute_loss``, backward, gradient clipping at 5 and an Adadelta step, train.py's defaults) on a
+    prepared batch."""
     config = model.config
     image = _input(config, batch_size, device)
     if kind == "infer":
@@ -301,11 +305,13 @@ def _step(model: Model, kind: str, batch_size: int, device: torch.device, amp_dt
     model.train()
     converter = make_converter(config.Prediction, config.character)
     labels = _labels(config, batch_size)
-    optimizer = torch.optim.Adadelta([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adadelta(params, lr=1.0)
 
     def train():
         loss = compute_loss(model, image, labels, converter, config, amp_dtype)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return train
@@ -313,6 +319,7 @@ def _step(model: Model, kind: str, batch_size: int, device: torch.device, amp_dt
 
 def _cuda_peak_mb(model: Model, kind: str, batch_size: int, device: torch.device, amp_dtype) -> float:
     model = copy.deepcopy(model)  # a training step changes the weights: not the caller's
+    _step(model, kind, 1, device, amp_dtype)()  # warm-up: cuBLAS/cuDNN workspaces, first-call allocations
     step = _step(model, kind, batch_size, device, amp_dtype)
     _sync(device)
     torch.cuda.empty_cache()
@@ -353,10 +360,11 @@ def _rss_growth_mb(step) -> float:
 def _memory_child() -> None:
     """The fresh process of a CPU measurement: reads its job (JSON) on stdin, prints {kind: MiB} on stdout.
 
-    One warm-up at batch 1 first (an inference, and for training a forward and backward without an optimizer
-    step) loads what the first call of a kernel loads. The parent fixes glibc's mmap threshold
-    (``CHILD_MALLOC_ENV``) so that what the warm-up and an earlier measurement free goes back to the
-    system, instead of being reused unseen by the next step."""
+    A warm-up at batch 1 first loads what a kernel's first call loads: an inference, and for training a
+    forward and backward (no optimizer step: small freed tensors stay in the heap and could be reused
+    unseen, so the optimizer's state is first made in the measured step). The parent fixes glibc's mmap
+    threshold (``CHILD_MALLOC_ENV``) so that what the warm-up and an earlier measurement free goes back to
+    the system, instead of being reused unseen by the next step."""
     job = json.loads(sys.stdin.read())
     torch.set_num_threads(job["threads"])
     model = build_model(ModelConfig.from_dict(job["config"]), init=False)
