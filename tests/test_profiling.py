@@ -100,8 +100,8 @@ def test_gflops_within_ten_percent_of_the_paper(name):
 
 @pytest.fixture(scope="module")
 def tiny_profile() -> Profile:
-    model = build_by_name("None-VGG-BiLSTM-Attn", output_channel=16, hidden_size=8, imgW=32, batch_max_length=5)
-    return profile_model(model, device="cpu", batch_size=4, warmup=1, repeats=3)
+    model = build_by_name("None-VGG-BiLSTM-Attn", output_channel=64, hidden_size=32, imgW=64, batch_max_length=5)
+    return profile_model(model, device="cpu", batch_size=16, warmup=1, repeats=3)
 
 
 def test_profile_values_are_positive_and_finite(tiny_profile):
@@ -109,7 +109,7 @@ def test_profile_values_are_positive_and_finite(tiny_profile):
     for key in ("params_m", "gflops", "gflops_reference", "latency_ms", "throughput_ips", "infer_mem_mb", "train_mem_mb", "weights_mb"):
         assert math.isfinite(values[key]) and values[key] > 0, key
     assert (values["name"], values["device"], values["precision"], values["batch_size"]) == \
-        ("None-VGG-BiLSTM-Attn", "cpu", "fp32", 4)
+        ("None-VGG-BiLSTM-Attn", "cpu", "fp32", 16)
     assert values["train_mem_mb"] > values["infer_mem_mb"]  # gradients and optimizer state on top
     assert values["gflops_reference"] > values["gflops"]  # the reference projects i2h at every step
 
