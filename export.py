@@ -200,7 +200,7 @@ def export(argv=None) -> list[Path]:
         raise UsageError("--quantize int8 needs --calib_data DIR: a folder of word images to calibrate on")
     if opt.max_drop is not None and not opt.quantize:
         raise UsageError("--max_drop applies to --quantize int8 only")
-    if opt.max_drop is not None and opt.max_drop < 0:
+    if opt.max_drop is not None and not opt.max_drop >= 0:  # NaN too
         raise UsageError(f"--max_drop is a number of accuracy points, 0 or more; got {opt.max_drop:g}")
     if opt.calib_size < 1:
         raise UsageError(f"--calib_size must be at least 1, got {opt.calib_size}")

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import platform
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -372,7 +372,6 @@ class OnnxModel:
 
         self.source = Path(path)
         info = read_metadata(self.source)
-        self.quantized = info.get("quantized")
         warning = int8_saturation_warning(info) if warn else None
         if warning:
             from runtime import get_logger
@@ -474,7 +473,8 @@ class Int8Settings:
     which saturates once a pair exceeds 32767; with 8-bit weights 2 x 255 x 127 = 64770 can, with
     7-bit weights 2 x 255 x 64 = 32640 cannot. VNNI CPUs accumulate in int32 either way, so one
     file reads the same on every x86 CPU. Per-channel weights keep the 7-bit grid fine enough:
-    english_g2 lost 0.6 points on svt_647 + ic03_860 (docs/cpus.md).
+    english_g2 read 0.27 points below fp32 on svt_647 + ic03_860, 8-bit weights 0.20
+    (docs/cpus.md).
     """
 
     reduce_range: bool = True
@@ -493,11 +493,10 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike, calib
     and records ``settings`` in it.
 
     Convolutions, MatMul and Gemm get int8 weights (per channel, 7-bit: :class:`Int8Settings`) and
-    uint8 activations, and the
-    ops between them (ReLU, pooling, reshapes, the residual Add) are quantised too, so that the
-    tensors stay int8 from one convolution to the next (ONNX Runtime folds a ReLU into the range of
-    the convolution before it; quantising only the convolutions left a Dequantize → Relu →
-    Quantize pair after each, 17 % of the int8 model's time on english_g2). ONNX Runtime has no
+    uint8 activations, and the ops between them (ReLU, pooling, reshapes, the residual Add) are
+    quantised too, so that the tensors stay int8 from one convolution to the next (ONNX Runtime
+    folds a ReLU into the range of the convolution before it; quantising only the convolutions left
+    a Dequantize → Relu → Quantize pair after each, 17 % of the int8 model's time on english_g2). ONNX Runtime has no
     static int8 LSTM, so a second pass gives the LSTMs int8 weights with activations quantised
     on the fly (``DynamicQuantizeLSTM``; LSTM time on english_g2: 36 % of the model → 19 %).
     Activation ranges are the 99.999th percentile of the calibration activations: with MinMax
