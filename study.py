@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from fileio import atomic_write, check_output_folder
-from model import REFERENCE_CHOICES, STAGES, add_model_arguments, model_flags
+from model import OWN_WIDTH, REFERENCE_CHOICES, STAGE_OPTIONS, STAGES, add_model_arguments, model_flags
 from runtime import UsageError, add_runtime_arguments, get_logger, run_cli
 from study_report import build_report
 from study_runner import Cell, Outcome, cell_status, run_local, run_submitit
@@ -279,6 +279,32 @@ def record_protocol(folder: Path, protocol: dict, argv: list[str]) -> None:
         json.dump({"protocol": protocol, "command": ["python", "study.py", *argv]}, f, indent=1)
 
 
+def inapplicable_flags(flags: dict, stages: dict) -> list[str]:
+    """The study's model flags that size a stage this combination does not have (``--output_channel`` for an
+    extractor whose width is its own, ``--vit_*`` without ViT, ``--parseq_*`` without PARSeq): train.py refuses
+    them, so such a cell trains without them (the study's flags are the protocol of the cells they fit)."""
+    dropped = ["output_channel"] if stages["FeatureExtraction"] in OWN_WIDTH and "output_channel" in flags else []
+    for (stage, stage_name), options in STAGE_OPTIONS.items():
+        if stages[stage] != stage_name:
+            dropped += [o for o in options if o in flags]
+    return dropped
+
+
+def without_flags(argv: list[str], names: list[str]) -> list[str]:
+    """``argv`` less ``--name value`` and ``--name=value`` for each of ``names``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag.startswith("--") and flag[2:] in names:
+            skip = "=" not in arg
+            continue
+        kept.append(arg)
+    return kept
+
+
 def plan_cells(name: str, protocol: dict, train_argv: list[str], train_opt, gpus: int, nodes: int) -> list[Cell]:
     """The study's cells, in the report's order."""
     flags = {k: v for k, v in model_flags(train_opt).items() if k not in STAGES}
@@ -294,21 +320,24 @@ def plan_cells(name: str, protocol: dict, train_argv: list[str], train_opt, gpus
         for stem, f in protocol["checkpoints"].items():
             stages = dict(zip(STAGES, f["combination"].split("-")))
             cells.append(Cell(stem, f["combination"], None, str(STUDIES / name / "cells" / stem), "checkpoint",
-                              {**flags, **stages, **({"sensitive": True} if f["sensitive"] else {})},
+                              {**{k: v for k, v in flags.items() if k not in inapplicable_flags(flags, stages)},
+                               **stages, **({"sensitive": True} if f["sensitive"] else {})},
                               checkpoint=f["path"], **common))
         return cells
     for combination in protocol["models"]:
         stages = dict(zip(STAGES, combination.split("-")))
+        dropped = inapplicable_flags(flags, stages)
+        fitting = {k: v for k, v in flags.items() if k not in dropped}
         if protocol["mode"] == "profile_only":
             cells.append(Cell(combination, combination, None, str(STUDIES / name / "cells" / combination), "profile",
-                              {**flags, **stages}, **{**common, "eval_sets": []}))
+                              {**fitting, **stages}, **{**common, "eval_sets": []}))
             continue
         for seed in protocol["seeds"]:
             cell = f"{combination}-Seed{seed}"
-            argv = [*train_argv, "--exp_name", f"{name}/{cell}", "--manualSeed", str(seed), "--resume", "auto",
-                    *itertools.chain.from_iterable((f"--{k}", v) for k, v in stages.items())]
+            argv = [*without_flags(train_argv, dropped), "--exp_name", f"{name}/{cell}", "--manualSeed", str(seed),
+                    "--resume", "auto", *itertools.chain.from_iterable((f"--{k}", v) for k, v in stages.items())]
             cells.append(Cell(cell, combination, seed, str(Path("saved_models") / name / cell), "train",
-                              {**flags, **stages}, train_argv=argv, **common))
+                              {**fitting, **stages}, train_argv=argv, **common))
     return cells
 
 
@@ -409,6 +438,12 @@ def study(argv) -> None:
     record_protocol(folder, protocol, argv)
     todo = [c for c in cells if cell_status(c)[0] != "done"]
     log(f"study {opt.name}: {len(cells)} cells, {len(cells) - len(todo)} finished before, {len(todo)} to run")
+    flags = model_flags(train_opt)
+    for combination in protocol["models"]:
+        dropped = inapplicable_flags(flags, dict(zip(STAGES, combination.split("-"))))
+        if dropped:
+            log(f"{combination}: without {', '.join('--' + d for d in dropped)} (it sizes a stage this "
+                f"combination does not have)")
     outcomes = launch(opt, todo, log) if todo else []
     failed = write_report(opt.name, protocol, cells, log)
     if failed or not all(o.ok for o in outcomes):

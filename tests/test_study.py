@@ -175,7 +175,7 @@ def test_profile_only_with_a_failing_cell(tmp_path, monkeypatch, capsys):
     assert info.value.code == 1
     err = capsys.readouterr().err
     log = Path("studies", "costs", "cells", "None-ResNet-None-CTC", "study_cell.log")
-    assert "1 cell(s) failed" in err and f"None-ResNet-None-CTC: " in err and str(log) in err
+    assert "1 cell(s) failed" in err and "None-ResNet-None-CTC: " in err and str(log) in err
     assert "--output_channel must be at least 16" in log.read_text()
     summary = json.loads(Path("studies", "costs", "results.json").read_text())
     assert [c["cell"] for c in summary["cells"]] == ["None-VGG-None-CTC"]
@@ -243,6 +243,32 @@ def test_models_all_patterns_and_the_transformer_stages():
     assert study.resolve_models("*-SVTR-None-CTC") == ["None-SVTR-None-CTC", "TPS-SVTR-None-CTC"]
     assert study.resolve_models("None-ViT-None-PARSeq,None-VGG-None-CTC") == ["None-ViT-None-PARSeq",
                                                                                "None-VGG-None-CTC"]
+
+
+def test_a_flag_that_sizes_another_stage_is_left_out_of_the_cells_it_does_not_fit(tmp_path, monkeypatch):
+    """--output_channel sizes VGG, not SVTR (whose width is its own, and train.py refuses it there); --vit_size
+    sizes ViT only. Each cell gets the flags that fit it, and its own train.py parses them."""
+    import train
+    from model import config_from_args
+
+    argv = ["--name", "mixed", "--models", "None-VGG-None-CTC,None-SVTR-None-CTC,None-ViT-None-CTC",
+            "--seeds", "1", "--train_data", "t", "--valid_data", "v", "--eval_data", "e",
+            "--output_channel=128", "--hidden_size", "64", "--vit_size", "tiny", "--imgW", "128", "--num_iter", "5"]
+    monkeypatch.chdir(tmp_path)
+    make_gt_folder(tmp_path / "e", copies=1)
+    opt, forwarded, train_opt = study.parse_args(argv)
+    protocol = study.make_protocol(opt, train_opt, study.check_args(opt, train_opt))
+    cells = {c.combination: c for c in study.plan_cells("mixed", protocol, forwarded, train_opt, 0, 1)}
+    vgg, svtr, vit = (cells[f"None-{fe}-None-CTC"] for fe in ("VGG", "SVTR", "ViT"))
+    assert "--output_channel=128" in vgg.train_argv and "--vit_size" not in vgg.train_argv
+    assert vgg.model_flags["output_channel"] == 128 and "vit_size" not in vgg.model_flags
+    assert not any(a.startswith("--output_channel") for a in svtr.train_argv + vit.train_argv)
+    assert "output_channel" not in svtr.model_flags and "--vit_size" not in svtr.train_argv
+    assert vit.train_argv[vit.train_argv.index("--vit_size") + 1] == "tiny"
+    for cell in cells.values():
+        assert cell.train_argv[cell.train_argv.index("--hidden_size") + 1] == "64"
+        config = config_from_args(train.parse_args(cell.train_argv))  # what train.py builds; raises if refused
+        assert config.FeatureExtraction == cell.combination.split("-")[1] and config.hidden_size == 64
 
 
 # ---------------------------------------------------------------- the report on made-up numbers
