@@ -12,4 +12,3 @@ if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
 ROOT = Path(__file__).resolve().parents[1]
 
 SHARED = ROOT.parent / "shared"
-

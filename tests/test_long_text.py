@@ -23,6 +23,9 @@ from model import ModelConfig, build_model
 from tests.helpers import render_word, run_script
 
 CHARACTER = string.ascii_lowercase
+# The recipe's model (train.py's flags, and the ModelConfig whose output columns the test counts)
+MODEL = {"Transformation": "None", "FeatureExtraction": "VGG", "SequenceModeling": "BiLSTM", "Prediction": "CTC",
+         "imgH": 32, "output_channel": 64, "hidden_size": 64, "batch_max_length": 40, "character": CHARACTER}
 
 
 def random_words(count: int, min_len: int, max_len: int, seed: int) -> list[str]:
@@ -42,9 +45,7 @@ def train_and_test(root, imgW: int, num_iter: int = 600) -> float:
     exp = root / f"exp_w{imgW}"
     cwd = root / f"cwd_w{imgW}"  # each run its own result/ folder
     cwd.mkdir()
-    model = ["--Transformation", "None", "--FeatureExtraction", "VGG", "--SequenceModeling", "BiLSTM",
-             "--Prediction", "CTC", "--imgH", "32", "--imgW", str(imgW), "--output_channel", "64",
-             "--hidden_size", "64", "--batch_max_length", "40", "--character", CHARACTER]
+    model = [arg for name, value in {**MODEL, "imgW": imgW}.items() for arg in (f"--{name}", str(value))]
     run_script("train.py", "--train_data", root / "train", "--valid_data", root / "valid", "--select_data", "/",
                "--batch_ratio", "1", *model, "--batch_size", "32", "--num_iter", str(num_iter), "--valInterval", str(num_iter),
                "--adam", "--lr", "3e-3", "--schedule", "onecycle", "--workers", "0", "--device", "cpu",
@@ -57,10 +58,9 @@ def train_and_test(root, imgW: int, num_iter: int = 600) -> float:
 
 def ctc_columns(imgW: int) -> int:
     """How many symbols the CTC model of ``train_and_test`` can emit at most: its feature columns."""
-    config = ModelConfig("None", "VGG", "BiLSTM", "CTC", imgW=imgW, output_channel=64, hidden_size=64,
-                         batch_max_length=40, character=CHARACTER)
+    config = ModelConfig(**MODEL, imgW=imgW)
     with torch.no_grad():
-        return build_model(config).eval()(torch.zeros(1, 1, 32, imgW)).size(1)
+        return build_model(config).eval()(torch.zeros(1, 1, MODEL["imgH"], imgW)).size(1)
 
 
 def test_ctc_reads_words_longer_than_25_with_a_wider_input(tmp_path):
