@@ -1,7 +1,10 @@
 """Small word-image datasets made on the fly (Pillow's built-in font: no system fonts needed)."""
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import io
+import os
 import random
 import string
 import subprocess
@@ -54,6 +57,53 @@ def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subpro
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def run_main(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """``script``'s ``main(argv)`` in this process, in ``cwd``, as :func:`run_script` would run it: its
+    stdout, stderr and exit status (0, or what its SystemExit carries: 2 for bad usage, 1 for failed work).
+
+    For the many short runs of the scripts (an evaluation, a refused flag) that would otherwise spend
+    two seconds each starting an interpreter and importing torch. An exception that the script does
+    not turn into an exit status (a bug: the user would see a traceback) propagates and fails the test.
+    Runs that train, time out, or need their own process (signals, --help's import path) use run_script."""
+    main = _script_module(script).main
+    out, err, previous = io.StringIO(), io.StringIO(), Path.cwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main([str(arg) for arg in args])
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if e.code is not None and not isinstance(e.code, int):
+                    print(e.code, file=sys.stderr)
+    finally:
+        os.chdir(previous)
+    proc = subprocess.CompletedProcess([script, *map(str, args)], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{script} failed ({code}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+_SCRIPTS: dict[str, object] = {}
+
+
+def _script_module(script: str):
+    """The script imported once, under a name of its own (``test.py`` would be the standard library's ``test``)."""
+    if script not in _SCRIPTS:
+        path = ROOT / script
+        spec = importlib.util.spec_from_file_location(f"_script_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # a dataclass looks its module up there
+        sys.path.insert(0, str(path.parent))  # as python puts it for a script run as a file (scripts/_root)
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(path.parent))
+        _SCRIPTS[script] = module
+    return _SCRIPTS[script]
 
 
 def render_word_png(word: str, font: ImageFont.FreeTypeFont, rng: random.Random) -> bytes:

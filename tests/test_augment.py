@@ -165,12 +165,12 @@ def test_train_records_augment_flags():
 
 
 def test_contact_sheet_draws_augmented_samples(train_opt, tmp_path):
-    from tests.helpers import run_script
+    from tests.helpers import run_main
     lmdb = f"{train_opt.train_data}/words"
     sheets = {}
     for name in ("none", "rand"):
         out = tmp_path / f"{name}.png"
-        proc = run_script("scripts/make_contact_sheet.py", "--lmdb", lmdb, "--output", out, "--augment", name,
+        proc = run_main("scripts/make_contact_sheet.py", "--lmdb", lmdb, "--output", out, "--augment", name,
                           "--augment_m", "9", "--columns", "4", "--rows", "2", cwd=tmp_path)
         assert "8 samples" in proc.stdout
         sheets[name] = Image.open(out)

@@ -1,8 +1,6 @@
 """create_lmdb_dataset.py: gt parsing, image checks, CLI forms, strict mode, overwrite, interruption."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -14,9 +12,7 @@ from create_lmdb_dataset import createDataset
 from dataset import parse_gt_file
 from lmdb_store import LmdbWriter
 from dataset import LmdbDataset
-
-SCRIPT = Path(__file__).resolve().parents[1] / "create_lmdb_dataset.py"
-
+from helpers import run_main
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch):
@@ -148,19 +144,19 @@ def test_cli_forms(source, tmp_path, form):
         args = [str(input_path), str(gt), str(out)]
     else:
         args = ["--inputPath", str(input_path), "--gtFile", str(gt), "--outputPath", str(out)]
-    result = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    result = run_main("create_lmdb_dataset.py", *args, cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr
     assert "Created dataset with 3 samples" in result.stdout
     assert read_lmdb(out)[0] == 3
-    again = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    again = run_main("create_lmdb_dataset.py", *args, cwd=tmp_path, check=False)
     assert again.returncode != 0
     assert "--overwrite" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_cli_strict_exit_status(source, tmp_path):
     input_path, gt = source
-    result = subprocess.run([sys.executable, str(SCRIPT), str(input_path), str(gt), str(tmp_path / "out"),
-                             "--strict"], capture_output=True, text=True, timeout=120)
+    result = run_main("create_lmdb_dataset.py", input_path, gt, tmp_path / "out", "--strict", cwd=tmp_path,
+                      check=False)
     assert result.returncode == 1 and "nothing was written" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 

@@ -20,7 +20,7 @@ import torch
 
 from lmdb_store import LmdbWriter
 from model import ModelConfig, build_model
-from tests.helpers import render_word, run_script
+from tests.helpers import render_word, run_main, run_script
 
 CHARACTER = string.ascii_lowercase
 # The recipe's model (train.py's flags, and the ModelConfig whose output columns the test counts)
@@ -41,7 +41,7 @@ def write_lmdb(path, words) -> None:
             writer.add(buffer.getvalue(), word)
 
 
-def train_and_test(root, imgW: int, num_iter: int = 600) -> float:
+def train_and_test(root, imgW: int, num_iter: int = 400) -> float:
     exp = root / f"exp_w{imgW}"
     cwd = root / f"cwd_w{imgW}"  # each run its own result/ folder
     cwd.mkdir()
@@ -51,7 +51,7 @@ def train_and_test(root, imgW: int, num_iter: int = 600) -> float:
                "--adam", "--lr", "3e-3", "--schedule", "onecycle", "--workers", "0", "--device", "cpu",
                "--manualSeed", "1", "--exp_name", exp, cwd=cwd)
     assert "augment: none" in (exp / "opt.txt").read_text()  # the run records its (absent) augmentation
-    proc = run_script("test.py", "--eval_data", root / "test", "--saved_model", exp / "best_accuracy.pth",
+    proc = run_main("test.py", "--eval_data", root / "test", "--saved_model", exp / "best_accuracy.pth",
                       "--workers", "0", "--device", "cpu", "--batch_size", "64", cwd=cwd)
     return float(re.search(r"^accuracy: ([0-9.]+)", proc.stdout, re.M).group(1))
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from real_datasets import READERS, Dropped, Sample, convert, crop, read_cocotext
-from tests.helpers import render_word, run_script
+from tests.helpers import render_word, run_main
 
 
 def read_lmdb(path):
@@ -244,7 +244,7 @@ def test_union14m_mmocr1_json_and_0x_jsonl(tmp_path):
 def test_cli_converts_and_train_reads_it(tmp_path):
     write_icdar(tmp_path, ['word_1.png, "one"', 'word_2.png, "###"', 'word_3.png, "three"'])
     out = tmp_path / "lmdb" / "ic15"
-    proc = run_script("scripts/convert_real_dataset.py", "--format", "ic15", "--annotation", tmp_path / "gt.txt",
+    proc = run_main("scripts/convert_real_dataset.py", "--format", "ic15", "--annotation", tmp_path / "gt.txt",
                       "--output", out, cwd=tmp_path)
     assert "wrote 2 samples; dropped 1" in proc.stdout and "1 do-not-care label '###'" in proc.stdout
     from dataset import hierarchical_dataset
@@ -252,13 +252,13 @@ def test_cli_converts_and_train_reads_it(tmp_path):
                                 batch_max_length=25, data_filtering_off=False, rgb=False)
     dataset, _ = hierarchical_dataset(tmp_path / "lmdb", opt)
     assert sorted(dataset[i][1] for i in range(len(dataset))) == ["one", "three"]
-    again = run_script("scripts/convert_real_dataset.py", "--format", "ic15", "--annotation", tmp_path / "gt.txt",
+    again = run_main("scripts/convert_real_dataset.py", "--format", "ic15", "--annotation", tmp_path / "gt.txt",
                        "--output", out, cwd=tmp_path, check=False)
     assert again.returncode == 1 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_cli_names_a_missing_annotation(tmp_path):
-    proc = run_script("scripts/convert_real_dataset.py", "--format", "svt", "--annotation", tmp_path / "test.xml",
+    proc = run_main("scripts/convert_real_dataset.py", "--format", "svt", "--annotation", tmp_path / "test.xml",
                       "--output", tmp_path / "out", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "test.xml does not exist" in proc.stderr
 
