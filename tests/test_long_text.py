@@ -41,14 +41,14 @@ def write_lmdb(path, words) -> None:
             writer.add(buffer.getvalue(), word)
 
 
-def train_and_test(root, imgW: int, num_iter: int = 400) -> float:
+def train_and_test(root, imgW: int, num_iter: int = 300) -> float:
     exp = root / f"exp_w{imgW}"
     cwd = root / f"cwd_w{imgW}"  # each run its own result/ folder
     cwd.mkdir()
     model = [arg for name, value in {**MODEL, "imgW": imgW}.items() for arg in (f"--{name}", str(value))]
     run_script("train.py", "--train_data", root / "train", "--valid_data", root / "valid", "--select_data", "/",
                "--batch_ratio", "1", *model, "--batch_size", "32", "--num_iter", str(num_iter), "--valInterval", str(num_iter),
-               "--adam", "--lr", "3e-3", "--schedule", "onecycle", "--workers", "0", "--device", "cpu",
+               "--adam", "--lr", "5e-3", "--schedule", "onecycle", "--workers", "0", "--device", "cpu",
                "--manualSeed", "1", "--exp_name", exp, cwd=cwd)
     assert "augment: none" in (exp / "opt.txt").read_text()  # the run records its (absent) augmentation
     proc = run_main("test.py", "--eval_data", root / "test", "--saved_model", exp / "best_accuracy.pth",
