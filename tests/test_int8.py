@@ -208,16 +208,17 @@ def test_an_int8_file_that_reads_worse_is_refused_and_not_written(readers, calib
     assert "more than --max_drop 1" in str(e.value) and "was not written" in str(e.value)
     assert ("labelled" if labelled else "unlabelled") in str(e.value)
     assert not out.exists() and not list(work.glob("*.tmp*"))
-    # fp32 reads as the unscaled reader: the loss is int8's alone
-    fp32 = work / f"scaled_fp32_{labelled}.onnx"
+
+
+def test_the_scaled_reader_reads_all_words_in_fp32(readers, work):
+    """So the drop that the check refuses above is int8's alone."""
+    from decoding import decode
     from export import main
 
+    fp32 = work / "scaled_fp32.onnx"
     main(["--saved_model", str(readers["scaled"]), "--format", "onnx", "--output", str(fp32)])
-    batch = word_batch(tiny_config("None-VGG-None-CTC"), WORDS)
-    from decoding import decode
-
     config = OnnxModel(fp32).config
-    assert decode(OnnxModel(fp32), batch, config).texts == WORDS
+    assert decode(OnnxModel(fp32), word_batch(tiny_config("None-VGG-None-CTC"), WORDS), config).texts == WORDS
 
 
 def test_on_drop_warn_writes_the_file_with_a_warning(readers, calib, work, capsys):

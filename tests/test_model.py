@@ -26,22 +26,28 @@ def test_all_25_spec_files_present():
     assert len(SPEC_FILES) == 25
 
 
-@pytest.mark.parametrize("spec_path", SPEC_FILES, ids=lambda p: p.stem)
-def test_state_dict_matches_reference(spec_path):
+@pytest.fixture(scope="module", params=SPEC_FILES, ids=lambda p: p.stem)
+def spec_model(request):
+    """(spec file, its configuration, its model): built once for the tests of each spec file (pytest runs
+    them together, and drops the model before building the next)."""
+    torch.manual_seed(0)
+    config = config_for(request.param)
+    return request.param, config, build_model(config)
+
+
+def test_state_dict_matches_reference(spec_model):
+    spec_path, config, model = spec_model
     spec = json.loads(spec_path.read_text())
-    config = config_for(spec_path)
-    model = build_model(config)
     ours = [("module." + k, list(v.shape)) for k, v in model.state_dict().items()]
     assert ours == list(spec["keys"].items())  # names, shapes and order
     assert count_parameters(model) == spec["params"]
     assert config.num_class == spec["num_class"]
 
 
-@pytest.mark.parametrize("spec_path", SPEC_FILES, ids=lambda p: p.stem)
-def test_forward_backward_every_parameter_gets_gradient(spec_path):
+def test_forward_backward_every_parameter_gets_gradient(spec_model):
+    _, config, model = spec_model
     torch.manual_seed(0)
-    config = config_for(spec_path)
-    model = build_model(config).train()
+    model.train()
     images = torch.rand(2, 1, config.imgH, config.imgW) * 2 - 1
     text = torch.randint(2, config.num_class, (2, config.batch_max_length + 2))
     preds = model(images, text[:, :-1])
