@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.transforms.functional import to_tensor
 
 import dataset
 from dataset import (AlignCollate, BatchBalancedDataset, FilterStats, GtFolderDataset, InfiniteBatchSampler,
@@ -325,6 +324,13 @@ def test_batch_balanced_with_workers(train_opt):
 
 
 # --- collation ------------------------------------------------------------------------------
+
+def to_tensor(img):
+    """torchvision's, as the reference collates with it (imported here: torchvision pulls in torch._dynamo,
+    seconds that every test worker would otherwise pay while collecting)."""
+    from torchvision.transforms.functional import to_tensor as reference_to_tensor
+    return reference_to_tensor(img)
+
 
 def reference_resize_normalize(img, imgH=32, imgW=100):
     return to_tensor(img.resize((imgW, imgH), Image.BICUBIC)).sub_(0.5).div_(0.5)
