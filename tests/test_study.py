@@ -21,7 +21,7 @@ import pytest
 
 import study
 import study_report
-from helpers import make_gt_folder, make_word_lmdb
+from helpers import make_gt_folder, make_word_lmdb, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = "None-VGG-None-CTC,None-ResNet-None-CTC"
@@ -48,8 +48,12 @@ def start(cwd: Path, args: list[str]) -> subprocess.Popen:
 
 
 def run(cwd: Path, args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "study.py"), *args], cwd=cwd, env=environment(),
-                          capture_output=True, text=True, timeout=300)
+    """study.py run to its end, in this process (its cells still train in processes of their own), with
+    the environment that ``start`` gives, for its processes; the environment is restored after."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("OMP_NUM_THREADS", "PYTHONPATH"):
+            patch.setenv(name, environment()[name])
+        return run_main("study.py", *args, cwd=cwd, check=False)
 
 
 def make_data(root: Path) -> None:
