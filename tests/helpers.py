@@ -54,6 +54,11 @@ def make_gt_folder(folder: Path, words=WORDS, copies: int = 4) -> Path:
 def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=600)
+    return checked(script, proc, check)
+
+
+def checked(script: str, proc: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
+    """``proc``, or (with ``check``) an AssertionError with the end of its output if it failed."""
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -75,16 +80,16 @@ def run_main(script: str, *args: str, cwd: Path, check: bool = True) -> subproce
             try:
                 main([str(arg) for arg in args])
                 code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-                if e.code is not None and not isinstance(e.code, int):
+            except SystemExit as e:  # as the interpreter exits: a number as it is, a message printed, status 1
+                if e.code is None or isinstance(e.code, int):
+                    code = e.code or 0
+                else:
                     print(e.code, file=sys.stderr)
+                    code = 1
     finally:
         os.chdir(previous)
-    proc = subprocess.CompletedProcess([script, *map(str, args)], code, out.getvalue(), err.getvalue())
-    if check and code != 0:
-        raise AssertionError(f"{script} failed ({code}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return checked(script, subprocess.CompletedProcess([script, *map(str, args)], code, out.getvalue(),
+                                                       err.getvalue()), check)
 
 
 _SCRIPTS: dict[str, object] = {}

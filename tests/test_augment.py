@@ -171,7 +171,7 @@ def test_contact_sheet_draws_augmented_samples(train_opt, tmp_path):
     for name in ("none", "rand"):
         out = tmp_path / f"{name}.png"
         proc = run_main("scripts/make_contact_sheet.py", "--lmdb", lmdb, "--output", out, "--augment", name,
-                          "--augment_m", "9", "--columns", "4", "--rows", "2", cwd=tmp_path)
+                        "--augment_m", "9", "--columns", "4", "--rows", "2", cwd=tmp_path)
         assert "8 samples" in proc.stdout
         sheets[name] = Image.open(out)
     assert sheets["none"].size == sheets["rand"].size

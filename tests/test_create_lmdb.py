@@ -14,6 +14,7 @@ from lmdb_store import LmdbWriter
 from dataset import LmdbDataset
 from helpers import run_main
 
+
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("STR_CACHE_DIR", str(tmp_path / "filter-cache"))

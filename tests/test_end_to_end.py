@@ -18,7 +18,7 @@ def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     make_gt_folder(work / "words")
     run_main("create_lmdb_dataset.py", "--inputPath", work / "words", "--gtFile", work / "words" / "gt.txt",
-               "--outputPath", work / "lmdb" / "train", cwd=work)
+             "--outputPath", work / "lmdb" / "train", cwd=work)
     run_script("train.py", "--train_data", "lmdb", "--valid_data", "lmdb", "--select_data", "/",
                "--batch_ratio", "1", *STAGES, *SMALL, "--num_iter", "300", "--valInterval", "100",
                "--batch_size", "16", "--workers", "0", "--adam", "--lr", "0.003", "--exp_name", "e2e", cwd=work)
@@ -34,7 +34,7 @@ def test_training_reads_its_words(trained):
     for name in ("best_accuracy.pth", "best_norm_ED.pth", "last.pth", "opt.txt", "log_dataset.txt"):
         assert (trained / "saved_models" / "e2e" / name).is_file(), name
     out = run_main("test.py", "--eval_data", "lmdb", "--saved_model", "saved_models/e2e/best_accuracy.pth",
-                     "--workers", "0", cwd=trained).stdout
+                   "--workers", "0", cwd=trained).stdout
     accuracy = float(re.search(r"accuracy: ([\d.]+)", out).group(1))
     assert accuracy >= 90.0, out
     assert (trained / "result" / "e2e_best_accuracy.pth" / "log_evaluation.txt").is_file()
@@ -47,7 +47,7 @@ def demo_predictions(stdout: str) -> dict:
 
 def test_demo_needs_no_architecture_flags_and_matches_reference_format(trained):
     out = run_main("demo.py", "--image_folder", "words/images", "--saved_model",
-                     "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained).stdout
+                   "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained).stdout
     ours = demo_predictions(out)
     assert len(ours) == 64
     gt = dict(line.split("\t") for line in (trained / "words" / "gt.txt").read_text().splitlines())
@@ -59,7 +59,7 @@ def test_demo_needs_no_architecture_flags_and_matches_reference_format(trained):
     raw = torch.load(trained / "reference.pth", weights_only=True)
     assert all(k.startswith("module.") for k in raw)
     out = run_main("demo.py", "--image_folder", "words/images", "--saved_model", "reference.pth",
-                     "--workers", "0", *STAGES, *SMALL, cwd=trained).stdout
+                   "--workers", "0", *STAGES, *SMALL, cwd=trained).stdout
     theirs = demo_predictions(out)
     assert theirs.keys() == ours.keys()
     for path in ours:
@@ -69,18 +69,18 @@ def test_demo_needs_no_architecture_flags_and_matches_reference_format(trained):
 
 def test_bare_checkpoint_without_flags_is_a_clear_error(trained):
     proc = run_main("test.py", "--eval_data", "lmdb", "--saved_model", "reference.pth", "--workers", "0",
-                      cwd=trained, check=False)
+                    cwd=trained, check=False)
     assert proc.returncode != 0
     assert "--Transformation" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_checkpoint_that_does_not_fit_the_flags_is_explained(trained):
     proc = run_main("demo.py", "--image_folder", "words/images", "--saved_model", "reference.pth",
-                      "--workers", "0", *STAGES, *SMALL, "--sensitive", cwd=trained, check=False)
+                    "--workers", "0", *STAGES, *SMALL, "--sensitive", cwd=trained, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "37 classes" in proc.stderr and "95" in proc.stderr, proc.stderr
     proc = run_main("demo.py", "--image_folder", "words/images", "--saved_model", "reference.pth",
-                      "--workers", "0", *STAGES[:-1], "Attn", *SMALL, cwd=trained, check=False)
+                    "--workers", "0", *STAGES[:-1], "Attn", *SMALL, cwd=trained, check=False)
     assert "--Prediction CTC" in proc.stderr, proc.stderr
 
 
@@ -92,7 +92,7 @@ def test_benchmark_all_eval_reports_both_totals(trained):
         if not (bench / name / "data.mdb").exists():  # a copy: LMDB opens each file once per process
             shutil.copy(trained / "lmdb" / "train" / "data.mdb", bench / name / "data.mdb")
     out = run_main("test.py", "--eval_data", "bench", "--benchmark_all_eval", "--saved_model",
-                     "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained).stdout
+                   "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained).stdout
     line = next(l for l in out.splitlines() if l.startswith("accuracy: IIIT5k_3000:"))
     fields = dict(f.split(": ") for f in line[len("accuracy: "):].split("\t"))
     assert list(fields)[:10] == BENCHMARKS
@@ -106,7 +106,7 @@ def test_benchmark_all_eval_reports_both_totals(trained):
 def test_benchmark_all_eval_names_missing_folders(trained):
     (trained / "partial" / "SVT").mkdir(parents=True, exist_ok=True)
     proc = run_main("test.py", "--eval_data", "partial", "--benchmark_all_eval", "--saved_model",
-                      "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained, check=False)
+                    "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "IIIT5k_3000" in proc.stderr and "CUTE80" in proc.stderr
 
@@ -130,7 +130,7 @@ def test_benchmark_union14m_table_average_and_missing_subsets(trained):
         for _, image, label in read_lmdb_samples(trained / "lmdb" / "train", 20):
             writer.add(image, label + "zz")
     out = run_main("test.py", "--eval_data", "u14m", "--benchmark", "union14m", "--saved_model",
-                     "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained).stdout
+                   "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained).stdout
     line = next(l for l in out.splitlines() if l.startswith("accuracy: "))
     fields = {k: float(v) for k, v in (f.split(": ") for f in line[len("accuracy: "):].strip().split("\t"))}
     assert list(fields)[:4] == [n for n in UNION14M_BENCHMARKS if n in ("curve", "artistic", "salient", "general")]
@@ -147,11 +147,11 @@ def test_benchmark_union14m_asks_for_conversion_of_the_shipped_json(trained):
     (trained / "u14m_raw" / "curve").mkdir(parents=True, exist_ok=True)
     (trained / "u14m_raw" / "curve" / "annotation.json").write_text('{"data_list": []}')
     proc = run_main("test.py", "--eval_data", "u14m_raw", "--benchmark", "union14m", "--saved_model",
-                      "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained, check=False)
+                    "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "convert_real_dataset.py --format union14m" in proc.stderr
     proc = run_main("test.py", "--eval_data", "nowhere", "--benchmark", "union14m", "--saved_model",
-                      "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained, check=False)
+                    "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained, check=False)
     assert proc.returncode == 1 and "curve, multi_oriented" in proc.stderr
 
 
@@ -160,17 +160,17 @@ def test_benchmark_long_text_refuses_labels_the_model_cannot_hold(trained):
     from lmdb_store import LmdbWriter
     copy_lmdb(trained, trained / "long" / "short_words")
     out = run_main("test.py", "--eval_data", "long", "--benchmark", "long_text", "--saved_model",
-                     "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained).stdout
+                   "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained).stdout
     assert re.search(r"^accuracy: short_words: [\d.]+\taverage: ", out, re.M)
     (trained / "long" / "long_words").mkdir()
     with LmdbWriter(trained / "long" / "long_words" / "lmdb") as writer:
         for index, image, label in read_lmdb_samples(trained / "lmdb" / "train", 6):
             writer.add(image, "x" * 30 if index <= 3 else label)  # filtering would keep the 3 short ones
     proc = run_main("test.py", "--eval_data", "long", "--benchmark", "long_text", "--saved_model",
-                      "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained, check=False)
+                    "saved_models/e2e/best_accuracy.pth", "--workers", "0", cwd=trained, check=False)
     assert proc.returncode == 1 and "3 labels are longer than the model's batch_max_length 25" in proc.stderr
     proc = run_main("test.py", "--eval_data", "long", "--benchmark", "long_text", "--benchmark_all_eval",
-                      "--saved_model", "saved_models/e2e/best_accuracy.pth", cwd=trained, check=False)
+                    "--saved_model", "saved_models/e2e/best_accuracy.pth", cwd=trained, check=False)
     assert proc.returncode == 2 and "give one of them" in proc.stderr
 
 
@@ -181,7 +181,7 @@ def test_decoders_and_word_lists_on_the_command_line(trained):
 
     def accuracy(*flags):
         out = run_main("test.py", "--eval_data", "lmdb", "--saved_model", "saved_models/e2e/best_accuracy.pth",
-                         "--workers", "0", *flags, cwd=trained).stdout
+                       "--workers", "0", *flags, cwd=trained).stdout
         return float(re.search(r"accuracy: ([\d.]+)", out).group(1)), out
 
     greedy, _ = accuracy()
@@ -198,8 +198,8 @@ def test_demo_prints_the_k_best_and_character_confidences(trained):
     from helpers import WORDS
     (trained / "words.txt").write_text("\n".join(WORDS) + "\n", encoding="utf-8")
     out = run_main("demo.py", "--image_folder", "words/images", "--saved_model", "saved_models/e2e/best_accuracy.pth",
-                     "--workers", "0", "--decoder", "beam", "--topk", "3", "--char_conf", "--lexicon", "words.txt",
-                     cwd=trained).stdout
+                   "--workers", "0", "--decoder", "beam", "--topk", "3", "--char_conf", "--lexicon", "words.txt",
+                   cwd=trained).stdout
     rows = demo_predictions(out)
     assert len(rows) == 64 and all(pred in WORDS for pred, _ in rows.values())
     lines = out.splitlines()
@@ -224,6 +224,6 @@ def test_demo_prints_the_k_best_and_character_confidences(trained):
 def test_bad_decoding_flags_are_clear_errors(trained, flags, code, message):
     (trained / "words.txt").write_text("cat\n", encoding="utf-8")
     proc = run_main("demo.py", "--image_folder", "words/images", "--saved_model",
-                      "saved_models/e2e/best_accuracy.pth", "--workers", "0", *flags, cwd=trained, check=False)
+                    "saved_models/e2e/best_accuracy.pth", "--workers", "0", *flags, cwd=trained, check=False)
     assert proc.returncode == code and "Traceback" not in proc.stderr
     assert message in proc.stderr, proc.stderr

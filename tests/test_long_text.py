@@ -52,7 +52,7 @@ def train_and_test(root, imgW: int, num_iter: int = 300) -> float:
                "--manualSeed", "1", "--exp_name", exp, cwd=cwd)
     assert "augment: none" in (exp / "opt.txt").read_text()  # the run records its (absent) augmentation
     proc = run_main("test.py", "--eval_data", root / "test", "--saved_model", exp / "best_accuracy.pth",
-                      "--workers", "0", "--device", "cpu", "--batch_size", "64", cwd=cwd)
+                    "--workers", "0", "--device", "cpu", "--batch_size", "64", cwd=cwd)
     return float(re.search(r"^accuracy: ([0-9.]+)", proc.stdout, re.M).group(1))
 
 

@@ -245,7 +245,7 @@ def test_cli_converts_and_train_reads_it(tmp_path):
     write_icdar(tmp_path, ['word_1.png, "one"', 'word_2.png, "###"', 'word_3.png, "three"'])
     out = tmp_path / "lmdb" / "ic15"
     proc = run_main("scripts/convert_real_dataset.py", "--format", "ic15", "--annotation", tmp_path / "gt.txt",
-                      "--output", out, cwd=tmp_path)
+                    "--output", out, cwd=tmp_path)
     assert "wrote 2 samples; dropped 1" in proc.stdout and "1 do-not-care label '###'" in proc.stdout
     from dataset import hierarchical_dataset
     opt = types.SimpleNamespace(character="0123456789abcdefghijklmnopqrstuvwxyz", sensitive=False,
@@ -253,13 +253,13 @@ def test_cli_converts_and_train_reads_it(tmp_path):
     dataset, _ = hierarchical_dataset(tmp_path / "lmdb", opt)
     assert sorted(dataset[i][1] for i in range(len(dataset))) == ["one", "three"]
     again = run_main("scripts/convert_real_dataset.py", "--format", "ic15", "--annotation", tmp_path / "gt.txt",
-                       "--output", out, cwd=tmp_path, check=False)
+                     "--output", out, cwd=tmp_path, check=False)
     assert again.returncode == 1 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_cli_names_a_missing_annotation(tmp_path):
     proc = run_main("scripts/convert_real_dataset.py", "--format", "svt", "--annotation", tmp_path / "test.xml",
-                      "--output", tmp_path / "out", cwd=tmp_path, check=False)
+                    "--output", tmp_path / "out", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "test.xml does not exist" in proc.stderr
 
 

@@ -50,9 +50,10 @@ def start(cwd: Path, args: list[str]) -> subprocess.Popen:
 def run(cwd: Path, args: list[str]) -> subprocess.CompletedProcess:
     """study.py run to its end, in this process (its cells still train in processes of their own), with
     the environment that ``start`` gives, for its processes; the environment is restored after."""
+    env = environment()
     with pytest.MonkeyPatch.context() as patch:
         for name in ("OMP_NUM_THREADS", "PYTHONPATH"):
-            patch.setenv(name, environment()[name])
+            patch.setenv(name, env[name])
         return run_main("study.py", *args, cwd=cwd, check=False)
 
 
