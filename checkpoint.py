@@ -10,6 +10,7 @@ keys start with ``module.``. Both load here; ``export_reference`` writes the bar
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,11 +21,13 @@ from typing import Callable
 
 import torch
 
-from model import STAGES, Model, ModelConfig, build_model, config_from_flags
-from pretrained import REGISTRY, resolve_saved_model
+from model import (STAGES, Model, ModelConfig, build_model, config_from_flags, config_from_name,
+                   stage_widths)
+from modules.registry import KINDS, combination_stages, head
+import plugins
 from fileio import atomic_write, cache_root
+from pretrained import REGISTRY, resolve_saved_model
 from runtime import UsageError
-from utils import CONVERTERS
 
 FORMAT = "str-toolkit"
 VERSION = 1
@@ -53,9 +56,11 @@ def tensor_bytes(obj) -> int:
 
 
 def save_checkpoint(path: str | os.PathLike, model: Model, **extra) -> None:
+    """A self-describing checkpoint; a model with a plugin's stages also records the plugins it needs."""
     model = unwrap(model)
+    needs = plugins.required(model.config)
     atomic_save({"format": FORMAT, "version": VERSION, "config": model.config.to_dict(),
-                 "model": model.state_dict(), **extra}, path)
+                 **({"plugins": needs} if needs else {}), "model": model.state_dict(), **extra}, path)
 
 
 def export_reference(path: str | os.PathLike, model: Model) -> None:
@@ -99,6 +104,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
                               f"({weights_only_reason(e)}). Only state_dicts and this toolkit's checkpoints are "
                               "accepted; pickled model objects are refused because they can run arbitrary code.") from e
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        plugins.check_required(obj.get("plugins", []), path)
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"config": None, "model": strip_prefix(obj)}
@@ -149,45 +155,44 @@ def strip_prefix(state_dict: dict, prefix: str = "module.") -> dict:
 
 
 def infer_architecture(state_dict: dict) -> dict:
-    """Read the stage choices and sizes off a bare state_dict, to explain a mismatch in user terms."""
-    keys = state_dict.keys()
-    info: dict = {}
-    info["Transformation"] = "TPS" if any(k.startswith("Transformation.") for k in keys) else "None"
-    if "FeatureExtraction.blocks1.0.norm1.weight" in state_dict:
-        info["FeatureExtraction"] = "SVTR"
-        first = state_dict["FeatureExtraction.patch_embed.proj.0.conv.weight"]
-    elif "FeatureExtraction.pos_embed" in state_dict:
-        info["FeatureExtraction"] = "ViT"
-        first = state_dict["FeatureExtraction.patch_embed.proj.weight"]
-    elif "FeatureExtraction.ConvNet.conv0_1.weight" in state_dict:
-        info["FeatureExtraction"] = "ResNet"
-        first = state_dict["FeatureExtraction.ConvNet.conv0_1.weight"]
-    elif any(".wgf_u." in k for k in keys):
-        info["FeatureExtraction"] = "RCNN"
-        first = state_dict.get("FeatureExtraction.ConvNet.0.weight")
-    else:
-        info["FeatureExtraction"] = "VGG"
-        first = state_dict.get("FeatureExtraction.ConvNet.0.weight")
-    if first is not None:
-        info["input_channel"] = first.shape[1]
-    info["SequenceModeling"] = "BiLSTM" if any(k.startswith("SequenceModeling.") for k in keys) else "None"
-    if "Prediction.generator.weight" in state_dict:
-        info["Prediction"] = "Attn"
-        info["num_class"] = state_dict["Prediction.generator.weight"].shape[0]
-        info["hidden_size"] = state_dict["Prediction.generator.weight"].shape[1]
-    elif "Prediction.head.weight" in state_dict:
-        info["Prediction"] = "PARSeq"
-        info["num_class"] = state_dict["Prediction.head.weight"].shape[0]
-    elif "Prediction.weight" in state_dict:
-        info["Prediction"] = "CTC"
-        info["num_class"] = state_dict["Prediction.weight"].shape[0]
-    if "SequenceModeling.0.rnn.weight_hh_l0" in state_dict:
-        info["hidden_size"] = state_dict["SequenceModeling.0.rnn.weight_hh_l0"].shape[1]
-        info["output_channel"] = state_dict["SequenceModeling.0.rnn.weight_ih_l0"].shape[1]
-    if "Transformation.LocalizationNetwork.localization_fc2.bias" in state_dict:
-        info["num_fiducial"] = state_dict["Transformation.LocalizationNetwork.localization_fc2.bias"].shape[0] // 2
-        info["imgH*imgW"] = state_dict["Transformation.GridGenerator.P_hat"].shape[0]
+    """Read the stage choices and sizes off a bare state_dict, to explain a mismatch in user terms:
+    ``{"FeatureExtraction": "VGG", ..., "sizes": {kind: {flag: value}}, "candidates": {kind: [names]}}``.
+
+    Each registered stage recognises its own weights (``Stage.recognise``, or by the key names of a freshly
+    built one); a kind whose weights more than one stage or none claims is left out, with its candidates.
+    """
+    info: dict = {"sizes": {}, "candidates": {}}
+    for kind in KINDS:
+        part = {k[len(kind) + 1:]: v for k, v in state_dict.items() if k.startswith(kind + ".")}
+        found = {}
+        for name, cls in STAGES[kind].items():
+            sizes = recognise(cls, part)
+            if sizes is not None:
+                found[name] = sizes
+        info["candidates"][kind] = list(found)
+        if len(found) == 1:
+            (name, sizes), = found.items()
+            info[kind] = name
+            info["sizes"][kind] = sizes
     return info
+
+
+def recognise(cls, part: dict) -> dict | None:
+    """``cls``'s sizes read off ``part`` (its keys without the stage prefix), or None when they are not its."""
+    sizes = cls.recognise(part)
+    if sizes is NotImplemented:
+        sizes = cls.read_sizes(part) if set(part) == probe_keys(cls) else None
+    return sizes
+
+
+@functools.cache
+def probe_keys(cls) -> frozenset[str]:
+    """The state_dict key names of ``cls`` built small (key names do not depend on the widths of the reference's
+    stages; a stage whose names do declares ``recognise``)."""
+    stages = {**{kind: next(iter(STAGES[kind])) for kind in KINDS}, cls.kind: cls.name}
+    config = config_from_name("-".join(stages.values()), output_channel=32, hidden_size=32)
+    width = stage_widths(config)[cls.kind]
+    return frozenset(cls.from_config(config, width).state_dict())
 
 
 def explain_mismatch(model: Model, state_dict: dict) -> str | None:
@@ -199,27 +204,22 @@ def explain_mismatch(model: Model, state_dict: dict) -> str | None:
         return None
     found = infer_architecture(state_dict)
     problems = []
-    for stage in ("Transformation", "FeatureExtraction", "SequenceModeling", "Prediction"):
-        if stage in found and found[stage] != getattr(config, stage):
-            problems.append(f"it was trained with --{stage} {found[stage]}, not {getattr(config, stage)}")
+    for kind in KINDS:
+        chosen = getattr(config, kind)
+        if kind in found and found[kind] != chosen:
+            problems.append(f"it was trained with --{kind} {found[kind]}, not {chosen}")
+        elif kind not in found and chosen not in found["candidates"][kind]:
+            candidates = found["candidates"][kind]
+            what = (f"weights that fit --{kind} {' or '.join(candidates)}" if candidates else
+                    f"weights no registered --{kind} stage recognises (a plugin's stage? load it with --plugin)")
+            problems.append(f"its {kind} has {what}, not {chosen}")
     if not problems:
-        for opt in ("input_channel", "output_channel", "hidden_size", "num_fiducial"):
-            if opt in found and found[opt] != getattr(config, opt):
-                hint = " (grey is 1, --rgb is 3)" if opt == "input_channel" else ""
-                problems.append(f"it has --{opt} {found[opt]}, not {getattr(config, opt)}{hint}")
-        if "num_class" in found and found["num_class"] != config.num_class:
-            n_chars = found["num_class"] - CONVERTERS[config.Prediction].num_special
-            hint = ""
-            if n_chars == 94:
-                hint = " Was it trained with --sensitive?"
-            elif len(config.character) == 94 and n_chars == 36:
-                hint = " It looks case-insensitive: drop --sensitive."
-            problems.append(f"the checkpoint predicts {found['num_class']} classes ({n_chars} characters) but the "
-                            f"character set gives {config.num_class} ({len(config.character)} characters).{hint} "
-                            "Pass the character set it was trained with via --character (a string or a file)")
-        if "imgH*imgW" in found and found["imgH*imgW"] != config.imgH * config.imgW:
-            problems.append(f"its TPS grid has {found['imgH*imgW']} points, but --imgH {config.imgH} × --imgW "
-                            f"{config.imgW} = {config.imgH * config.imgW}: use the image size it was trained with")
+        for cls in combination_stages(config):
+            sizes = dict(found["sizes"].get(cls.kind, {}))
+            num_class = sizes.pop("num_class", None)
+            problems += cls.mismatch(sizes, config)
+            if num_class is not None and num_class != config.num_class:
+                problems.append(class_count_problem(num_class, config))
     if not problems:
         missing = sorted(set(expected) - set(got))[:3]
         unexpected = sorted(set(got) - set(expected))[:3]
@@ -229,6 +229,18 @@ def explain_mismatch(model: Model, state_dict: dict) -> str | None:
     return "the checkpoint does not fit the model options: " + "; ".join(problems) + "."
 
 
+def class_count_problem(num_class: int, config: ModelConfig) -> str:
+    n_chars = num_class - head(config.Prediction).converter.num_special
+    hint = ""
+    if n_chars == 94:
+        hint = " Was it trained with --sensitive?"
+    elif len(config.character) == 94 and n_chars == 36:
+        hint = " It looks case-insensitive: drop --sensitive."
+    return (f"the checkpoint predicts {num_class} classes ({n_chars} characters) but the character set gives "
+            f"{config.num_class} ({len(config.character)} characters).{hint} Pass the character set it was "
+            "trained with via --character (a string or a file)")
+
+
 def load_state(model: Model, state_dict: dict) -> None:
     problem = explain_mismatch(model, state_dict)
     if problem:
@@ -236,46 +248,32 @@ def load_state(model: Model, state_dict: dict) -> None:
     model.load_state_dict(state_dict)
 
 
-# The layers whose output rows are the classes (weight and bias), per head.
-CLASS_ROWS = {"CTC": ("Prediction",), "Attn": ("Prediction.generator",), "PARSeq": ("Prediction.head",)}
-
-
 def remap_characters(state_dict: dict, old_config: ModelConfig, new_config: ModelConfig,
                      fresh: Model) -> tuple[dict, dict]:
     """Carry prediction weights across character sets, by character rather than by index.
 
-    Rows of the classifier (``CLASS_ROWS``), the one-hot input columns of the attention LSTM and
-    PARSeq's token embedding are copied for every character both sets share (and for
-    the special tokens); new characters keep ``fresh``'s initial weights. Returns
+    Rows of the head's classifier (its ``class_rows``) and what its ``remap_inputs`` carries (the one-hot input
+    columns of the attention LSTM, PARSeq's token embedding) are copied for every character both sets share
+    (and for the special tokens); new characters keep ``fresh``'s initial weights. Returns
     ``(state_dict for new_config, report)`` where report lists kept / added / dropped characters.
     """
     old_chars, new_chars = old_config.character, new_config.character
-    special = CONVERTERS[new_config.Prediction].num_special
+    prediction = head(new_config.Prediction)
+    special = prediction.converter.num_special
     old_index = {c: i + special for i, c in enumerate(old_chars)}
-    pairs = [(i, i) for i in range(special)]  # [CTCblank] / [GO], [s]
+    pairs = [(i, i) for i in range(special)]  # [CTCblank] / [GO], [s] / [E]
     pairs += [(old_index[c], j + special) for j, c in enumerate(new_chars) if c in old_index]
     new_state = dict(state_dict)
     fresh_state = fresh.state_dict()
     src = torch.tensor([p[0] for p in pairs])
     dst = torch.tensor([p[1] for p in pairs])
-    for name in [f"{head}.{part}" for head in CLASS_ROWS[new_config.Prediction] for part in ("weight", "bias")]:
-        out = fresh_state[name].clone()
-        out[dst] = state_dict[name][src].to(out.dtype)
-        new_state[name] = out
-    if new_config.Prediction == "PARSeq":  # its token embedding: the head's classes, then [B] and [P]
-        name = "Prediction.text_embed.embedding.weight"
-        old_n, new_n = old_config.num_class, new_config.num_class
-        out = fresh_state[name].clone()
-        out[torch.cat([dst, torch.tensor([new_n, new_n + 1])])] = \
-            state_dict[name][torch.cat([src, torch.tensor([old_n, old_n + 1])])].to(out.dtype)
-        new_state[name] = out
-    if new_config.Prediction == "Attn":
-        name = "Prediction.attention_cell.rnn.weight_ih"
-        width = fresh_state[name].shape[1] - new_config.num_class  # context part of the LSTM input
-        out = fresh_state[name].clone()
-        out[:, :width] = state_dict[name][:, :width]
-        out[:, width + dst] = state_dict[name][:, width + src].to(out.dtype)
-        new_state[name] = out
+    for row in prediction.class_rows:
+        for part in ("weight", "bias"):
+            name = ".".join(filter(None, ("Prediction", row, part)))
+            out = fresh_state[name].clone()
+            out[dst] = state_dict[name][src].to(out.dtype)
+            new_state[name] = out
+    prediction.remap_inputs(new_state, state_dict, fresh_state, src, dst, old_config, new_config)
     new_set = set(new_chars)
     report = {
         "kept": "".join(c for c in new_chars if c in old_index),

@@ -27,6 +27,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from augment import make_augment, sample_rng
 from fileio import atomic_write, cache_root, special_kind
+from modules.registry import combination_stages
 from runtime import UsageError
 from utils import DEFAULT_CHARACTER, printable
 
@@ -133,9 +134,10 @@ class DataConfig:
     @classmethod
     def for_model(cls, config, **loader) -> "DataConfig":
         """The data options of ``config`` (a ModelConfig) plus the loader's (``workers=``, ``batch_size=`` ...)."""
-        if loader.get("dynamic_width") and config.FeatureExtraction in ("ViT", "SVTR"):
-            raise UsageError(f"--dynamic_width cannot feed --FeatureExtraction {config.FeatureExtraction}: its "
-                             f"position embedding is built for --imgW {config.imgW}; drop --dynamic_width")
+        fixed = [cls for cls in combination_stages(config) if "imgW" in cls.fixed_input]
+        if loader.get("dynamic_width") and fixed:
+            raise UsageError(f"--dynamic_width cannot feed --{fixed[0].kind} {fixed[0].name}: its weights are built "
+                             f"for --imgW {config.imgW}; drop --dynamic_width")
         return cls(character=config.character, sensitive=config.sensitive, batch_max_length=config.batch_max_length,
                    imgH=config.imgH, imgW=config.imgW, PAD=config.PAD, rgb=config.rgb, **loader)
 

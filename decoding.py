@@ -28,10 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from lexicon import Lexicon, fold_char, load_lexicon
-from modules.parseq import EOS_INDEX as PARSEQ_EOS_INDEX
 from modules.prediction import EOS_INDEX, GO_INDEX
+from modules.registry import head
 from runtime import UsageError
-from utils import CONVERTERS, make_converter
 
 DECODERS = ("greedy", "beam")
 LEXICON_MODES = ("constrain", "snap")
@@ -166,12 +165,16 @@ def greedy_attention(logits: torch.Tensor, character: list[str], eos_index: int 
     return results
 
 
-def greedy_parseq(logits: torch.Tensor, character: list[str]) -> list[Decoded]:
-    """PARSeq's reading is already decoded by the model (AR/NAR + refinement): argmax, cut at [E]."""
-    return greedy_attention(logits, character, eos_index=PARSEQ_EOS_INDEX)
-
-
-GREEDY = {"CTC": greedy_ctc, "Attn": greedy_attention, "PARSeq": greedy_parseq}
+def greedy(logits: torch.Tensor, config) -> list[Decoded]:
+    """The head's greedy reading: one class per frame (``end_index`` None: CTC's best path), or the steps up to
+    its end class (Attn's [s], PARSeq's [E]: PARSeq's logits are already decoded by the model, AR/NAR and
+    refinement); a head with a reading of its own declares ``greedy(logits, character)``."""
+    prediction, character = head(config.Prediction), _classes(config)
+    if hasattr(prediction, "greedy"):
+        return prediction.greedy(logits, character)
+    if prediction.end_index is None:
+        return greedy_ctc(logits, character)
+    return greedy_attention(logits, character, eos_index=prediction.end_index)
 
 
 # ----------------------------------------------------------------------------- word-list constraint
@@ -507,7 +510,7 @@ def decode(model, image: torch.Tensor, config, options: DecodeOptions = DecodeOp
     search, which runs the decoder itself). The one way every script reads a batch.
     """
     check_supported(options, config)
-    if options.decoder == "beam" and config.Prediction == "Attn":
+    if options.decoder == "beam" and head(config.Prediction).beam == "decoder":
         if not hasattr(model, "encode"):  # an ONNX Runtime model: a fixed greedy loop, no decoder step to search
             raise UsageError("--decoder beam with an attention model runs the decoder one step at a time, which an "
                              "exported .onnx (a fixed greedy loop) cannot do: use the PyTorch checkpoint for beam "
@@ -524,8 +527,8 @@ def decode_logits(logits: torch.Tensor, config, options: DecodeOptions) -> list[
     character, lexicon = _classes(config), options.lexicon
     check_supported(options, config)
     if options.decoder == "greedy":
-        results = GREEDY[config.Prediction](logits, character)
-    elif config.Prediction == "CTC":
+        results = greedy(logits, config)
+    elif head(config.Prediction).beam == "logits":
         nbest = ctc_beam_search(logits, character, options.beam_size, options.topk,
                                 _constraint(options, config, character), options.prune_chars, lexicon)
         results = [_from_nbest(hyps) for hyps in nbest]
@@ -544,21 +547,21 @@ def decode_attention(attention, contextual: torch.Tensor, config, options: Decod
 
 
 def check_supported(options: DecodeOptions, config) -> None:
-    """PARSeq reads with its own decoder: greedy (AR or NAR, then refinement); no beam search."""
-    if options.decoder == "beam" and config.Prediction == "PARSeq":
-        raise UsageError("--decoder beam is not supported for --Prediction PARSeq: use --decoder greedy (PARSeq "
-                         "reads with --parseq_decode ar|nar and --parseq_refine_iters N), with --lexicon_mode snap "
-                         "for a word list")
+    """A beam search where the head has one (its ``beam``: PARSeq reads with its own decoder, greedy)."""
+    prediction = head(config.Prediction)
+    if options.decoder == "beam" and not prediction.beam:
+        raise UsageError(f"--decoder beam is not supported for --Prediction {prediction.name}: use --decoder greedy"
+                         + (f" ({prediction.beam_hint})" if prediction.beam_hint else ""))
 
 
 def _classes(config) -> list[str]:
-    return make_converter(config.Prediction, config.character).character
+    return head(config.Prediction).converter(config.character).character
 
 
 def _constraint(options: DecodeOptions, config, character: list[str]) -> Constraint | None:
     if options.lexicon is None or options.lexicon_mode != "constrain":
         return None
-    return Constraint(options.lexicon, character, CONVERTERS[config.Prediction].num_special)
+    return Constraint(options.lexicon, character, head(config.Prediction).converter.num_special)
 
 
 def _maybe_snap(results: list[Decoded], options: DecodeOptions) -> list[Decoded]:

@@ -18,6 +18,7 @@ from dataset import DataConfig, RawDataset
 from decoding import Decoded, add_decoding_arguments, check_decoding_flags, decode, options_from_args
 from evaluation import make_eval_loader
 from fileio import check_output_file
+import plugins
 from model import add_model_arguments, model_flags
 from runtime import add_runtime_arguments, check_amp, check_runtime_arguments, get_logger, resolve_device, run_cli
 from utils import printable
@@ -26,6 +27,7 @@ DEFAULT_MODEL = "english_g2"
 
 
 def parse_args(argv=None):
+    plugins.load_from_argv(argv)  # their stages join the choices before the parser is built
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image_folder", nargs="+", required=True,
                         help="folder(s) walked recursively for images, and/or image files")

@@ -37,6 +37,7 @@ from pathlib import Path
 import yaml
 
 from checkpoint import atomic_save, export_reference, load_model, to_reference_state_dict
+import plugins
 from model import Model, ModelConfig, add_model_arguments, model_flags
 from modules.feature_extraction import FromChannels, VGG_FeatureExtractor
 from modules.sequence_modeling import BidirectionalLSTM
@@ -170,6 +171,7 @@ def check_outputs(opt, source: str | Path) -> None:
 
 
 def parse_args(argv=None):
+    plugins.load_from_argv(argv)  # their stages join the choices before the parser is built
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--saved_model", required=True, help="checkpoint path or pretrained model name")
     parser.add_argument("--format", choices=["reference", "easyocr", "onnx"], required=True)

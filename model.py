@@ -7,57 +7,35 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from modules.feature_extraction import FEATURE_EXTRACTORS
-from modules.parseq import permutation_loss, permutations_for
-from modules.prediction import PREDICTIONS
-from modules.svtr import DOWNSAMPLE as SVTR_DOWNSAMPLE, FRAME_WIDTH as SVTR_FRAME_WIDTH
-from modules.vit import VIT_SIZES
-from modules.sequence_modeling import SEQUENCE_MODELS
-from modules.transformation import TRANSFORMATIONS
+import modules.builtin  # noqa: F401  registers the repository's stages
+import plugins
+from modules.registry import (KINDS, REGISTRY, Option, all_options, builtin, combination_stages, head,
+                              reference_choices)
 from runtime import UsageError
-from utils import CONVERTERS, DEFAULT_CHARACTER, resolve_character
+from utils import DEFAULT_CHARACTER, resolve_character
 
-STAGES = {
-    "Transformation": TRANSFORMATIONS,
-    "FeatureExtraction": FEATURE_EXTRACTORS,
-    "SequenceModeling": SEQUENCE_MODELS,
-    "Prediction": PREDICTIONS,
-}
-
-# deep-text-recognition-benchmark's own choices: its 24 combinations (the tables above add ViT, SVTR, PARSeq).
-REFERENCE_CHOICES = {
-    "Transformation": ("None", "TPS"),
-    "FeatureExtraction": ("VGG", "RCNN", "ResNet"),
-    "SequenceModeling": ("None", "BiLSTM"),
-    "Prediction": ("CTC", "Attn"),
-}
-# Their names, "None-VGG-None-CTC" ... "TPS-ResNet-BiLSTM-Attn" (config_from_name builds any of them).
+# The registered stages: kind → {name: stage class}. A plugin's stages join it when the plugin is imported.
+STAGES = REGISTRY
+# deep-text-recognition-benchmark's own choices (the stages declared ``reference``) and their 24 names,
+# "None-VGG-None-CTC" ... "TPS-ResNet-BiLSTM-Attn" (config_from_name builds any of them).
+REFERENCE_CHOICES = reference_choices()
 REFERENCE_NAMES = tuple("-".join(p) for p in itertools.product(*REFERENCE_CHOICES.values()))
 
-# The smallest input (imgH, imgW) each stage runs on, and the smallest --output_channel of each feature
-# extractor: found by running each stage on ever smaller inputs; tests/test_arguments.py checks both
-# sides of every edge, so a change in modules/ that moves one fails there.
-MIN_INPUT_SIZE = {"VGG": (32, 8), "RCNN": (32, 4), "ResNet": (32, 4), "TPS": (8, 8)}
-MIN_OUTPUT_CHANNEL = {"VGG": 8, "RCNN": 8, "ResNet": 16}
-PARSEQ_DECODE = ("ar", "nar")
-# Options that only some stages read: given with another stage they are refused, not ignored.
-STAGE_OPTIONS = {
-    ("FeatureExtraction", "ViT"): ("vit_size", "vit_embed_dim", "vit_depth", "vit_heads", "vit_patch_h", "vit_patch_w"),
-    ("Prediction", "PARSeq"): ("parseq_dec_depth", "parseq_dec_heads", "parseq_dec_mlp_ratio", "parseq_perm_num",
-                               "parseq_refine_iters", "parseq_decode"),
-}
-# Feature extractors whose width is their own (--output_channel sizes the convolutional ones only).
-OWN_WIDTH = ("ViT", "SVTR")
-# Stages whose weights fix an input option: a learned position embedding fixes the image size, PARSeq's
-# position queries the longest label.
-FIXED_INPUT = {"ViT": ("imgH", "imgW"), "SVTR": ("imgH", "imgW"), "PARSeq": ("batch_max_length",)}
+
+def all_names() -> list[str]:
+    """Every combination of the registered stages (the reference's, the transformers', a plugin's)."""
+    return ["-".join(p) for p in itertools.product(*(list(table) for table in STAGES.values()))]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ModelConfig:
-    """Everything that defines a model's architecture and its input; stored in checkpoints as plain types."""
+    """Everything that defines a model's architecture and its input; stored in checkpoints as plain types.
+
+    The fields are the reference's; a stage's own options (``Option`` on its class: ``vit_depth``,
+    ``parseq_decode``, a plugin's) are keyword arguments too, read as attributes (``config.vit_depth``, its
+    default when not given), and kept in ``options`` where they differ from their defaults.
+    """
 
     Transformation: str
     FeatureExtraction: str
@@ -73,66 +51,108 @@ class ModelConfig:
     character: str = DEFAULT_CHARACTER
     sensitive: bool = False  # labels keep their case (else they are lower-cased before encoding)
     PAD: bool = False  # keep-ratio resize with replicate padding (else plain resize to imgW × imgH)
-    # --FeatureExtraction ViT (defaults: PARSeq-S's encoder; --vit_size tiny sets 192, 12, 3)
-    vit_embed_dim: int = 384
-    vit_depth: int = 12
-    vit_heads: int = 6
-    vit_patch_h: int = 4
-    vit_patch_w: int = 8
-    # --Prediction PARSeq: the decoder (heads 0: its width / 32, PARSeq's 12 for 384), its training
-    # objective (permutations per batch) and its reading (ar | nar, then refinement rounds)
-    parseq_dec_depth: int = 1
-    parseq_dec_heads: int = 0
-    parseq_dec_mlp_ratio: int = 4
-    parseq_perm_num: int = 6
-    parseq_refine_iters: int = 1
-    parseq_decode: str = "ar"
+    options: tuple = ()  # ((name, value), ...) of the stages' own options that differ from their defaults
 
-    def __post_init__(self):
-        for stage, table in STAGES.items():
-            value = getattr(self, stage)
-            if value not in table:
-                raise ValueError(f"--{stage} {value!r} is not one of {', '.join(table)}")
+    def __init__(self, *args, **kwargs):
+        names = [f.name for f in dataclasses.fields(self) if f.name != "options"]
+        if len(args) > len(names):
+            raise TypeError(f"ModelConfig takes at most {len(names)} positional arguments")
+        values = dict(zip(names, args))
+        registered = all_options()
+        options = dict(kwargs.pop("options", ()))
+        for key, value in kwargs.items():
+            if key in values:
+                raise TypeError(f"ModelConfig got two values for {key!r}")
+            if key in names:
+                values[key] = value
+            elif key in registered:
+                options[key] = value
+            else:
+                raise TypeError(f"unknown model option {key!r}")
+        missing = [n for n in KINDS if n not in values]
+        if missing:
+            raise TypeError(f"ModelConfig needs {', '.join(missing)}")
+        for f in dataclasses.fields(self):
+            if f.name != "options":
+                object.__setattr__(self, f.name, values.get(f.name, f.default))
+        kept = tuple(sorted((k, v) for k, v in options.items() if v != registered[k][1].default))
+        object.__setattr__(self, "options", kept)
         check_sizes(self)
+
+    def __getattr__(self, name: str):
+        """A stage option's value (its default when not set)."""
+        if name.startswith("_") or name == "options":
+            raise AttributeError(name)
+        option = all_options().get(name)
+        if option is None:
+            raise AttributeError(f"ModelConfig has no option {name!r}")
+        return dict(self.__dict__.get("options", ())).get(name, option[1].default)
 
     @property
     def name(self) -> str:
-        return "-".join([self.Transformation, self.FeatureExtraction, self.SequenceModeling, self.Prediction])
+        return "-".join(getattr(self, kind) for kind in KINDS)
 
     @property
     def num_class(self) -> int:
-        return len(self.character) + CONVERTERS[self.Prediction].num_special
+        return len(self.character) + head(self.Prediction).converter.num_special
 
     @property
     def rgb(self) -> bool:
         return self.input_channel == 3
 
+    def stage_options(self) -> dict:
+        """The options of this configuration's stages, with their values."""
+        return {o.name: getattr(self, o.name) for cls in combination_stages(self) for o in cls.options}
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain types: the fields, then the options of every stage of this repository and of this
+        configuration's stages (a checkpoint keeps the keys it always had)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        used = set(combination_stages(self))
+        for cls, option in all_options().values():
+            if builtin(cls) or cls in used:
+                out[option.name] = getattr(self, option.name)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} | set(all_options())
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown model options in checkpoint: {sorted(unknown)}")
+            raise ValueError(f"unknown model options in checkpoint: {sorted(unknown)} (options of a stage that is "
+                             "not registered: load the plugin that defines it with --plugin)")
         return cls(**d)
 
     def replace(self, **changes) -> "ModelConfig":
-        return dataclasses.replace(self, **changes)
+        return ModelConfig(**{**self.to_dict(), **dict(self.options), **changes})
+
+
+def stage_widths(config: ModelConfig) -> dict[str, int]:
+    """The width of what each stage is fed (the image's channels for the first two)."""
+    widths, width = {}, config.input_channel
+    for cls in combination_stages(config):
+        widths[cls.kind] = width
+        if cls.kind != "Transformation":
+            width = cls.output_width(config, width)
+    return widths
 
 
 def check_sizes(config: ModelConfig) -> None:
-    """Refuse sizes the stages cannot run with (a UsageError naming the flag and the range), instead
-    of a shape error in the first forward pass."""
-    stages = [s for s in (config.Transformation, config.FeatureExtraction) if s in MIN_INPUT_SIZE]
+    """Refuse sizes and options the stages cannot run with (a UsageError naming the flag and the range),
+    instead of a shape error in the first forward pass: the reference's flags, then each stage's own options
+    and checks (declared on its class)."""
+    for kind in KINDS:
+        value = getattr(config, kind)
+        if value not in STAGES[kind]:
+            raise UsageError(f"--{kind} {value!r} is not one of {', '.join(STAGES[kind])}")
+    stages = combination_stages(config)
     for flag, axis in (("imgH", 0), ("imgW", 1)):
-        low, stage = max(((MIN_INPUT_SIZE[s][axis], s) for s in stages), default=(1, None))
+        low, _, cls = max((s.min_input[axis], i, s) for i, s in enumerate(stages))  # a tie names the later stage
         if getattr(config, flag) < low:
-            kind = "--Transformation" if stage == "TPS" else "--FeatureExtraction"
-            raise UsageError(f"--{flag} {getattr(config, flag)} is too small for {kind} {stage}: it needs "
+            raise UsageError(f"--{flag} {getattr(config, flag)} is too small for --{cls.kind} {cls.name}: it needs "
                              f"--{flag} of at least {low}")
-    at_least = {"output_channel": MIN_OUTPUT_CHANNEL.get(config.FeatureExtraction, 1), "hidden_size": 1,
+    extractor = stages[1]
+    at_least = {"output_channel": 1 if extractor.own_width else extractor.min_output_channel, "hidden_size": 1,
                 "batch_max_length": 1}
     for flag, low in at_least.items():
         if getattr(config, flag) < low:
@@ -140,37 +160,11 @@ def check_sizes(config: ModelConfig) -> None:
                              f"got {getattr(config, flag)}")
     if config.input_channel not in (1, 3):
         raise UsageError(f"--input_channel must be 1 (grey) or 3 (--rgb), got {config.input_channel}")
-    if config.Transformation == "TPS" and (config.num_fiducial < 4 or config.num_fiducial % 2):
-        raise UsageError(f"--num_fiducial must be an even number of at least 4 for TPS, got {config.num_fiducial}")
-    check_transformer_sizes(config)
-
-
-def check_transformer_sizes(config: ModelConfig) -> None:
-    """The transformer stages' own rules: patches and merging that tile the image, heads that divide widths."""
-    if config.FeatureExtraction == "ViT":
-        for flag, patch in (("imgH", "vit_patch_h"), ("imgW", "vit_patch_w")):
-            size, step = getattr(config, flag), getattr(config, patch)
-            if step < 1 or size % step:
-                raise UsageError(f"--{patch} {step} does not divide --{flag} {size}: ViT's patches must tile the "
-                                 f"image (PARSeq: 4 x 8 patches on 32 x 128)")
-        if config.vit_heads < 1 or config.vit_embed_dim < 1 or config.vit_embed_dim % config.vit_heads:
-            raise UsageError(f"--vit_heads {config.vit_heads} must divide --vit_embed_dim {config.vit_embed_dim}")
-        if config.vit_depth < 1:
-            raise UsageError(f"--vit_depth must be at least 1, got {config.vit_depth}")
-    if config.FeatureExtraction == "SVTR" and (config.imgH % SVTR_DOWNSAMPLE or config.imgW % SVTR_FRAME_WIDTH):
-        raise UsageError(f"--FeatureExtraction SVTR needs --imgH a multiple of {SVTR_DOWNSAMPLE} and --imgW a multiple "
-                         f"of {SVTR_FRAME_WIDTH}, got {config.imgH} x {config.imgW} (SVTR-Tiny: 32 x 100)")
-    if config.Prediction == "PARSeq":
-        if config.parseq_decode not in PARSEQ_DECODE:
-            raise UsageError(f"--parseq_decode {config.parseq_decode!r} is not one of {', '.join(PARSEQ_DECODE)}")
-        at_least = {"parseq_dec_depth": 1, "parseq_dec_heads": 0, "parseq_dec_mlp_ratio": 1, "parseq_perm_num": 2,
-                    "parseq_refine_iters": 0}
-        for flag, low in at_least.items():
-            if getattr(config, flag) < low:
-                raise UsageError(f"--{flag} must be at least {low}, got {getattr(config, flag)}")
-        if config.parseq_perm_num % 2:
-            raise UsageError(f"--parseq_perm_num {config.parseq_perm_num} must be even: each order is trained "
-                             "with its mirror")
+    widths = stage_widths(config)
+    for cls in stages:
+        for option in cls.options:
+            option.check(getattr(config, option.name), f"--{cls.kind} {cls.name}")
+        cls.check(config, widths[cls.kind])
 
 
 class Model(nn.Module):
@@ -182,15 +176,14 @@ class Model(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.config = c = config
-        self.Transformation = TRANSFORMATIONS[c.Transformation](
-            F=c.num_fiducial, I_size=(c.imgH, c.imgW), I_r_size=(c.imgH, c.imgW), I_channel_num=c.input_channel)
-        self.FeatureExtraction = FEATURE_EXTRACTORS[c.FeatureExtraction].from_config(c)
-        self.FeatureExtraction_output = getattr(self.FeatureExtraction, "output_size", c.output_channel)
-        self.AdaptiveAvgPool = nn.AdaptiveAvgPool2d((None, 1))  # mean over the feature map's height
-        self.SequenceModeling = SEQUENCE_MODELS[c.SequenceModeling](self.FeatureExtraction_output, c.hidden_size)
-        self.SequenceModeling_output = getattr(self.SequenceModeling, "output_size", self.FeatureExtraction_output)
-        self.Prediction = PREDICTIONS[c.Prediction].from_config(c, self.SequenceModeling_output)
+        self.config = config
+        widths = stage_widths(config)
+        for cls in combination_stages(config):
+            setattr(self, cls.kind, cls.from_config(config, widths[cls.kind]))
+            if cls.kind == "FeatureExtraction":
+                self.AdaptiveAvgPool = nn.AdaptiveAvgPool2d((None, 1))  # mean over the feature map's height
+        self.FeatureExtraction_output = widths["SequenceModeling"]
+        self.SequenceModeling_output = widths["Prediction"]
         self.frozen: tuple[str, ...] = ()  # stages kept fixed (train.py --freeze)
 
     def freeze(self, stages: tuple[str, ...] | list[str]) -> None:
@@ -232,7 +225,7 @@ def init_weights(model: nn.Module) -> None:
     """The reference's initialisation: Kaiming-normal weights, zero biases, BN weights 1.
 
     ``localization_fc2`` is skipped so that TPS starts from its initial fiducial points, and so are the
-    transformer stages (``has_own_init``), which start from their papers' initialisation.
+    stages that declare ``has_own_init`` (the transformers), which start from their papers' initialisation.
     """
     own = tuple(f"{name}." for name, m in model.named_modules() if getattr(m, "has_own_init", False))
     for name, param in model.named_parameters():
@@ -247,24 +240,19 @@ def init_weights(model: nn.Module) -> None:
                 nn.init.kaiming_normal_(param)
 
 
-# Sizes a stage needs where the reference's 32 x 100 does not fit it: ViT's 4 x 8 patches tile PARSeq's 32 x 128.
-NAME_DEFAULTS = {("FeatureExtraction", "ViT"): {"imgW": 128}}
-
-
 def config_from_name(name: str, **options) -> ModelConfig:
     """A combination name, Transformation-FeatureExtraction-SequenceModeling-Prediction as the reference names
     its models ("TPS-ResNet-BiLSTM-Attn", "None-ViT-None-PARSeq"), → its config with the reference's default
-    widths (``NAME_DEFAULTS`` where a stage needs another size); ``options`` override any field."""
+    widths (and the sizes a stage's ``name_defaults`` ask for); ``options`` override any field."""
     parts = name.split("-")
     if len(parts) != 4:
         raise UsageError(f"model name {name!r} is not Transformation-FeatureExtraction-SequenceModeling-Prediction, "
                          "e.g. None-VGG-BiLSTM-CTC")
-    stages = dict(zip(STAGES, parts))
-    for stage, value in stages.items():
-        if value not in STAGES[stage]:
-            raise UsageError(f"model name {name!r}: {stage} {value!r} is not one of {', '.join(STAGES[stage])}")
-    defaults = {k: v for (stage, value), sizes in NAME_DEFAULTS.items() if stages[stage] == value
-                for k, v in sizes.items()}
+    stages = dict(zip(KINDS, parts))
+    for kind, value in stages.items():
+        if value not in STAGES[kind]:
+            raise UsageError(f"model name {name!r}: {kind} {value!r} is not one of {', '.join(STAGES[kind])}")
+    defaults = {k: v for kind, value in stages.items() for k, v in STAGES[kind][value].name_defaults.items()}
     return ModelConfig(**{**stages, **defaults, **options})
 
 
@@ -276,38 +264,26 @@ def build_model(config: ModelConfig, init: bool = True) -> Model:
 
 
 def sequence_loss(preds: torch.Tensor, text: torch.Tensor, length: torch.Tensor, prediction: str) -> torch.Tensor:
-    """The one loss for both heads, in fp32 whatever the autocast dtype of ``preds`` [B, T, num_class].
+    """The one loss for every head (its ``loss``), in fp32 whatever the autocast dtype of ``preds``.
 
-    CTC: ``text`` [B, batch_max_length] zero-padded, ``length`` [B]; every sample uses all T frames.
-    Attn: ``text`` [B, batch_max_length + 2] ([GO] label [s] padding); the target is ``text`` without
-    [GO], and [GO] (0) also marks padding, which the loss ignores.
-    PARSeq: ``text`` [B] label [E] [P]...; ``preds`` [K, B, L + 1, C] for K orders (training) or
-    [B, L + 1, C]; the permutation objective's loss (``modules.parseq.permutation_loss``).
+    CTC: ``preds`` [B, T, num_class], ``text`` [B, batch_max_length] zero-padded, ``length`` [B].
+    Attn: ``text`` [B, batch_max_length + 2] ([GO] label [s] padding). PARSeq: ``text`` [B] label [E] [P]...;
+    ``preds`` [K, B, L + 1, C] for K orders (training) or [B, L + 1, C].
     """
-    preds = preds.float()
-    if prediction == "CTC":
-        frames = torch.full((preds.size(0),), preds.size(1), dtype=torch.int32)
-        return F.ctc_loss(preds.log_softmax(2).permute(1, 0, 2), text, frames, length, zero_infinity=True)
-    if prediction == "PARSeq":
-        orders = preds if preds.dim() == 4 else preds[None]
-        return permutation_loss(orders, text[:, 1:], pad_index=preds.size(-1) + 1)  # [P] = num_class + 1
-    target = text[:, 1:]
-    return F.cross_entropy(preds.reshape(-1, preds.shape[-1]), target.reshape(-1), ignore_index=0)
+    return head(prediction).loss(preds.float(), text, length)
 
 
 def compute_loss(model: nn.Module, image: torch.Tensor, labels: list[str], converter, config: ModelConfig,
                  amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Training forward (teacher forcing for Attn, K permutations for PARSeq; CTC ignores ``text``) and its loss.
 
-    PARSeq's orders are drawn from torch's global generator, whose state a training checkpoint keeps.
+    The head prepares its batch (``training_batch``: PARSeq draws its orders from torch's global generator,
+    whose state a training checkpoint keeps).
     """
     text, length = converter.encode(labels, config.batch_max_length, device=image.device)
-    perms = None
-    if config.Prediction == "PARSeq":
-        text = text[:, :int(length.max()) + 1]  # [B] label [E], padded to the batch's longest as the reference
-        perms = permutations_for(text.size(1) - 2, config.parseq_perm_num).to(image.device)
+    text, extra = head(config.Prediction).training_batch(text, length, config)
     with torch.autocast(image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        preds = model(image, text[:, :-1], perms=perms)  # Attn: [GO] + label, without the last column
+        preds = model(image, text[:, :-1], **extra)  # Attn: [GO] + label, without the last column
     return sequence_loss(preds, text, length, config.Prediction)
 
 
@@ -319,36 +295,29 @@ def count_parameters(model: nn.Module) -> int:
 
 # Architecture flags; None means "not given" so that a self-describing checkpoint can supply them.
 ARCHITECTURE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.type == "int"}
-# Options that may differ from the checkpoint's at test/demo time (they change the input, not the weights).
-# Fixed by the weights for some stages (FIXED_INPUT); PARSeq's objective and reading may change too.
-INPUT_OPTIONS = ("imgH", "imgW", "PAD", "batch_max_length", "parseq_perm_num", "parseq_refine_iters", "parseq_decode")
-OPTION_HELP = {
-    "vit_embed_dim": "ViT: token width (--vit_size small 384, tiny 192)",
-    "vit_depth": "ViT: transformer blocks (12)",
-    "vit_heads": "ViT: attention heads (small 6, tiny 3)",
-    "vit_patch_h": "ViT: patch height in pixels (PARSeq 4); must divide --imgH",
-    "vit_patch_w": "ViT: patch width in pixels (PARSeq 8); must divide --imgW",
-    "parseq_dec_depth": "PARSeq: decoder layers (1)",
-    "parseq_dec_heads": "PARSeq: decoder heads (default 0: the decoder width / 32, PARSeq's 12 for 384)",
-    "parseq_dec_mlp_ratio": "PARSeq: decoder feed-forward width / its width (4)",
-    "parseq_perm_num": "PARSeq training: permutations per batch, an even number (6: left-to-right, its mirror, "
-                       "2 random and their mirrors)",
-    "parseq_refine_iters": "PARSeq reading: cloze refinement rounds after decoding (1)",
-}
+# Options that may differ from the checkpoint's at test/demo time (they change the input, not the weights),
+# unless a stage's weights fix them (its ``fixed_input``); a stage's ``input_only`` options join them.
+INPUT_OPTIONS = ("imgH", "imgW", "PAD", "batch_max_length")
+FLAG_TYPES = {int: int, float: float, str: str}
+
+
+def input_options() -> set[str]:
+    return {*INPUT_OPTIONS, *(name for name, (_, o) in all_options().items() if o.input_only)}
 
 
 def add_model_arguments(parser) -> None:
-    """The stage and size flags shared by train.py, test.py and demo.py (reference names and defaults)."""
+    """The stage and size flags shared by train.py, test.py and demo.py (reference names and defaults), and the
+    options of every registered stage (plugins included: load them before the parser is built)."""
     g = parser.add_argument_group("model (not needed with a checkpoint written by this toolkit)")
-    for stage, table in STAGES.items():
-        g.add_argument(f"--{stage}", choices=list(table), default=None, help=f"stage: {' | '.join(table)}")
+    for kind, table in STAGES.items():
+        g.add_argument(f"--{kind}", choices=list(table), default=None, help=f"stage: {' | '.join(table)}")
     for name, default in ARCHITECTURE_DEFAULTS.items():
-        g.add_argument(f"--{name}", type=int, default=None, help=OPTION_HELP.get(name, f"default {default}"))
-    g.add_argument("--vit_size", choices=list(VIT_SIZES), default=None,
-                   help="ViT: " + ", ".join(f"{k} = width {w}, depth {d}, heads {h}" for k, (w, d, h) in VIT_SIZES.items())
-                        + " (default small; --vit_embed_dim/--vit_depth/--vit_heads override)")
-    g.add_argument("--parseq_decode", choices=PARSEQ_DECODE, default=None,
-                   help="PARSeq reading: ar (autoregressive, default) or nar (all positions at once)")
+        g.add_argument(f"--{name}", type=int, default=None, help=f"default {default}")
+    for cls in (cls for table in STAGES.values() for cls in table.values()):
+        for option in cls.options:
+            add_option_argument(g, option)
+        for preset in cls.presets:
+            g.add_argument(f"--{preset.name}", choices=list(preset.values), default=None, help=preset.help)
     g.add_argument("--rgb", action="store_true", default=None, help="use 3-channel input (sets input_channel 3)")
     g.add_argument("--character", type=str, default=None,
                    help=f"character set, or a UTF-8 file of it (one per line or all on one line); default "
@@ -356,15 +325,29 @@ def add_model_arguments(parser) -> None:
     g.add_argument("--sensitive", action="store_true", default=None,
                    help="case-sensitive: the 94 printable characters (unless --character is given), labels keep case")
     g.add_argument("--PAD", action="store_true", default=None, help="keep aspect ratio, replicate-pad to imgW")
+    plugins.add_plugin_argument(g)
 
 
-MODEL_FLAGS = (*STAGES, *ARCHITECTURE_DEFAULTS, "rgb", "character", "sensitive", "PAD", "vit_size", "parseq_decode")
+def add_option_argument(group, option: Option) -> None:
+    if option.type is bool:
+        group.add_argument(f"--{option.name}", action="store_true", default=None, help=option.help)
+    elif option.choices:
+        group.add_argument(f"--{option.name}", choices=list(option.choices), default=None, help=option.help)
+    else:
+        group.add_argument(f"--{option.name}", type=FLAG_TYPES[option.type], default=None, help=option.help)
+
+
+def model_flag_names() -> tuple[str, ...]:
+    """The flags of ``add_model_arguments``: the stages, the reference's sizes, every stage option and preset."""
+    presets = [p.name for table in STAGES.values() for cls in table.values() for p in cls.presets]
+    return (*STAGES, *ARCHITECTURE_DEFAULTS, "rgb", "character", "sensitive", "PAD", *all_options(), *presets)
 
 
 def model_flags(opt) -> dict:
     """The model flags (``add_model_arguments``) the user gave, as ``{name: value}``: what a script passes to
     ``config_from_flags`` and ``checkpoint.load_model``. A flag not given is absent (its parsed value is None)."""
-    return {k: v for k, v in vars(opt).items() if k in MODEL_FLAGS and v is not None}
+    names = set(model_flag_names())
+    return {k: v for k, v in vars(opt).items() if k in names and v is not None}
 
 
 def config_from_args(opt, base: ModelConfig | None = None, allow_character_change: bool = False) -> ModelConfig:
@@ -380,16 +363,17 @@ def config_from_flags(flags: dict, base: ModelConfig | None = None,
     Flags that would change the weights' shapes conflict with a checkpoint: that is an error naming
     the flag, not a silent override.
     """
-    unknown = sorted(set(flags) - set(MODEL_FLAGS))
+    unknown = sorted(set(flags) - set(model_flag_names()))
     if unknown:
         raise TypeError(f"not model flags: {', '.join(unknown)}")
-    given = {k: v for k, v in flags.items() if v is not None and k not in ("rgb", "character", "vit_size")}
-    stages = {s: given.get(s, getattr(base, s, None)) for s in STAGES}
-    vit_size = flags.get("vit_size")
-    check_stage_options({**given, **({"vit_size": vit_size} if vit_size else {})}, stages)
-    if vit_size:
-        for key, value in zip(("vit_embed_dim", "vit_depth", "vit_heads"), VIT_SIZES[vit_size]):
-            given.setdefault(key, value)
+    presets = {p.name: (cls, p) for table in STAGES.values() for cls in table.values() for p in cls.presets}
+    given = {k: v for k, v in flags.items() if v is not None and k not in ("rgb", "character", *presets)}
+    stages = {kind: given.get(kind, getattr(base, kind, None)) for kind in KINDS}
+    check_stage_options({**given, **{k: v for k, v in flags.items() if k in presets and v}}, stages)
+    for name, (cls, preset) in presets.items():
+        if flags.get(name):
+            for key, value in preset.values[flags[name]].items():
+                given.setdefault(key, value)
     if flags.get("rgb"):
         given["input_channel"] = 3
     character = flags.get("character")
@@ -397,17 +381,18 @@ def config_from_flags(flags: dict, base: ModelConfig | None = None,
         given["character"] = resolve_character(character or DEFAULT_CHARACTER, bool(given.get("sensitive")))
 
     if base is None:
-        missing = [s for s in STAGES if s not in given]
+        missing = [kind for kind in KINDS if kind not in given]
         if missing:
             raise ValueError("these flags are required (or use a checkpoint written by this toolkit): "
-                             + " ".join(f"--{s} {{{','.join(STAGES[s])}}}" for s in missing))
+                             + " ".join(f"--{kind} {{{','.join(STAGES[kind])}}}" for kind in missing))
         return ModelConfig(**{**ARCHITECTURE_DEFAULTS, **given})
 
     conflicts = []
-    fixed = {option for stage in STAGES for option in FIXED_INPUT.get(getattr(base, stage), ())}
+    fixed = {option for cls in combination_stages(base) for option in cls.fixed_input}
+    free = input_options()
     for key, value in given.items():
         current = getattr(base, key)
-        if value == current or (key in INPUT_OPTIONS and key not in fixed) or (key == "sensitive"):
+        if value == current or (key in free and key not in fixed) or (key == "sensitive"):
             continue
         if key == "character" and allow_character_change:
             continue
@@ -420,27 +405,41 @@ def config_from_flags(flags: dict, base: ModelConfig | None = None,
     return base.replace(**given)
 
 
-def width_fixed_by(config: ModelConfig) -> str | None:
-    """The stage that fixes the input width (TPS's sampling grid, a learned position embedding), or None."""
-    for stage in STAGES:
-        name = getattr(config, stage)
-        if name == "TPS" or "imgW" in FIXED_INPUT.get(name, ()):
-            return name
-    return None
+def width_fixed_by(config: ModelConfig):
+    """The first stage that fixes the input width of an exported graph (TPS's sampling grid, a learned position
+    embedding: its ``fixed_width``), or None."""
+    return next((cls for cls in combination_stages(config) if cls.fixed_width), None)
+
+
+def inapplicable_options(given: dict, stages: dict) -> list[tuple[str, type, type | None]]:
+    """The flags in ``given`` that size a stage ``stages`` does not have → [(flag, the stage it belongs to, the
+    stage of that kind chosen instead, or None)]: another stage's own option (``--parseq_decode`` with
+    ``--Prediction Attn``), and ``--output_channel`` with an extractor whose width is its own. A value equal
+    to the default changes nothing and passes (a config written out as flags)."""
+    out = []
+    for name, (cls, option) in all_options().items():
+        chosen = stages.get(cls.kind)
+        if name in given and given[name] != option.default and chosen is not None and chosen != cls.name:
+            out.append((name, cls, STAGES[cls.kind].get(chosen)))
+    for table in STAGES.values():
+        for cls in table.values():
+            for preset in cls.presets:
+                chosen = stages.get(cls.kind)
+                if given.get(preset.name) and chosen is not None and chosen != cls.name:
+                    out.append((preset.name, cls, STAGES[cls.kind].get(chosen)))
+    extractor = STAGES["FeatureExtraction"].get(stages.get("FeatureExtraction"))
+    default = ARCHITECTURE_DEFAULTS["output_channel"]
+    if extractor is not None and extractor.own_width and given.get("output_channel", default) != default:
+        out.append(("output_channel", None, extractor))
+    return out
 
 
 def check_stage_options(given: dict, stages: dict) -> None:
     """Refuse a stage's own flags given with another stage (``--parseq_decode nar`` with ``--Prediction Attn``)
-    and ``--output_channel`` with an extractor whose width is its own; a value equal to the default changes
-    nothing and passes (a config written out as flags)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-    for (stage, name), options in STAGE_OPTIONS.items():
-        used = [o for o in options if o in given and given[o] != defaults.get(o)]
-        if used and stages[stage] is not None and stages[stage] != name:
-            raise UsageError(f"--{used[0]} applies to --{stage} {name} only, not --{stage} {stages[stage]}: "
-                             f"drop it, or use --{stage} {name}")
-    if stages["FeatureExtraction"] in OWN_WIDTH and given.get("output_channel", defaults["output_channel"]) != \
-            defaults["output_channel"]:
-        hint = "--vit_size or --vit_embed_dim" if stages["FeatureExtraction"] == "ViT" else "SVTR-Tiny's 192"
-        raise UsageError(f"--output_channel sizes the convolutional extractors, not --FeatureExtraction "
-                         f"{stages['FeatureExtraction']} (its width is {hint}): drop --output_channel")
+    and ``--output_channel`` with an extractor whose width is its own (``inapplicable_options``)."""
+    for flag, owner, chosen in inapplicable_options(given, stages):
+        if owner is None:
+            raise UsageError(f"--output_channel sizes the convolutional extractors, not --FeatureExtraction "
+                             f"{chosen.name} (its width is {chosen.own_width}): drop --output_channel")
+        raise UsageError(f"--{flag} applies to --{owner.kind} {owner.name} only, not --{owner.kind} {chosen.name}: "
+                         f"drop it, or use --{owner.kind} {owner.name}")

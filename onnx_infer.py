@@ -27,8 +27,11 @@ import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
 VNNI_CPU_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # x86 int8 kernels that accumulate in int32
-NUM_SPECIAL = {"CTC": 1, "Attn": 2, "PARSeq": 1}  # [CTCblank]; [GO], [s]; [E]
 CONFIG_KEYS = ("input_channel", "imgH", "imgW", "PAD", "character", "Prediction")
+# The reading rule of the files exported before the metadata carried its own ("readout"), by their head.
+EARLIER_READOUTS = {"CTC": {"rule": "frames", "specials": ["[CTCblank]"], "blank": 0},
+                    "Attn": {"rule": "steps", "specials": ["[GO]", "[s]"], "end": 1},
+                    "PARSeq": {"rule": "steps", "specials": ["[E]"], "end": 0}}
 
 
 class OnnxFileError(ValueError):
@@ -59,10 +62,13 @@ def load(path: str) -> tuple[ort.InferenceSession, dict]:
     if "str_toolkit" not in meta:
         raise OnnxFileError(f"{path} has no str_toolkit metadata; export it with export.py --format onnx")
     try:
-        config = json.loads(meta["str_toolkit"])["config"]
+        info = json.loads(meta["str_toolkit"])
+        config = info["config"]
         missing = [k for k in CONFIG_KEYS if k not in config]
-        if missing or config["Prediction"] not in NUM_SPECIAL:
-            raise ValueError(f"missing {missing}" if missing else f"Prediction {config['Prediction']!r}")
+        readout = info.get("readout") or EARLIER_READOUTS.get(config["Prediction"])
+        if missing or not isinstance(readout, dict) or readout.get("rule") not in ("frames", "steps"):
+            raise ValueError(f"missing {missing}" if missing else f"no reading rule for {config['Prediction']!r}")
+        config = {**config, "readout": readout}
     except (ValueError, KeyError, TypeError) as e:
         raise OnnxFileError(f"{path}: its str_toolkit metadata is not a model configuration ({e}); export it "
                             "again with export.py --format onnx") from None
@@ -108,7 +114,7 @@ def check_classes(path: str, session: ort.InferenceSession, config: dict) -> Non
     if not outputs or len(outputs[0].shape) != 3:
         raise OnnxFileError(f"{path} has no 'logits' output [batch, steps, classes]; export it with export.py")
     classes = outputs[0].shape[2]
-    expected = len(config["character"]) + NUM_SPECIAL[config["Prediction"]]
+    expected = len(config["character"]) + len(config["readout"]["specials"])
     if isinstance(classes, int) and classes != expected:
         raise OnnxFileError(f"{path}: the graph predicts {classes} classes but its metadata's character set "
                             f"({len(config['character'])} characters, {config['Prediction']}) gives {expected}; "
@@ -138,20 +144,19 @@ def preprocess(image: Image.Image, config: dict) -> np.ndarray:
 
 
 def decode(logits: np.ndarray, config: dict) -> list[str]:
-    """Greedy decoding. CTC: merge repeats, drop blank 0, character i is class i + 1.
-    Attn: cut at the first [s] (class 1), character i is class i + 2 (class 0 is [GO]).
-    PARSeq: cut at the first [E] (class 0), character i is class i + 1."""
-    characters = config["character"]
-    specials, end = (["[E]"], 0) if config["Prediction"] == "PARSeq" else (["[GO]", "[s]"], 1)
+    """Greedy decoding by the rule the export recorded ("readout"): the classes are its special tokens, then the
+    characters. "frames" (CTC): merge repeats, drop the blank. "steps" (Attn, PARSeq): cut at the end class."""
+    readout = config.get("readout") or EARLIER_READOUTS[config["Prediction"]]
+    classes = list(readout["specials"]) + list(config["character"])
     texts = []
     for row in logits.argmax(axis=2):
-        if config["Prediction"] == "CTC":
-            kept = [c for t, c in enumerate(row) if c != 0 and (t == 0 or c != row[t - 1])]
-            texts.append("".join(characters[c - 1] for c in kept))
+        if readout["rule"] == "frames":
+            blank = readout["blank"]
+            texts.append("".join(classes[c] for t, c in enumerate(row) if c != blank and (t == 0 or c != row[t - 1])))
         else:
-            ends = np.flatnonzero(row == end)
+            ends = np.flatnonzero(row == readout["end"])
             row = row[:ends[0]] if len(ends) else row
-            texts.append("".join((specials + list(characters))[c] for c in row))
+            texts.append("".join(classes[c] for c in row))
     return texts
 
 

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+import plugins
 from fileio import atomic_write
 from model import Model, ModelConfig, count_parameters, width_fixed_by
-from modules.prediction import GO_INDEX
+from modules.registry import combination_stages, head
+from modules.sequence_modeling import BidirectionalLSTM
 from runtime import UsageError
 
 FORMAT = "str-toolkit-onnx"
@@ -116,47 +117,37 @@ class ExportBidirectionalLSTM(nn.Module):
 
 
 class ExportModule(nn.Module):
-    """``image → logits`` with the attention decoder unrolled for a fixed number of greedy steps."""
+    """``image → logits`` with every decoding step run (the head's ``read_every_step``: no data-dependent
+    control flow). Each ``BidirectionalLSTM`` runs in ONNX layout (the graph's LSTM op)."""
 
     def __init__(self, model: Model):
         super().__init__()
         self.model = model
         self.num_steps = model.config.batch_max_length + 1
-        self.sequence_modeling = (nn.Sequential(*[ExportBidirectionalLSTM(layer) for layer in model.SequenceModeling])
-                                  if model.config.SequenceModeling == "BiLSTM" else nn.Identity())
+        self.sequence_modeling = export_form(model.SequenceModeling)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         m = self.model
-        # The model's own stages 1-2; stage 3 is the BiLSTM in ONNX layout (the graph's LSTM op).
         contextual = self.sequence_modeling(m.visual_features(image))  # [B, T, hidden or C]
-        if m.config.Prediction == "CTC":
-            return m.Prediction(contextual)  # [B, T, num_class]
-        if m.config.Prediction == "PARSeq":  # AR with every step run (or NAR), then its refinement
-            return m.Prediction.read(contextual.contiguous(), self.num_steps - 1, early_stop=False)
-        return self.decode(contextual.contiguous())
+        return m.Prediction.read_every_step(contextual, self.num_steps)  # [B, T or steps, num_class]
 
-    def decode(self, batch_H: torch.Tensor) -> torch.Tensor:
-        """Greedy attention decoding, every step computed: [B, T, C] → [B, num_steps, num_class]."""
-        attn = self.model.Prediction
-        h = batch_H.new_zeros(batch_H.size(0), attn.hidden_size)
-        hidden = (h, h)
-        batch_H_proj = attn.attention_cell.i2h(batch_H)  # [B, T, hidden], once as in eager
-        targets = torch.full_like(batch_H[:, 0, 0], GO_INDEX, dtype=torch.long)  # [B]
-        steps = []
-        for _ in range(self.num_steps):
-            onehot = F.one_hot(targets, attn.num_classes).to(batch_H.dtype)
-            hidden, _ = attn.attention_cell(hidden, batch_H, batch_H_proj, onehot)
-            logits = attn.generator(hidden[0])  # [B, num_class]
-            steps.append(logits)
-            targets = logits.argmax(1)
-        return torch.stack(steps, dim=1)
+
+def export_form(stage: nn.Module) -> nn.Module:
+    """``stage`` with each of its ``BidirectionalLSTM`` layers (the stage itself, or its children) in ONNX
+    layout; other modules as they are (sharing their weights)."""
+    if isinstance(stage, BidirectionalLSTM):
+        return ExportBidirectionalLSTM(stage)
+    if isinstance(stage, nn.Sequential) and any(isinstance(m, BidirectionalLSTM) for m in stage):
+        return nn.Sequential(*[export_form(m) for m in stage])
+    return stage
 
 
 def check_opset(config: ModelConfig, opset: int) -> None:
-    if config.Transformation == "TPS" and opset < GRID_SAMPLE_OPSET:
-        raise OnnxExportError(f"--opset {opset} cannot export {config.name}: TPS samples the image with "
-                              f"GridSample, which ONNX has only from opset {GRID_SAMPLE_OPSET}. Use --opset "
-                              f"{DEFAULT_OPSET} (the default)")
+    for cls in combination_stages(config):
+        if cls.min_opset and opset < cls.min_opset[0]:
+            raise OnnxExportError(f"--opset {opset} cannot export {config.name}: {cls.name} {cls.min_opset[1]}, "
+                                  f"which ONNX has only from opset {cls.min_opset[0]}. Use --opset {DEFAULT_OPSET} "
+                                  "(the default)")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise OnnxExportError(f"--opset {opset} is not supported: use {MIN_OPSET} to {MAX_OPSET} "
                               f"(default {DEFAULT_OPSET})")
@@ -175,8 +166,7 @@ def export_onnx(model: Model, output: str | os.PathLike, opset: int = DEFAULT_OP
     if dynamic_width is None:
         dynamic_width = fixed_by is None
     if dynamic_width and fixed_by is not None:
-        what = "its sampling grid is" if fixed_by == "TPS" else "its position embedding is"
-        raise OnnxExportError(f"{fixed_by} cannot take a dynamic width: {what} built for imgW "
+        raise OnnxExportError(f"{fixed_by.name} cannot take a dynamic width: {fixed_by.fixed_width} built for imgW "
                               f"{config.imgW}. Export it with a fixed width")
     module, example, dims = export_inputs(model, dynamic_width)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -212,7 +202,7 @@ def name_output_dims(proto, config: ModelConfig) -> None:
     when the width (so the CTC frame count) is dynamic, and ONNX Runtime warns on every call."""
     dims = proto.graph.output[0].type.tensor_type.shape.dim
     dims[0].dim_param = "batch"
-    if config.Prediction == "CTC":
+    if head(config.Prediction).end_index is None:  # one class per frame: as many as the width gives
         dims[1].dim_param = "frames"
     else:
         dims[1].dim_value = config.batch_max_length + 1
@@ -287,12 +277,25 @@ def convert_opset(proto, opset: int):
 
 
 def set_metadata(proto, config: ModelConfig, dynamic_width: bool, parameters: int) -> None:
+    needs = plugins.required(config)
     info = {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "dynamic_width": dynamic_width,
-            "parameters": parameters, "torch": torch.__version__}
+            "parameters": parameters, "torch": torch.__version__, "readout": readout(config),
+            **({"plugins": needs} if needs else {})}
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(info, ensure_ascii=False)
     proto.producer_name = "str-toolkit export.py"
+
+
+def readout(config: ModelConfig) -> dict:
+    """How the logits read as text, for a reader without the toolkit (onnx_infer.py): the class names in order
+    (the head's special tokens, then the characters are ``config.character``) and the reading rule: "frames"
+    (merge repeats, drop class ``blank``) or "steps" (cut at class ``end``)."""
+    prediction = head(config.Prediction)
+    specials = prediction.converter(config.character).character[:prediction.converter.num_special]
+    if prediction.end_index is None:
+        return {"rule": "frames", "specials": specials, "blank": 0}
+    return {"rule": "steps", "specials": specials, "end": prediction.end_index}
 
 
 def first_line(error: BaseException) -> str:
@@ -329,6 +332,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
         info = json.loads(props[METADATA_KEY])
         if info.get("format") != FORMAT:
             raise ValueError(f"format {info.get('format')!r}")
+        plugins.check_required(info.get("plugins", []), path)
         config = ModelConfig.from_dict(info["config"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise OnnxModelError(f"{path}: its '{METADATA_KEY}' metadata is not a model configuration of this "
@@ -408,7 +412,7 @@ class OnnxModel:
                              f"{list(image.shape)}")
         if not self.dynamic_width and image.size(3) != c.imgW:
             raise UsageError(f"{self.source} was exported with a fixed width of {c.imgW} "
-                             f"({'TPS' if c.Transformation == 'TPS' else 'fixed-width export'}), but the batch is "
+                             f"({getattr(width_fixed_by(c), 'name', 'fixed-width export')}), but the batch is "
                              f"{image.size(3)} wide. Drop --dynamic_width (batches are then padded or resized "
                              f"to {c.imgW}), or export a model without TPS for dynamic widths")
         if self.dynamic_width and image.size(3) < MIN_WIDTH:

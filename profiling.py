@@ -36,9 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from decoding import decode, forward_logits
 from model import Model, ModelConfig, build_model, compute_loss, config_from_name, count_parameters
-from modules.parseq import EOS_INDEX as PARSEQ_EOS, PARSeq
-from modules.prediction import EOS_INDEX as ATTN_EOS, Attention
-from modules.transformation import TPS_SpatialTransformerNetwork
+from modules.registry import Head
 from runtime import UsageError, check_amp
 from utils import make_converter
 
@@ -109,33 +107,11 @@ OP_FLOPS = {
 _COUNTER_MAPPING = {**OP_FLOPS, **{getattr(op, name): rule for op, rule in OP_FLOPS.items() for name in op.overloads()}}
 
 
-def tps_grid_flops(module: TPS_SpatialTransformerNetwork, args: tuple, kwargs: dict) -> int:
-    """TPS's sampling grid P' = (P_hat inv(delta_C))[:, :F] C': the constant [n, F] matrix (n = the output's
-    pixels) times each image's fiducials [F, 2], 2 * B * n * F * 2 FLOPs, written as elementwise products
-    (``GridGenerator.build_P_prime``) that no operator count sees. The constants (P_hat, inv(delta_C)) are
-    computed once when the model is built, not per image (the maintainers' hand count adds their
-    ~17 k multiply-accumulates: 20 x 20 distances, a 23 x 23 inversion)."""
-    n = module.I_r_size[0] * module.I_r_size[1]
-    return 2 * args[0].size(0) * n * module.F * 2
-
-
-def reference_i2h_flops(module: Attention, args: tuple, kwargs: dict) -> int:
-    """What the reference's attention decoder computes beyond ours: it projects the encoder features
-    (``i2h``, [B, T, C] → [B, T, hidden]) again at each of its batch_max_length + 1 steps, where ours
-    projects them once (the same result): steps - 1 more projections, 2 * B * T * C * hidden FLOPs each."""
-    B, T, C = args[0].shape
-    steps = kwargs.get("batch_max_length", 25) + 1
-    return (steps - 1) * 2 * B * T * C * module.hidden_size
-
-
-MODULE_FLOPS = {TPS_SpatialTransformerNetwork: tps_grid_flops}
-# --as_reference: what the paper's count (of the reference implementation) has on top.
-REFERENCE_MODULE_FLOPS = {Attention: reference_i2h_flops}
-
-
-# The decoders' steps end early once every row has read its end token; the FLOPs (and the timing, by
-# default) are of all batch_max_length + 1 steps: the end token's logit is pushed to the minimum.
-END_TOKEN = {Attention: ("generator", ATTN_EOS), PARSeq: ("head", PARSEQ_EOS)}
+# FLOPs no operator shows, declared by the stages themselves: a module's ``extra_flops(args, kwargs)`` (TPS's
+# sampling grid) and, for --as_reference, ``extra_reference_flops`` (what the reference implementation computes
+# on top: the attention decoder's encoder projection at every step).
+MODULE_FLOPS = "extra_flops"
+REFERENCE_MODULE_FLOPS = "extra_reference_flops"
 
 
 @contextlib.contextmanager
@@ -146,8 +122,11 @@ def every_decoding_step(model: nn.Module):
             return output.index_fill(-1, torch.tensor([eos], device=output.device), torch.finfo(output.dtype).min)
         return hook
 
-    handles = [getattr(m, layer).register_forward_hook(suppress(eos))
-               for m in model.modules() for cls, (layer, eos) in END_TOKEN.items() if isinstance(m, cls)]
+    # The decoders' steps end early once every row has read its end token (a head's ``end_index``, in the
+    # output of its ``end_layer``); the FLOPs (and the timing, by default) are of all batch_max_length + 1
+    # steps: the end token's logit is pushed to the minimum.
+    handles = [getattr(m, m.end_layer).register_forward_hook(suppress(m.end_index))
+               for m in model.modules() if isinstance(m, Head) and m.end_layer]
     try:
         yield
     finally:
@@ -199,12 +178,11 @@ def _count(model: nn.Module, image: torch.Tensor | None) -> tuple[dict[str, int]
     def add(rule, into):
         def hook(module, args, kwargs, output):
             part = names[module].split(".")[0]
-            into[part] = into.get(part, 0) + rule(module, args, kwargs)
+            into[part] = into.get(part, 0) + getattr(module, rule)(args, kwargs)
         return hook
 
     handles = [m.register_forward_hook(add(rule, into), with_kwargs=True) for m in model.modules()
-               for rules, into in ((MODULE_FLOPS, extra), (REFERENCE_MODULE_FLOPS, reference))
-               for cls, rule in rules.items() if isinstance(m, cls)]
+               for rule, into in ((MODULE_FLOPS, extra), (REFERENCE_MODULE_FLOPS, reference)) if hasattr(m, rule)]
     counter = FlopCounterMode(display=False, custom_mapping=_COUNTER_MAPPING)
     try:
         with _training_mode(model, False), _no_grad_parameters(model), torch.inference_mode(), counter:

@@ -28,14 +28,13 @@ import sys
 from pathlib import Path
 
 from fileio import atomic_write, check_output_folder
-from model import OWN_WIDTH, REFERENCE_CHOICES, STAGE_OPTIONS, STAGES, add_model_arguments, model_flags
+import plugins
+from model import REFERENCE_NAMES, STAGES, add_model_arguments, all_names, inapplicable_options, model_flags
 from runtime import UsageError, add_runtime_arguments, get_logger, run_cli
 from study_report import build_report
 from study_runner import Cell, Outcome, cell_status, run_local, run_submitit
 from train_options import add_training_arguments, check_training_arguments
 
-REFERENCE_NAMES = ["-".join(c) for c in itertools.product(*REFERENCE_CHOICES.values())]  # the paper's 24
-ALL_NAMES = ["-".join(c) for c in itertools.product(*STAGES.values())]  # with the transformer stages
 # train.py flags a study sets for each cell itself.
 PER_CELL_FLAGS = ("exp_name", "manualSeed", "resume", *STAGES)
 # train.py flags that change how a run is watched, not what it computes: not part of the protocol.
@@ -101,6 +100,7 @@ def training_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv):
     """→ (the study's options, the flags for train.py as given, train.py's parsed view of them)."""
+    plugins.load_from_argv(argv)  # their stages join the choices (and the study's combinations) first
     make_parser(for_help=True).parse_args(argv)  # --help, and argparse's own errors, for every flag
     opt, forwarded = make_parser(for_help=False).parse_known_args(argv)
     return opt, forwarded, training_parser().parse_args(forwarded)
@@ -121,10 +121,10 @@ def resolve_models(spec: str, names: list[str] | None = None) -> list[str]:
         if item == "all":
             found = [n for n in REFERENCE_NAMES if names is None or n in names]
         elif any(ch in item for ch in "*?["):
-            found = fnmatch.filter(REFERENCE_NAMES, item) or fnmatch.filter(ALL_NAMES, item)
+            found = fnmatch.filter(REFERENCE_NAMES, item) or fnmatch.filter(all_names(), item)
             found = [n for n in found if names is None or n in names]
         else:
-            found = [item] if item in (names or ALL_NAMES) else []
+            found = [item] if item in (names or all_names()) else []
         if not found:
             raise models_error(item)
         chosen += found
@@ -155,7 +155,7 @@ def find_checkpoints(folder: str) -> dict[str, dict]:
     found, unfit = {}, []
     for path in sorted(root.glob("*.pth")):
         match = CHECKPOINT_NAME.match(path.stem)
-        if not match or match["combination"] not in ALL_NAMES:
+        if not match or match["combination"] not in all_names():
             unfit.append(path.name)
             continue
         found[path.stem] = {"combination": match["combination"], "sensitive": bool(match["sensitive"]),
@@ -250,7 +250,9 @@ def make_protocol(opt, train_opt, mode: str) -> dict:
         "eval_sets": evaluation_sets(opt.eval_data, opt.benchmark_all_eval) if mode != "profile_only" else [],
         "benchmark_all_eval": opt.benchmark_all_eval, "profile_warmup": opt.profile_warmup,
         "profile_repeats": opt.profile_repeats,
-        "train": {k: v for k, v in sorted(vars(train_opt).items()) if k not in NOT_PROTOCOL and k not in PER_CELL_FLAGS}})
+        # --plugin only where given: a study recorded before plugins existed compares equal
+        "train": {k: v for k, v in sorted(vars(train_opt).items())
+                  if k not in NOT_PROTOCOL and k not in PER_CELL_FLAGS and not (k == "plugin" and not v)}})
     return protocol
 
 
@@ -281,13 +283,10 @@ def record_protocol(folder: Path, protocol: dict, argv: list[str]) -> None:
 
 def inapplicable_flags(flags: dict, stages: dict) -> list[str]:
     """The study's model flags that size a stage this combination does not have (``--output_channel`` for an
-    extractor whose width is its own, ``--vit_*`` without ViT, ``--parseq_*`` without PARSeq): train.py refuses
-    them, so such a cell trains without them (the study's flags are the protocol of the cells they fit)."""
-    dropped = ["output_channel"] if stages["FeatureExtraction"] in OWN_WIDTH and "output_channel" in flags else []
-    for (stage, stage_name), options in STAGE_OPTIONS.items():
-        if stages[stage] != stage_name:
-            dropped += [o for o in options if o in flags]
-    return dropped
+    extractor whose width is its own, ``--vit_*`` without ViT, ``--parseq_*`` without PARSeq, any stage's own
+    options without it): train.py refuses them, so such a cell trains without them (the study's flags are the
+    protocol of the cells they fit)."""
+    return list(dict.fromkeys(flag for flag, _, _ in inapplicable_options(flags, stages)))
 
 
 def without_flags(argv: list[str], names: list[str]) -> list[str]:
@@ -314,7 +313,7 @@ def plan_cells(name: str, protocol: dict, train_argv: list[str], train_opt, gpus
                   case_insensitive=train_opt.case_insensitive, data_filtering_off=train_opt.data_filtering_off,
                   device=train_opt.device, amp=train_opt.amp, batch_size=train_opt.batch_size,
                   workers=train_opt.workers, warmup=protocol["profile_warmup"], repeats=protocol["profile_repeats"],
-                  gpus=gpus, nodes=nodes)
+                  gpus=gpus, nodes=nodes, plugins=list(train_opt.plugin or []))
     cells = []
     if protocol["mode"] == "checkpoints":
         for stem, f in protocol["checkpoints"].items():

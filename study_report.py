@@ -99,7 +99,9 @@ def module_wise(combos: list[Combination], accuracy: str | None) -> list[dict]:
     table = []
     for index, stage in enumerate(STAGES):
         options = list(dict.fromkeys(s[index] for s in by_stages))
-        for a, b in itertools.combinations(sorted(options, key=list(STAGES[stage]).index), 2):
+        order = list(STAGES[stage])  # the registry's order; a stage of a plugin not loaded here goes last
+        for a, b in itertools.combinations(sorted(options, key=lambda n: (n not in order, order.index(n) if n in
+                                                                           order else 0, n)), 2):
             pairs = [(by_stages[s], by_stages[s[:index] + (b,) + s[index + 1:]]) for s in by_stages
                      if s[index] == a and s[:index] + (b,) + s[index + 1:] in by_stages]
             if not pairs:

@@ -58,6 +58,7 @@ class Cell:
     repeats: int = 30
     gpus: int = 0  # GPUs for training: more than one runs train.py under torchrun
     nodes: int = 1
+    plugins: list[str] = dataclasses.field(default_factory=list)  # --plugin modules its stages come from
 
     @property
     def path(self) -> Path:
@@ -230,6 +231,10 @@ def cell_log(cell: Cell) -> Callable[[str], None]:
 
 def run_cell(cell: Cell) -> dict:
     """One cell where it stands (a submitit job): train, evaluate, profile; → its row."""
+    import plugins
+
+    for name in cell.plugins:  # a fresh process: the stages of the study's plugins register again
+        plugins.load(name)
     (cell.path / FAILED).unlink(missing_ok=True)
     log = cell_log(cell)
     try:

@@ -26,6 +26,7 @@ from error_analysis import write_errors
 from evaluation import (BENCHMARKS, PAPER_BENCHMARKS, UNION14M_BENCHMARKS, ValidationResult, make_eval_loader,
                         total_accuracy, validation)
 from fileio import check_output_folder
+import plugins
 from model import ModelConfig, add_model_arguments, count_parameters, model_flags
 from runtime import (UsageError, add_compile_argument, add_runtime_arguments, check_amp, check_runtime_arguments,
                      compile_model, get_logger, resolve_device, run_cli)
@@ -151,6 +152,7 @@ def result_dir(saved_model: str) -> Path:
 
 
 def parse_args(argv=None):
+    plugins.load_from_argv(argv)  # their stages join the choices before the parser is built
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eval_data", required=True,
                         help="LMDB root (or a folder with gt.txt); with --benchmark_all_eval the folder holding the ten sets")

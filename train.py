@@ -36,6 +36,7 @@ from checkpoint import load_model, load_state, read_training_state, save_checkpo
 from dataset import BatchBalancedDataset, DataConfig, TrainDataConfig, hierarchical_dataset
 from evaluation import make_eval_loader, validation
 from fileio import FolderLock, atomic_write
+import plugins
 from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args, model_flags
 from runtime import UsageError, add_compile_argument, add_runtime_arguments, check_amp, compile_model, get_logger, \
     resolve_device, run_cli
@@ -44,6 +45,7 @@ from utils import Averager, make_converter
 
 
 def parse_args(argv=None):
+    plugins.load_from_argv(argv)  # their stages join the choices before the parser is built
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_arguments(p)
     add_runtime_arguments(p, batch_help="batch size per process")

@@ -187,11 +187,11 @@ def _check_length(label: str, batch_max_length: int) -> None:
                          f"{batch_max_length}; raise --batch_max_length or leave data filtering on")
 
 
-CONVERTERS = {"CTC": CTCLabelConverter, "Attn": AttnLabelConverter, "PARSeq": PARSeqLabelConverter}
-
-
 def make_converter(prediction: str, character: str):
-    return CONVERTERS[prediction](character)
+    """The label converter of the registered head ``prediction`` (its ``converter``) for ``character``."""
+    from modules.registry import head  # the heads name their converters, which are defined here
+
+    return head(prediction).converter(character)
 
 
 class Averager:

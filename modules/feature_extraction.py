@@ -1,24 +1,40 @@
 """Stage 2: FeatureExtraction. VGG (CRNN), RCNN (GRCNN) or ResNet (FAN), each → [B, C, H', W'];
-the transformers ViT (modules/vit.py) and SVTR (modules/svtr.py) → [B, C, 1, T]."""
+the transformers ViT (modules/vit.py) and SVTR (modules/svtr.py) → [B, C, 1, T] register in their files."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from modules.svtr import SVTR
-from modules.vit import ViT
+from modules.registry import Stage, register
 
 
-class FromChannels:
-    """The convolutional extractors are built from (input_channel, output_channel) alone."""
+class ConvNetStage(Stage):
+    """The reference's convolutional extractors: built from (input_channel, output_channel) alone, their width
+    is --output_channel, and their weights show both (the first and the last convolution)."""
+
+    kind, reference = "FeatureExtraction", True
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config, input_size: int):
         return cls(config.input_channel, config.output_channel)
 
+    @classmethod
+    def output_width(cls, config, input_size: int) -> int:
+        return config.output_channel
 
-class VGG_FeatureExtractor(FromChannels, nn.Module):
+    @classmethod
+    def read_sizes(cls, state_dict: dict) -> dict:
+        convs = [v for k, v in state_dict.items() if k.endswith("weight") and v.dim() == 4]
+        return {"input_channel": convs[0].shape[1], "output_channel": convs[-1].shape[0]}
+
+
+@register
+class VGG_FeatureExtractor(ConvNetStage, nn.Module):
     """CRNN's VGG: [B, Cin, 32, 100] → [B, output_channel, 1, 24]."""
+
+    name = "VGG"
+    min_input = (32, 8)  # found by running it on ever smaller inputs (tests/test_arguments.py checks both sides)
+    min_output_channel = 8
 
     def __init__(self, input_channel: int, output_channel: int = 512):
         super().__init__()
@@ -38,8 +54,13 @@ class VGG_FeatureExtractor(FromChannels, nn.Module):
         return self.ConvNet(x)
 
 
-class RCNN_FeatureExtractor(FromChannels, nn.Module):
+@register
+class RCNN_FeatureExtractor(ConvNetStage, nn.Module):
     """GRCNN: gated recurrent convolution layers; [B, Cin, 32, 100] → [B, output_channel, 1, 26]."""
+
+    name = "RCNN"
+    min_input = (32, 4)
+    min_output_channel = 8
 
     def __init__(self, input_channel: int, output_channel: int = 512):
         super().__init__()
@@ -92,8 +113,13 @@ class GRCL_unit(nn.Module):
         return torch.relu(self.BN_fu(wf_u) + self.BN_Gx(self.BN_rx(wr_x) * G))
 
 
-class ResNet_FeatureExtractor(FromChannels, nn.Module):
+@register
+class ResNet_FeatureExtractor(ConvNetStage, nn.Module):
     """FAN's ResNet, layers [1, 2, 5, 3]; [B, Cin, 32, 100] → [B, output_channel, 1, 26]."""
+
+    name = "ResNet"
+    min_input = (32, 4)
+    min_output_channel = 16
 
     def __init__(self, input_channel: int, output_channel: int = 512):
         super().__init__()
@@ -180,11 +206,3 @@ class ResNet(nn.Module):
         x = self.relu(self.bn4_1(self.conv4_1(x)))
         return self.relu(self.bn4_2(self.conv4_2(x)))
 
-
-FEATURE_EXTRACTORS = {
-    "VGG": VGG_FeatureExtractor,
-    "RCNN": RCNN_FeatureExtractor,
-    "ResNet": ResNet_FeatureExtractor,
-    "ViT": ViT,
-    "SVTR": SVTR,
-}

@@ -21,7 +21,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modules.registry import Head, Option, register
+from runtime import UsageError
+from utils import PARSeqLabelConverter
+
 EOS_INDEX = 0  # [E]: also where a reading stops
+# --parseq_refine_iters: each round runs the decoder once more over every position; past a few rounds the
+# reading no longer changes (the reference uses 1), and an unbounded count runs for minutes.
+MAX_REFINE_ITERS = 10
 
 
 class DecoderLayer(nn.Module):
@@ -81,7 +88,8 @@ class TokenEmbedding(nn.Module):
         return math.sqrt(self.embed_dim) * self.embedding(tokens)
 
 
-class PARSeq(nn.Module):
+@register
+class PARSeq(Head, nn.Module):
     """PARSeq's decoder and head over the encoder's tokens [B, T, input_size].
 
     Training (``is_train``): ``text`` is [B] label [E] [P]... without its last column ([B, L + 1]);
@@ -89,7 +97,25 @@ class PARSeq(nn.Module):
     for ``perms`` [K, L + 2] (``permutations``). Inference: [B, batch_max_length + 1, num_class].
     """
 
+    name = "PARSeq"
+    options = (
+        Option("parseq_dec_depth", 1, "PARSeq: decoder layers (1)", low=1),
+        Option("parseq_dec_heads", 0, "PARSeq: decoder heads (default 0: the decoder width / 32, PARSeq's 12 for "
+                                      "384); must divide the decoder width", low=0),
+        Option("parseq_dec_mlp_ratio", 4, "PARSeq: decoder feed-forward width / its width (4)", low=1),
+        Option("parseq_perm_num", 6, "PARSeq training: permutations per batch, an even number (6: left-to-right, "
+                                     "its mirror, 2 random and their mirrors)", low=2, input_only=True),
+        Option("parseq_refine_iters", 1, f"PARSeq reading: cloze refinement rounds after decoding (1; at most "
+                                         f"{MAX_REFINE_ITERS})", low=0, high=MAX_REFINE_ITERS, input_only=True),
+        Option("parseq_decode", "ar", "PARSeq reading: ar (autoregressive, default) or nar (all positions at once)",
+               choices=("ar", "nar"), input_only=True),
+    )
+    fixed_input = ("batch_max_length",)  # its position queries
     has_own_init = True  # model.init_weights leaves it alone (trunc-normal 0.02, as the reference)
+    converter = PARSeqLabelConverter
+    end_index, end_layer, class_rows = EOS_INDEX, "head", ("head",)
+    beam_hint = ("PARSeq reads with --parseq_decode ar|nar and --parseq_refine_iters N; use --decoder greedy, with "
+                 "--lexicon_mode snap for a word list")
 
     def __init__(self, input_size: int, num_class: int, max_label_length: int, num_heads: int, depth: int = 1,
                  mlp_ratio: int = 4, dropout: float = 0.1, decode: str = "ar", refine_iters: int = 1):
@@ -105,11 +131,65 @@ class PARSeq(nn.Module):
         self.refine_iters = refine_iters
         self.reset_parameters()
 
+    @staticmethod
+    def heads_for(config, input_size: int) -> int:
+        return config.parseq_dec_heads or max(1, input_size // 32)  # PARSeq: 12 for width 384, 6 for 192
+
     @classmethod
     def from_config(cls, config, input_size: int) -> "PARSeq":
-        heads = config.parseq_dec_heads or max(1, input_size // 32)  # PARSeq: 12 for width 384, 6 for 192
-        return cls(input_size, config.num_class, config.batch_max_length, heads, config.parseq_dec_depth,
-                   config.parseq_dec_mlp_ratio, decode=config.parseq_decode, refine_iters=config.parseq_refine_iters)
+        return cls(input_size, config.num_class, config.batch_max_length, cls.heads_for(config, input_size),
+                   config.parseq_dec_depth, config.parseq_dec_mlp_ratio, decode=config.parseq_decode,
+                   refine_iters=config.parseq_refine_iters)
+
+    @classmethod
+    def check(cls, config, input_size: int) -> None:
+        if config.parseq_perm_num % 2:
+            raise UsageError(f"--parseq_perm_num {config.parseq_perm_num} must be even: each order is trained "
+                             "with its mirror")
+        heads = cls.heads_for(config, input_size)
+        if input_size % heads:
+            given = (f"--parseq_dec_heads {heads}" if config.parseq_dec_heads else
+                     f"the default --parseq_dec_heads ({heads} = the width / 32)")
+            raise UsageError(f"{given} does not divide the decoder's width {input_size} (the width of the stage "
+                             f"before it: --vit_embed_dim, or --hidden_size after BiLSTM): give --parseq_dec_heads "
+                             f"a divisor of {input_size}")
+
+    @classmethod
+    def read_sizes(cls, state_dict: dict) -> dict:
+        layers = {k.split(".")[2] for k in state_dict if k.startswith("decoder.layers.")}
+        width = state_dict["head.weight"].shape[1]
+        return {"num_class": state_dict["head.weight"].shape[0], "parseq_dec_depth": len(layers),
+                "batch_max_length": state_dict["pos_queries"].shape[1] - 1,
+                "parseq_dec_mlp_ratio": state_dict["decoder.layers.0.linear1.weight"].shape[0] // width}
+
+    @classmethod
+    def recognise(cls, state_dict: dict):
+        return cls.read_sizes(state_dict) if "head.weight" in state_dict and "pos_queries" in state_dict else None
+
+    @classmethod
+    def training_batch(cls, text, length, config) -> tuple:
+        """[B] label [E], padded to the batch's longest as the reference, and the K orders of this batch
+        (drawn from torch's global generator, whose state a training checkpoint keeps)."""
+        text = text[:, :int(length.max()) + 1]
+        return text, {"perms": permutations_for(text.size(1) - 2, config.parseq_perm_num).to(text.device)}
+
+    @staticmethod
+    def loss(preds, text, length):
+        orders = preds if preds.dim() == 4 else preds[None]
+        return permutation_loss(orders, text[:, 1:], pad_index=preds.size(-1) + 1)  # [P] = num_class + 1
+
+    def read_every_step(self, features, num_steps: int):
+        return self.read(features.contiguous(), num_steps - 1, early_stop=False)
+
+    @classmethod
+    def remap_inputs(cls, state: dict, old: dict, fresh: dict, src, dst, old_config, new_config) -> None:
+        """Its token embedding: the head's classes, then [B] and [P]."""
+        name = "Prediction.text_embed.embedding.weight"
+        old_n, new_n = old_config.num_class, new_config.num_class
+        out = fresh[name].clone()
+        out[torch.cat([dst, torch.tensor([new_n, new_n + 1])])] = \
+            old[name][torch.cat([src, torch.tensor([old_n, old_n + 1])])].to(out.dtype)
+        state[name] = out
 
     def reset_parameters(self) -> None:
         for m in self.modules():

@@ -1,27 +1,53 @@
-"""Stage 4: Prediction. ``CTC`` (a linear head), ``Attn`` (an LSTM attention decoder) or ``PARSeq`` (modules/parseq.py)."""
+"""Stage 4: Prediction. ``CTC`` (a linear head) or ``Attn`` (an LSTM attention decoder); ``PARSeq`` registers in
+modules/parseq.py."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modules.parseq import PARSeq
+from modules.registry import Head, register
+from utils import AttnLabelConverter, CTCLabelConverter
 
 GO_INDEX = 0  # '[GO]' in AttnLabelConverter
 EOS_INDEX = 1  # '[s]'
 
 
-class FromHiddenSize:
+class ReferenceHead(Head):
     """The reference's heads are built from (input width, hidden_size, num_class) alone."""
+
+    reference = True
 
     @classmethod
     def from_config(cls, config, input_size: int):
         return cls(input_size, config.hidden_size, config.num_class)
 
 
-class CTC(FromHiddenSize, nn.Linear):
+@register
+class CTC(ReferenceHead, nn.Linear):
     """Per-frame logits [B, T, num_class]; blank is class 0. A plain linear layer (keys ``weight``,
     ``bias``) that takes the attention decoder's call signature and ignores what it does not use."""
+
+    name = "CTC"
+    converter = CTCLabelConverter
+    beam = "logits"  # the prefix beam search over the frames' probabilities
+
+    @classmethod
+    def recognise(cls, state_dict: dict):
+        return cls.read_sizes(state_dict) if set(state_dict) == {"weight", "bias"} else None
+
+    @classmethod
+    def read_sizes(cls, state_dict: dict) -> dict:
+        return {"num_class": state_dict["weight"].shape[0]}
+
+    @staticmethod
+    def loss(preds, text, length):
+        """``text`` [B, batch_max_length] zero-padded, ``length`` [B]; every sample uses all T frames."""
+        frames = torch.full((preds.size(0),), preds.size(1), dtype=torch.int32)
+        return F.ctc_loss(preds.log_softmax(2).permute(1, 0, 2), text, frames, length, zero_infinity=True)
+
+    def read_every_step(self, features, num_steps: int):
+        return self(features)
 
     def __init__(self, input_size: int, hidden_size: int, num_class: int):
         super().__init__(input_size, num_class)
@@ -31,13 +57,69 @@ class CTC(FromHiddenSize, nn.Linear):
         return super().forward(batch_H)
 
 
-class Attention(FromHiddenSize, nn.Module):
+@register
+class Attention(ReferenceHead, nn.Module):
     """Bahdanau-style attention decoder with one-hot feedback of the previous character.
 
     Training uses teacher forcing; inference decodes greedily and stops once every sequence
     in the batch has emitted ``[s]`` (the remaining steps could not change any decoded string).
     Output logits: [B, num_steps, num_class], num_steps = batch_max_length + 1.
     """
+
+    name = "Attn"
+    converter = AttnLabelConverter
+    end_index, end_layer, class_rows = EOS_INDEX, "generator", ("generator",)
+    beam = "decoder"  # the beam search runs attention_cell one step at a time (decoding.attention_beam_search)
+
+    @classmethod
+    def recognise(cls, state_dict: dict):
+        return cls.read_sizes(state_dict) if "generator.weight" in state_dict else None
+
+    @classmethod
+    def read_sizes(cls, state_dict: dict) -> dict:
+        return {"num_class": state_dict["generator.weight"].shape[0],
+                "hidden_size": state_dict["generator.weight"].shape[1]}
+
+    @staticmethod
+    def loss(preds, text, length):
+        """``text`` [B, batch_max_length + 2] ([GO] label [s] padding); the target is ``text`` without [GO], and
+        [GO] (0) also marks padding, which the loss ignores."""
+        target = text[:, 1:]
+        return F.cross_entropy(preds.reshape(-1, preds.shape[-1]), target.reshape(-1), ignore_index=0)
+
+    def read_every_step(self, batch_H: torch.Tensor, num_steps: int) -> torch.Tensor:
+        """Greedy decoding with every step computed (an exported graph's): [B, T, C] → [B, num_steps, num_class]."""
+        batch_H = batch_H.contiguous()
+        h = batch_H.new_zeros(batch_H.size(0), self.hidden_size)
+        hidden = (h, h)
+        batch_H_proj = self.attention_cell.i2h(batch_H)  # [B, T, hidden], once as in eager
+        targets = torch.full_like(batch_H[:, 0, 0], GO_INDEX, dtype=torch.long)  # [B]
+        steps = []
+        for _ in range(num_steps):
+            onehot = F.one_hot(targets, self.num_classes).to(batch_H.dtype)
+            hidden, _ = self.attention_cell(hidden, batch_H, batch_H_proj, onehot)
+            logits = self.generator(hidden[0])  # [B, num_class]
+            steps.append(logits)
+            targets = logits.argmax(1)
+        return torch.stack(steps, dim=1)
+
+    @classmethod
+    def remap_inputs(cls, state: dict, old: dict, fresh: dict, src, dst, old_config, new_config) -> None:
+        """The one-hot input columns of the attention LSTM (after its context columns)."""
+        name = "Prediction.attention_cell.rnn.weight_ih"
+        width = fresh[name].shape[1] - new_config.num_class  # context part of the LSTM input
+        out = fresh[name].clone()
+        out[:, :width] = old[name][:, :width]
+        out[:, width + dst] = old[name][:, width + src].to(out.dtype)
+        state[name] = out
+
+    def extra_reference_flops(self, args: tuple, kwargs: dict) -> int:
+        """What the reference's attention decoder computes beyond ours: it projects the encoder features
+        (``i2h``, [B, T, C] → [B, T, hidden]) again at each of its batch_max_length + 1 steps, where ours
+        projects them once (the same result): steps - 1 more projections, 2 * B * T * C * hidden FLOPs each."""
+        B, T, C = args[0].shape
+        steps = kwargs.get("batch_max_length", 25) + 1
+        return (steps - 1) * 2 * B * T * C * self.hidden_size
 
     def __init__(self, input_size: int, hidden_size: int, num_class: int):
         super().__init__()
@@ -98,9 +180,3 @@ class AttentionCell(nn.Module):
         cur_hidden = self.rnn(concat_context, prev_hidden)
         return cur_hidden, alpha
 
-
-PREDICTIONS = {
-    "CTC": CTC,
-    "Attn": Attention,
-    "PARSeq": PARSeq,
-}

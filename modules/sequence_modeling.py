@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from modules.registry import Stage, register
+
 
 class BidirectionalLSTM(nn.Module):
     """[B, T, input_size] → [B, T, output_size]."""
@@ -20,8 +22,30 @@ class BidirectionalLSTM(nn.Module):
         return self.linear(recurrent)
 
 
-class BiLSTM(nn.Sequential):
+@register
+class NoSequenceModeling(Stage, nn.Identity):
+    """``--SequenceModeling None``: the visual features go to the head as they are."""
+
+    kind, name, reference = "SequenceModeling", "None", True
+
+
+@register
+class BiLSTM(Stage, nn.Sequential):
     """The reference's two-layer stack (keys ``0.rnn...``, ``1.rnn...``); its output width is hidden_size."""
+
+    kind, name, reference = "SequenceModeling", "BiLSTM", True
+
+    @classmethod
+    def from_config(cls, config, input_size: int) -> "BiLSTM":
+        return cls(input_size, config.hidden_size)
+
+    @classmethod
+    def output_width(cls, config, input_size: int) -> int:
+        return config.hidden_size
+
+    @classmethod
+    def read_sizes(cls, state_dict: dict) -> dict:
+        return {"hidden_size": state_dict["0.rnn.weight_hh_l0"].shape[1]}
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__(
@@ -30,8 +54,3 @@ class BiLSTM(nn.Sequential):
         )
         self.output_size = hidden_size
 
-
-SEQUENCE_MODELS = {
-    "None": nn.Identity,  # output width = input width
-    "BiLSTM": BiLSTM,
-}

@@ -14,7 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from modules.registry import Stage, register
 from modules.vit import Mlp, init_linear_layers
+from runtime import UsageError
 
 # SVTR-Tiny (the paper's Table 1 and OpenOCR's configs/rec/svtrs/svtrnet_ctc_syn.yml).
 EMBED_DIMS = (64, 128, 256)
@@ -108,13 +110,19 @@ class SubSample(nn.Module):
         return self.norm(self.conv(x).flatten(2).transpose(1, 2))
 
 
-class SVTR(nn.Module):
+@register
+class SVTR(Stage, nn.Module):
     """SVTR-Tiny: [B, Cin, imgH, imgW] → [B, 192, 1, imgW / 4]; imgH a multiple of 16, imgW of 4.
 
     The stage sizes are arguments (SVTR-Tiny's by default, which is what ``--FeatureExtraction SVTR``
     builds) so that a reduced model can be checked against the reference in tests.
     """
 
+    kind, name = "FeatureExtraction", "SVTR"
+    own_width = f"SVTR-Tiny's {OUT_CHANNELS}"
+    min_input = (DOWNSAMPLE, FRAME_WIDTH)
+    fixed_input = ("imgH", "imgW")  # the learned position embedding
+    fixed_width = "its position embedding is"
     has_own_init = True  # model.init_weights leaves it alone (the reference's trunc-normal / Kaiming init)
 
     def __init__(self, input_channel: int, imgH: int, imgW: int, embed_dims: tuple[int, ...] = EMBED_DIMS,
@@ -140,8 +148,37 @@ class SVTR(nn.Module):
         self.reset_parameters()
 
     @classmethod
-    def from_config(cls, config) -> "SVTR":
+    def from_config(cls, config, input_size: int) -> "SVTR":
         return cls(config.input_channel, config.imgH, config.imgW)
+
+    @classmethod
+    def output_width(cls, config, input_size: int) -> int:
+        return OUT_CHANNELS
+
+    @classmethod
+    def check(cls, config, input_size: int) -> None:
+        if config.imgH % DOWNSAMPLE or config.imgW % FRAME_WIDTH:
+            raise UsageError(f"--FeatureExtraction SVTR needs --imgH a multiple of {DOWNSAMPLE} and --imgW a multiple "
+                             f"of {FRAME_WIDTH}, got {config.imgH} x {config.imgW} (SVTR-Tiny: 32 x 100)")
+
+    @classmethod
+    def recognise(cls, state_dict: dict):
+        return cls.read_sizes(state_dict) if "blocks1.0.norm1.weight" in state_dict else None
+
+    @classmethod
+    def read_sizes(cls, state_dict: dict) -> dict:
+        return {"input_channel": state_dict["patch_embed.proj.0.conv.weight"].shape[1],
+                "tokens": state_dict["pos_embed"].shape[1]}
+
+    @classmethod
+    def mismatch(cls, found: dict, config) -> list[str]:
+        problems = super().mismatch({k: v for k, v in found.items() if k != "tokens"}, config)
+        tokens = (config.imgH // 4) * (config.imgW // 4)
+        if not problems and found["tokens"] != tokens:
+            problems.append(f"its position embedding has {found['tokens']} positions (one per 4 x 4 pixels), but "
+                            f"--imgH {config.imgH} x --imgW {config.imgW} gives {tokens}: use the image size it "
+                            "was trained with (SVTR-Tiny: --imgH 32 --imgW 100)")
+        return problems
 
     def reset_parameters(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -6,13 +6,61 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modules.registry import Stage, register
+from runtime import UsageError
 
-class TPS_SpatialTransformerNetwork(nn.Module):
+
+@register
+class NoTransformation(Stage, nn.Identity):
+    """``--Transformation None``: the image as it is."""
+
+    kind, name, reference = "Transformation", "None", True
+
+
+@register
+class TPS_SpatialTransformerNetwork(Stage, nn.Module):
     """Rectifies the input with a thin-plate spline whose F fiducial points are regressed.
 
     Attribute names (``LocalizationNetwork``, ``GridGenerator``) match the reference
     checkpoints.
     """
+
+    kind, name, reference = "Transformation", "TPS", True
+    min_input = (8, 8)  # the localisation network's three 2x2 poolings
+    fixed_width = "its sampling grid is"
+    min_opset = (16, "samples the image with GridSample")
+
+    @classmethod
+    def from_config(cls, config, input_size: int) -> "TPS_SpatialTransformerNetwork":
+        size = (config.imgH, config.imgW)
+        return cls(F=config.num_fiducial, I_size=size, I_r_size=size, I_channel_num=config.input_channel)
+
+    @classmethod
+    def check(cls, config, input_size: int) -> None:
+        if config.num_fiducial < 4 or config.num_fiducial % 2:
+            raise UsageError(f"--num_fiducial must be an even number of at least 4 for TPS, got {config.num_fiducial}")
+
+    @classmethod
+    def read_sizes(cls, state_dict: dict) -> dict:
+        return {"input_channel": state_dict["LocalizationNetwork.conv.0.weight"].shape[1],
+                "num_fiducial": state_dict["LocalizationNetwork.localization_fc2.bias"].shape[0] // 2,
+                "grid_points": state_dict["GridGenerator.P_hat"].shape[0]}
+
+    @classmethod
+    def mismatch(cls, found: dict, config) -> list[str]:
+        problems = super().mismatch({k: v for k, v in found.items() if k != "grid_points"}, config)
+        if found["grid_points"] != config.imgH * config.imgW:
+            problems.append(f"its TPS grid has {found['grid_points']} points, but --imgH {config.imgH} × --imgW "
+                            f"{config.imgW} = {config.imgH * config.imgW}: use the image size it was trained with")
+        return problems
+
+    def extra_flops(self, args: tuple, kwargs: dict) -> int:
+        """The sampling grid P' = (P_hat inv(delta_C))[:, :F] C': the constant [n, F] matrix (n = the output's
+        pixels) times each image's fiducials [F, 2], 2 * B * n * F * 2 FLOPs, written as elementwise products
+        (``GridGenerator.build_P_prime``) that no operator count sees. The constants (P_hat, inv(delta_C)) are
+        computed once when the model is built, not per image (the maintainers' hand count adds their
+        ~17 k multiply-accumulates: 20 x 20 distances, a 23 x 23 inversion)."""
+        return 2 * args[0].size(0) * self.I_r_size[0] * self.I_r_size[1] * self.F * 2
 
     def __init__(self, F: int, I_size: tuple[int, int], I_r_size: tuple[int, int], I_channel_num: int = 1):
         super().__init__()
@@ -132,8 +180,3 @@ class GridGenerator(nn.Module):
             grid = grid + weights[:, k, None] * batch_C_prime[:, None, k]
         return grid
 
-
-TRANSFORMATIONS = {
-    "None": nn.Identity,  # accepts and ignores the constructor arguments
-    "TPS": TPS_SpatialTransformerNetwork,
-}

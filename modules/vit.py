@@ -12,6 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modules.registry import Option, Preset, Stage, register
+from runtime import UsageError
+
 # --vit_size: (embedding width, depth, heads), PARSeq's configs/model/parseq.yaml and experiment/parseq-tiny.yaml.
 VIT_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6)}
 
@@ -75,13 +78,30 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class ViT(nn.Module):
+@register
+class ViT(Stage, nn.Module):
     """Vision transformer encoder: [B, Cin, imgH, imgW] → [B, embed_dim, 1, N] (N patch tokens as a row).
 
     Patches are ``patch_h`` x ``patch_w`` (PARSeq: 4 x 8 on 32 x 128); the position embedding is
     learned, so the model runs at the image size it was built for.
     """
 
+    kind, name = "FeatureExtraction", "ViT"
+    options = (
+        Option("vit_embed_dim", 384, "ViT: token width (--vit_size small 384, tiny 192)", low=1),
+        Option("vit_depth", 12, "ViT: transformer blocks (12)", low=1),
+        Option("vit_heads", 6, "ViT: attention heads (small 6, tiny 3)", low=1),
+        Option("vit_patch_h", 4, "ViT: patch height in pixels (PARSeq 4); must divide --imgH", low=1),
+        Option("vit_patch_w", 8, "ViT: patch width in pixels (PARSeq 8); must divide --imgW", low=1),
+    )
+    presets = (Preset("vit_size", {k: dict(zip(("vit_embed_dim", "vit_depth", "vit_heads"), v))
+                                   for k, v in VIT_SIZES.items()},
+                      "ViT: " + ", ".join(f"{k} = width {w}, depth {d}, heads {h}" for k, (w, d, h) in VIT_SIZES.items())
+                      + " (default small; --vit_embed_dim/--vit_depth/--vit_heads override)"),)
+    own_width = "--vit_size or --vit_embed_dim"
+    fixed_input = ("imgH", "imgW")  # the learned position embedding
+    fixed_width = "its position embedding is"
+    name_defaults = {"imgW": 128}  # PARSeq's 4 x 8 patches tile 32 x 128
     has_own_init = True  # model.init_weights leaves it alone (trunc-normal 0.02, as timm)
 
     def __init__(self, input_channel: int, imgH: int, imgW: int, patch: tuple[int, int] = (4, 8),
@@ -96,9 +116,49 @@ class ViT(nn.Module):
         self.reset_parameters()
 
     @classmethod
-    def from_config(cls, config) -> "ViT":
+    def from_config(cls, config, input_size: int) -> "ViT":
         return cls(config.input_channel, config.imgH, config.imgW, (config.vit_patch_h, config.vit_patch_w),
                    config.vit_embed_dim, config.vit_depth, config.vit_heads)
+
+    @classmethod
+    def output_width(cls, config, input_size: int) -> int:
+        return config.vit_embed_dim
+
+    @classmethod
+    def check(cls, config, input_size: int) -> None:
+        """Patches that tile the image, heads that divide the width."""
+        for flag, patch in (("imgH", "vit_patch_h"), ("imgW", "vit_patch_w")):
+            size, step = getattr(config, flag), getattr(config, patch)
+            if size % step:
+                raise UsageError(f"--{patch} {step} does not divide --{flag} {size}: ViT's patches must tile the "
+                                 f"image (PARSeq: 4 x 8 patches on 32 x 128)")
+        if config.vit_embed_dim % config.vit_heads:
+            raise UsageError(f"--vit_heads {config.vit_heads} must divide --vit_embed_dim {config.vit_embed_dim}")
+
+    @classmethod
+    def recognise(cls, state_dict: dict):
+        if "pos_embed" not in state_dict or "patch_embed.proj.weight" not in state_dict:
+            return None
+        return cls.read_sizes(state_dict)
+
+    @classmethod
+    def read_sizes(cls, state_dict: dict) -> dict:
+        proj = state_dict["patch_embed.proj.weight"]  # [embed_dim, Cin, patch_h, patch_w]
+        blocks = {k.split(".")[1] for k in state_dict if k.startswith("blocks.")}
+        return {"input_channel": proj.shape[1], "vit_embed_dim": proj.shape[0], "vit_depth": len(blocks),
+                "vit_patch_h": proj.shape[2], "vit_patch_w": proj.shape[3],
+                "patches": state_dict["pos_embed"].shape[1]}
+
+    @classmethod
+    def mismatch(cls, found: dict, config) -> list[str]:
+        problems = super().mismatch({k: v for k, v in found.items() if k != "patches"}, config)
+        ph, pw = found["vit_patch_h"], found["vit_patch_w"]
+        patches = (config.imgH // ph) * (config.imgW // pw)
+        if not problems and found["patches"] != patches:
+            problems.append(f"its position embedding has {found['patches']} patches of {ph} x {pw} pixels, but "
+                            f"--imgH {config.imgH} x --imgW {config.imgW} gives {patches}: use the image size it "
+                            f"was trained with (PARSeq: --imgH 32 --imgW 128)")
+        return problems
 
     def reset_parameters(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

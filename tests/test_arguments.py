@@ -6,15 +6,12 @@ import types
 from pathlib import Path
 
 import pytest
-import torch
 
 import checkpoint
 import demo
 import test as test_script
 import train
-from model import MIN_INPUT_SIZE, MIN_OUTPUT_CHANNEL, ModelConfig, build_model
-from modules.feature_extraction import FEATURE_EXTRACTORS
-from modules.transformation import TRANSFORMATIONS
+from model import ModelConfig, build_model
 from runtime import UsageError, check_runtime_arguments
 
 STAGES = ["--Transformation", "None", "--FeatureExtraction", "VGG", "--SequenceModeling", "None",
@@ -96,36 +93,3 @@ def test_beam_size_is_checked_before_loading(script, tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit) as info:
         main([*data, "--saved_model", "missing.pth", "--decoder", "beam", "--beam_size", "0"])
     assert info.value.code == 2 and "--beam_size" in capsys.readouterr().err
-
-
-def runs(module: torch.nn.Module, height: int, width: int) -> bool:
-    try:
-        with torch.inference_mode():
-            module.eval()(torch.zeros(1, 1, height, width))
-        return True
-    except RuntimeError:
-        return False
-
-
-def make_stage(stage: str, height: int, width: int) -> torch.nn.Module:
-    if stage in TRANSFORMATIONS:  # TPS is built for its input size
-        return TRANSFORMATIONS[stage](F=20, I_size=(height, width), I_r_size=(height, width), I_channel_num=1)
-    return FEATURE_EXTRACTORS[stage](1, MIN_OUTPUT_CHANNEL[stage])
-
-
-@pytest.mark.parametrize("stage", list(MIN_INPUT_SIZE))
-def test_min_input_size_table_is_the_edge(stage):
-    """Each entry is exact: the stage runs at the minimum and fails one pixel below, in each direction."""
-    h, w = MIN_INPUT_SIZE[stage]
-    for height, width, expected in [(h, w, True), (h, 64, True), (64, w, True), (h - 1, 64, False),
-                                    (64, w - 1, False)]:
-        assert runs(make_stage(stage, height, width), height, width) is expected, (height, width)
-
-
-@pytest.mark.parametrize("extractor", list(MIN_OUTPUT_CHANNEL))
-def test_min_output_channel_is_the_edge(extractor):
-    low = MIN_OUTPUT_CHANNEL[extractor]
-    assert runs(FEATURE_EXTRACTORS[extractor](1, low), 32, 100)
-    with pytest.raises((RuntimeError, ValueError, ZeroDivisionError)):
-        with pytest.warns(UserWarning):  # zero-sized layers
-            FEATURE_EXTRACTORS[extractor](1, low - 1)(torch.zeros(1, 1, 32, 100))
