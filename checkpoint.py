@@ -21,10 +21,10 @@ from typing import Callable
 
 import torch
 
+import plugins
 from model import (STAGES, Model, ModelConfig, build_model, config_from_flags, config_from_name,
                    stage_widths)
 from modules.registry import KINDS, combination_stages, head
-import plugins
 from fileio import atomic_write, cache_root
 from pretrained import REGISTRY, resolve_saved_model
 from runtime import UsageError

@@ -13,12 +13,12 @@ import argparse
 
 import torch
 
+import plugins
 from checkpoint import RUNTIMES, load_model_for_runtime
 from dataset import DataConfig, RawDataset
 from decoding import Decoded, add_decoding_arguments, check_decoding_flags, decode, options_from_args
 from evaluation import make_eval_loader
 from fileio import check_output_file
-import plugins
 from model import add_model_arguments, model_flags
 from runtime import add_runtime_arguments, check_amp, check_runtime_arguments, get_logger, resolve_device, run_cli
 from utils import printable

@@ -30,16 +30,18 @@ images: past ``--max_drop`` points (default 1) nothing is written and the exit s
 from __future__ import annotations
 
 import argparse
+import ast
 import inspect
 import os
+import textwrap
 from pathlib import Path
 
 import yaml
 
-from checkpoint import atomic_save, export_reference, load_model, to_reference_state_dict
 import plugins
+from checkpoint import atomic_save, export_reference, load_model, to_reference_state_dict
 from model import Model, ModelConfig, add_model_arguments, model_flags
-from modules.feature_extraction import FromChannels, VGG_FeatureExtractor
+from modules.feature_extraction import VGG_FeatureExtractor
 from modules.sequence_modeling import BidirectionalLSTM
 from fileio import check_output_file, check_output_folder
 from onnx_model import DEFAULT_OPSET, OPSET_HELP, export_onnx
@@ -79,8 +81,21 @@ EASYOCR_MODEL_CLASS = '''class Model(nn.Module):
 
 
 def easyocr_model_source() -> str:
-    stages = [inspect.getsource(cls) for cls in (FromChannels, VGG_FeatureExtractor, BidirectionalLSTM)]
-    return EASYOCR_HEADER + "\n\n".join(stages + [EASYOCR_MODEL_CLASS])
+    stages = [torch_only_source(cls) for cls in (VGG_FeatureExtractor, BidirectionalLSTM)]
+    return EASYOCR_HEADER + "\n\n\n".join(stages + [EASYOCR_MODEL_CLASS])
+
+
+def torch_only_source(cls: type) -> str:
+    """``cls``'s source as a plain ``nn.Module``: without the registry's decorator, its ``Stage`` bases and the
+    facts declared on the class (its class-level assignments and classmethods), which EasyOCR does not need."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    node = tree.body[0]
+    node.decorator_list = []
+    node.bases = [b for b in node.bases if ast.unparse(b).startswith("nn.")]
+    node.body = [item for item in node.body if not isinstance(item, (ast.Assign, ast.AnnAssign)) and not (
+        isinstance(item, ast.FunctionDef) and any(ast.unparse(d) in ("classmethod", "staticmethod")
+                                                  for d in item.decorator_list))]
+    return ast.unparse(tree) + "\n"
 
 
 def check_easyocr_compatible(config: ModelConfig) -> None:

@@ -27,8 +27,8 @@ import re
 import sys
 from pathlib import Path
 
-from fileio import atomic_write, check_output_folder
 import plugins
+from fileio import atomic_write, check_output_folder
 from model import REFERENCE_NAMES, STAGES, add_model_arguments, all_names, inapplicable_options, model_flags
 from runtime import UsageError, add_runtime_arguments, get_logger, run_cli
 from study_report import build_report

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+import plugins
 from checkpoint import load_model
 from dataset import DataConfig, hierarchical_dataset
 from decoding import DecodeOptions, add_decoding_arguments, check_decoding_flags, options_from_args
@@ -26,7 +27,6 @@ from error_analysis import write_errors
 from evaluation import (BENCHMARKS, PAPER_BENCHMARKS, UNION14M_BENCHMARKS, ValidationResult, make_eval_loader,
                         total_accuracy, validation)
 from fileio import check_output_folder
-import plugins
 from model import ModelConfig, add_model_arguments, count_parameters, model_flags
 from runtime import (UsageError, add_compile_argument, add_runtime_arguments, check_amp, check_runtime_arguments,
                      compile_model, get_logger, resolve_device, run_cli)

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import plugins
 from checkpoint import load_model, load_state, read_training_state, save_checkpoint, unwrap
 from dataset import BatchBalancedDataset, DataConfig, TrainDataConfig, hierarchical_dataset
 from evaluation import make_eval_loader, validation
 from fileio import FolderLock, atomic_write
-import plugins
 from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args, model_flags
 from runtime import UsageError, add_compile_argument, add_runtime_arguments, check_amp, compile_model, get_logger, \
     resolve_device, run_cli
