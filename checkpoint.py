@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from errors import UserError
 from model import STAGES, Model, ModelConfig, build_model, config_from_flags
 from pretrained import REGISTRY, resolve_saved_model
 from fileio import atomic_write, cache_root
@@ -30,7 +31,7 @@ FORMAT = "str-toolkit"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used as asked; the message says why and what to do."""
 
 

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
+from errors import UserError
+
 # Errors of a write that more space (or a working disk) would fix.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EIO, errno.EDQUOT})
 
@@ -210,7 +212,7 @@ SPECIAL_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe
                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
-class NotRegularFileError(ValueError):
+class NotRegularFileError(UserError):
     """An input path that is a FIFO, device, socket or folder: reading it could block or never end."""
 
     def __init__(self, path: str | os.PathLike, kind: str):
@@ -218,7 +220,7 @@ class NotRegularFileError(ValueError):
         super().__init__(f"{path} is {kind}, not a regular file; skipped without reading it")
 
 
-class OutputPathError(ValueError):
+class OutputPathError(UserError):
     """An output that cannot be written where asked (a folder for a file, under a file, onto an input)."""
 
 

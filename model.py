@@ -16,6 +16,7 @@ from modules.svtr import DOWNSAMPLE as SVTR_DOWNSAMPLE, FRAME_WIDTH as SVTR_FRAM
 from modules.vit import VIT_SIZES
 from modules.sequence_modeling import SEQUENCE_MODELS
 from modules.transformation import TRANSFORMATIONS
+from errors import UserError
 from runtime import UsageError
 from utils import CONVERTERS, DEFAULT_CHARACTER, resolve_character
 
@@ -92,7 +93,7 @@ class ModelConfig:
         for stage, table in STAGES.items():
             value = getattr(self, stage)
             if value not in table:
-                raise ValueError(f"--{stage} {value!r} is not one of {', '.join(table)}")
+                raise UserError(f"--{stage} {value!r} is not one of {', '.join(table)}")
         check_sizes(self)
 
     @property
@@ -115,7 +116,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown model options in checkpoint: {sorted(unknown)}")
+            raise UserError(f"unknown model options in checkpoint: {sorted(unknown)}")
         return cls(**d)
 
     def replace(self, **changes) -> "ModelConfig":
@@ -399,8 +400,8 @@ def config_from_flags(flags: dict, base: ModelConfig | None = None,
     if base is None:
         missing = [s for s in STAGES if s not in given]
         if missing:
-            raise ValueError("these flags are required (or use a checkpoint written by this toolkit): "
-                             + " ".join(f"--{s} {{{','.join(STAGES[s])}}}" for s in missing))
+            raise UserError("these flags are required (or use a checkpoint written by this toolkit): "
+                            + " ".join(f"--{s} {{{','.join(STAGES[s])}}}" for s in missing))
         return ModelConfig(**{**ARCHITECTURE_DEFAULTS, **given})
 
     conflicts = []

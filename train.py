@@ -34,6 +34,7 @@ import torch.distributed as dist
 
 from checkpoint import load_model, load_state, read_training_state, save_checkpoint, unwrap
 from dataset import BatchBalancedDataset, DataConfig, TrainDataConfig, hierarchical_dataset
+from errors import UserError
 from evaluation import make_eval_loader, validation
 from fileio import FolderLock, atomic_write
 from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args, model_flags
@@ -111,7 +112,7 @@ def freeze_stages(model, stages: str, log) -> None:
     names = [s for s in stages.split("-") if s]
     unknown = [s for s in names if s not in STAGES]
     if unknown:
-        raise ValueError(f"--freeze {stages!r}: {unknown} are not stages; use '-'-separated names of {list(STAGES)}")
+        raise UsageError(f"--freeze {stages!r}: {unknown} are not stages; use '-'-separated names of {list(STAGES)}")
     model.freeze(names)
     if names:
         log(f"frozen stages: {', '.join(names)}")
@@ -162,10 +163,10 @@ def check_schedule(opt, saved: dict | None, path: Path) -> None:
     if saved is None or saved == now:
         return
     flags = " ".join(f"--{k} {v}" for k, v in saved.items())
-    raise ValueError(f"{path} was trained with {flags}; resuming with "
-                     f"{' '.join(f'--{k} {v}' for k, v in now.items())} would change its learning-rate curve "
-                     f"mid-run. Resume with {flags}, or start a new run from its weights with "
-                     f"--saved_model {path} (a fresh optimizer and schedule)")
+    raise UserError(f"{path} was trained with {flags}; resuming with "
+                    f"{' '.join(f'--{k} {v}' for k, v in now.items())} would change its learning-rate curve "
+                    f"mid-run. Resume with {flags}, or start a new run from its weights with "
+                    f"--saved_model {path} (a fresh optimizer and schedule)")
 
 
 def write_options(opt, config: ModelConfig, exp_dir: Path, extra: dict) -> str:

@@ -11,6 +11,7 @@ import string
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from errors import UserError
 from runtime import UsageError
 
 if TYPE_CHECKING:
@@ -42,13 +43,13 @@ def load_character(value: str) -> str:
     else:
         chars = value
     if not chars:
-        raise ValueError("the character set is empty: pass --character with the characters "
-                         "(or a file of them) the model should read")
+        raise UserError("the character set is empty: pass --character with the characters "
+                        "(or a file of them) the model should read")
     seen: set[str] = set()
     duplicates = sorted({c for c in chars if c in seen or seen.add(c)})
     if duplicates:
-        raise ValueError(f"the character set repeats {''.join(duplicates)!r}: every character must appear once, "
-                         "because its position is its class index")
+        raise UserError(f"the character set repeats {''.join(duplicates)!r}: every character must appear once, "
+                        "because its position is its class index")
     return chars
 
 
@@ -82,8 +83,8 @@ class CTCLabelConverter:
         try:
             return [self.dict[char] for char in t]
         except KeyError as e:
-            raise ValueError(f"label {t!r} has the character {e.args[0]!r}, which is not in the character set; "
-                             "add it with --character, or leave data filtering on") from None
+            raise UserError(f"label {t!r} has the character {e.args[0]!r}, which is not in the character set; "
+                            "add it with --character, or leave data filtering on") from None
 
     def decode(self, text_index: torch.Tensor, length) -> list[str]:
         """Greedy CTC collapse of the first ``length[b]`` frames of row b: merge repeats, drop blanks."""
@@ -183,8 +184,8 @@ def edit_distance(a: str, b: str) -> int:
 
 def _check_length(label: str, batch_max_length: int) -> None:
     if len(label) > batch_max_length:
-        raise ValueError(f"label {label!r} has {len(label)} characters, more than --batch_max_length "
-                         f"{batch_max_length}; raise --batch_max_length or leave data filtering on")
+        raise UserError(f"label {label!r} has {len(label)} characters, more than --batch_max_length "
+                        f"{batch_max_length}; raise --batch_max_length or leave data filtering on")
 
 
 CONVERTERS = {"CTC": CTCLabelConverter, "Attn": AttnLabelConverter, "PARSeq": PARSeqLabelConverter}
