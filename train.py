@@ -100,19 +100,29 @@ def build_config_and_model(opt, log):
     """The model to train: fresh, continued from --saved_model, or fine-tuned (--FT) to a new charset."""
     if not opt.saved_model:
         config = config_from_args(opt)
-        return config, build_model(config), None
+        model = build_model(config)
+        freeze_stages(model, opt.freeze, log)  # a fresh model's stages too: the flag is never ignored
+        return config, model, None
     log(f"loading pretrained model from {opt.saved_model}")
     loaded = load_model(opt.saved_model, model_flags(opt), "cpu", fine_tune=opt.FT, log=log, allow_onnx=False)
     freeze_stages(loaded.model, opt.freeze, log)
     return loaded.config, loaded.model, loaded.source
 
 
-def freeze_stages(model, stages: str, log) -> None:
-    """Keep the named stages fixed: no gradients, and always in eval mode (BatchNorm keeps its statistics)."""
+def frozen_stages(stages: str) -> list[str]:
+    """--freeze → the stage names; a name that is not a stage is a UsageError (exit 2), checked at the door."""
     names = [s for s in stages.split("-") if s]
     unknown = [s for s in names if s not in STAGES]
     if unknown:
         raise UsageError(f"--freeze {stages!r}: {unknown} are not stages; use '-'-separated names of {list(STAGES)}")
+    if set(names) >= set(STAGES):
+        raise UsageError(f"--freeze {stages!r} names every stage: nothing would train; leave at least one out")
+    return names
+
+
+def freeze_stages(model, stages: str, log) -> None:
+    """Keep the named stages fixed: no gradients, and always in eval mode (BatchNorm keeps its statistics)."""
+    names = frozen_stages(stages)
     model.freeze(names)
     if names:
         log(f"frozen stages: {', '.join(names)}")
@@ -659,6 +669,7 @@ def broadcast_plan(plan: BudgetPlan, run: TrainRun) -> BudgetPlan:
 def train(opt) -> dict:
     """A training run, top to bottom: set-up, model, data, optimizer, resume, the loop."""
     check_training_arguments(opt)
+    frozen_stages(opt.freeze)
     rank, world_size, device = setup_distributed(opt)
     dtype = check_device_options(opt, device)
     seed_everything(opt.manualSeed)

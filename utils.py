@@ -21,8 +21,16 @@ DEFAULT_CHARACTER = "0123456789abcdefghijklmnopqrstuvwxyz"
 SENSITIVE_CHARACTER = string.printable[:-6]  # the reference's --sensitive set (94 characters)
 
 
+def looks_like_a_path(value: str) -> bool:
+    """The rule that tells a missing ``--character`` file from a set of characters: it ends in .txt, or the
+    part before its last separator is an existing folder (``charsets/latin.txt``, ``data/chars``)."""
+    folder = os.path.dirname(value)
+    return value.lower().endswith(".txt") or (bool(folder) and os.path.isdir(folder))
+
+
 def load_character(value: str) -> str:
-    """``--character`` is either the set itself or a path to a UTF-8 file holding it.
+    """``--character`` is either the set itself or a path to a UTF-8 file holding it (see ``looks_like_a_path``
+    for a path that does not exist).
 
     The file holds one character per line, or the whole set on one line. Lines are taken
     verbatim (only the newline is removed), so a line holding a single space is the space.
@@ -40,6 +48,10 @@ def load_character(value: str) -> str:
             lines.pop()
         # One character per line and the whole set on one line both come down to joining the lines.
         chars = "".join(line.rstrip("\r") for line in lines)
+    elif looks_like_a_path(value):
+        raise UsageError(f"--character {value}: no such file. A value ending in .txt, or whose part before the "
+                         "last '/' is an existing folder, is read as a file of characters; give an existing file "
+                         "(or, for a set of characters that looks like a path, write it to a file and give that)")
     else:
         chars = value
     if not chars:
