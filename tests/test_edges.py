@@ -157,3 +157,160 @@ def test_quickstart_model_folder_is_claimed_only_if_ours(tmp_path):
     (folder / "best_accuracy.pth").write_bytes(b"the quickstart's model")
     assert quickstart_settings("claim", "saved_models/quickstart", cwd=tmp_path).returncode == 0
     assert [p.name for p in folder.iterdir()] == ["quickstart.json"]
+
+
+# --- 2. the study's records and folders -------------------------------------------------------
+
+def study_exit(argv: list[str], capsys) -> tuple[int, str]:
+    import study
+
+    with pytest.raises(SystemExit) as info:
+        study.main(argv)
+    return info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--models", "XYZ-*", "--profile_only"], "'XYZ-*' names no combination"),
+    (["--checkpoints", "empty", "--eval_data", "."], "--checkpoints empty holds no .pth file"),
+    (["--checkpoints", "nothere", "--eval_data", "."], "--checkpoints nothere is not a folder"),
+    (["--profile_only", "--eval_data", "nothere", "--checkpoints", "x"], "--profile_only and --checkpoints"),
+    (["--models", "None-VGG-None-CTC", "--eval_data", "nothere", "--train_data", "t", "--valid_data", "v"],
+     "--eval_data nothere"),
+    (["--profile_only", "--gpus_per_cell", "-1"], "--gpus_per_cell must be 0 or more, got -1"),
+    (["--profile_only", "--device", "cpu", "--gpus_per_cell", "2"], "--gpus_per_cell 2: only 0 GPU(s)"),
+    (["--profile_only", "--gpus_per_node", "-2"], "--gpus_per_node must be 0 or more"),
+])
+def test_a_study_that_never_starts_leaves_no_folder(tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.chdir(tmp_path)
+    Path("empty").mkdir()
+    code, err = study_exit(["--name", "never", *extra], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not Path("studies").exists() and not Path("saved_models").exists()
+
+
+def test_launcher_slurm_without_slurm_is_refused(tmp_path, monkeypatch, capsys):
+    """submitit's AutoExecutor would fall back to running every cell here at once."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
+    code, err = study_exit(["--name", "cluster", "--profile_only", "--launcher", "slurm"], capsys)
+    assert code == 2 and "--launcher slurm: Slurm is not installed here (no sbatch" in err
+    assert not Path("studies").exists()
+
+
+@pytest.mark.parametrize("content, what", [('{"protocol": {"mode": "profile_only", "mod', "JSONDecodeError"),
+                                           ("[1, 2]", "TypeError"), ('{"protocol": {"mode": "train"}}', "no models"),
+                                           ('{"command": []}', "no protocol"), (b"\xff\xfe{", "UnicodeDecodeError")])
+def test_a_damaged_protocol_json_is_named(tmp_path, monkeypatch, capsys, content, what):
+    monkeypatch.chdir(tmp_path)
+    path = Path("studies", "damaged", "protocol.json")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    for extra in ([], ["--report_only"]):
+        code, err = study_exit(["--name", "damaged", "--profile_only", "--models", "None-VGG-None-CTC", *extra], capsys)
+        assert code == 1 and f"{path} is damaged ({what}" in err and err.count("\n") == 1, err
+    assert path.read_bytes() == (content if isinstance(content, bytes) else content.encode())
+
+
+def test_checkpoints_with_models_all_takes_every_file_transformers_too(tmp_path):
+    import study
+
+    folder = tmp_path / "published"
+    folder.mkdir()
+    for name in ("None-ViT-None-PARSeq", "None-VGG-BiLSTM-CTC", "TPS-ResNet-BiLSTM-Attn-case-sensitive"):
+        (folder / f"{name}.pth").write_bytes(b"")
+    found = study.find_checkpoints(str(folder))
+    chosen = study.resolve_models("all", [f["combination"] for f in found.values()])
+    assert chosen == ["None-VGG-BiLSTM-CTC", "TPS-ResNet-BiLSTM-Attn", "None-ViT-None-PARSeq"]
+    assert len(study.resolve_models("all")) == 24  # training: the paper's 24, as documented
+
+
+# --- 4. flags whose values name things --------------------------------------------------------
+
+TRAIN_STAGES = ["--Transformation", "None", "--FeatureExtraction", "VGG", "--SequenceModeling", "None",
+                "--Prediction", "CTC"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--freeze", "FeatureExtractor"], "--freeze 'FeatureExtractor': ['FeatureExtractor'] are not stages"),
+    (["--freeze", "Transformation-FeatureExtraction-SequenceModeling-Prediction"], "names every stage"),
+    (["--character", "charsets/latin.txt"], "--character charsets/latin.txt: no such file"),
+    (["--character", "nothere.TXT"], "--character nothere.TXT: no such file"),
+    (["--character", "data/chars"], "--character data/chars: no such file"),
+])
+def test_a_flag_naming_a_missing_thing_exits_2_naming_flag_and_value(flags, message, tmp_path, monkeypatch, capsys):
+    """Before any data is read (the data folders do not exist) and with or without --saved_model."""
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(SystemExit) as info:
+        train.main(["--train_data", "missing/train", "--valid_data", "missing/valid", *TRAIN_STAGES, "--exp_name",
+                    "x", *flags])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "saved_models").exists()
+
+
+def test_a_character_set_that_is_not_a_path_is_still_the_set(tmp_path, monkeypatch):
+    """Literal sets with '/' or '.' stay literal unless they look like a path (see utils.looks_like_a_path)."""
+    from utils import SENSITIVE_CHARACTER, load_character
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "set.txt").write_text("abc\n", encoding="utf-8")
+    assert load_character("set.txt") == "abc"
+    for literal in ("0123456789/-.", "ab/cd", SENSITIVE_CHARACTER, "abc.tx"):
+        assert load_character(literal) == literal
+
+
+def test_freeze_without_saved_model_freezes_the_fresh_model():
+    import train
+
+    opt = train.parse_args(["--train_data", "t", "--valid_data", "v", *TRAIN_STAGES, "--output_channel", "32",
+                            "--hidden_size", "32", "--freeze", "FeatureExtraction"])
+    _, model, _ = train.build_config_and_model(opt, lambda message: None)
+    assert model.frozen == ("FeatureExtraction",)
+    assert not any(p.requires_grad for p in model.FeatureExtraction.parameters())
+    assert all(p.requires_grad for p in model.Prediction.parameters())
+
+
+# --- 5. the toolkit's own caches ---------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", [b"", b"\x08\x07garbage", None])
+def test_a_damaged_onnx_cache_file_is_rebuilt_not_blamed_on_the_user(damage, tmp_path, monkeypatch):
+    from checkpoint import load_model_for_runtime, onnx_cache_path
+    from helpers import save_tiny_checkpoint
+
+    monkeypatch.setenv("STR_CACHE_DIR", str(tmp_path / "cache"))
+    saved = save_tiny_checkpoint(tmp_path / "tiny.pth")
+    load_model_for_runtime(saved, {}, "cpu", "onnx")
+    cached = onnx_cache_path(saved, {})
+    good = cached.read_bytes()
+    cached.write_bytes(good[:len(good) // 2] if damage is None else damage)  # None: cut short
+    messages = []
+    loaded = load_model_for_runtime(saved, {}, "cpu", "onnx", log=messages.append)
+    assert any(f"the --runtime onnx cache file {cached} is damaged" in m and "exporting it again" in m
+               for m in messages)
+    assert loaded.config.name == "None-VGG-None-CTC" and cached.stat().st_size == len(good)
+
+
+@pytest.mark.parametrize("variable", ["STR_CACHE_DIR", "STR_TOOLKIT_CACHE"])
+def test_a_cache_root_that_cannot_be_made_is_named_before_the_export(variable, tmp_path, monkeypatch):
+    import onnx_model
+    from checkpoint import load_model_for_runtime
+    from helpers import save_tiny_checkpoint
+
+    saved = save_tiny_checkpoint(tmp_path / "tiny.pth")
+    (tmp_path / "a_file").write_text("not a folder\n")
+    monkeypatch.delenv("STR_CACHE_DIR", raising=False)
+    monkeypatch.setenv(variable, str(tmp_path / "a_file"))
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported before the cache folder was checked")
+
+    monkeypatch.setattr(onnx_model, "export_onnx", no_export)
+    with pytest.raises(UserError) as info:
+        load_model_for_runtime(saved, {}, "cpu", "onnx")
+    message = str(info.value)
+    assert f"cache folder {tmp_path / 'a_file' / 'onnx'} cannot be made" in message
+    assert f"${variable} is {tmp_path / 'a_file'}" in message and "set STR_CACHE_DIR" in message
+    assert (tmp_path / "a_file").read_text() == "not a folder\n"
