@@ -32,6 +32,22 @@ def cache_root() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "str_toolkit"
 
 
+def cache_folder(name: str) -> Path:
+    """``cache_root()/name``, made if need be, before the work that fills it: a UserError naming the folder
+    and the variable that chose it where it cannot be made or written (``$STR_CACHE_DIR`` naming a file)."""
+    folder = cache_root() / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        check_output_folder(folder, "the toolkit's cache")
+    except (OSError, OutputPathError) as e:
+        variable = next((v for v in ("STR_CACHE_DIR", "STR_TOOLKIT_CACHE") if os.environ.get(v)), None)
+        chosen = f"${variable} is {os.environ[variable]}" if variable else "it is the default, ~/.cache/str_toolkit"
+        raise UserError(f"the toolkit's cache folder {folder} cannot be made or written "
+                        f"({getattr(e, 'strerror', None) or e}; {chosen}): set STR_CACHE_DIR to a folder you "
+                        "can write") from None
+    return folder
+
+
 def disk_errno(error: BaseException | None) -> int | None:
     """The errno in ``DISK_ERRNOS`` of ``error`` or of an error it was raised from or while handling,
     else None. torch.save reports a failed write as a RuntimeError raised during the OSError, and
