@@ -314,3 +314,11 @@ def test_a_cache_root_that_cannot_be_made_is_named_before_the_export(variable, t
     assert f"cache folder {tmp_path / 'a_file' / 'onnx'} cannot be made" in message
     assert f"${variable} is {tmp_path / 'a_file'}" in message and "set STR_CACHE_DIR" in message
     assert (tmp_path / "a_file").read_text() == "not a folder\n"
+
+
+def test_docs_failures_names_only_tests_of_this_file():
+    text = (ROOT / "docs" / "failures.md").read_text(encoding="utf-8").split("(`tests/test_edges.py::`)", 1)[1]
+    import re
+
+    named = set(re.findall(r"`(test_\w+)`", text))
+    assert named and named <= {n for n in globals() if n.startswith("test_")}
