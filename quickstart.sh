@@ -10,9 +10,9 @@
 #   AMP=off bash quickstart.sh               # fp32 even where the CPU computes bf16
 #
 # Everything it writes goes under $OUT (default quickstart_out/) and saved_models/quickstart/. It never
-# deletes what it did not write: $OUT/data and saved_models/quickstart/ hold a quickstart.json record, a
-# second run reuses $OUT/data when its settings match and regenerates it when they do not, and a folder
-# without the record (the user's files) is refused, never removed. The settings are checked first
+# deletes what it did not write: $OUT/data, $OUT/demo_images and saved_models/quickstart/ hold a
+# quickstart.json record, a second run reuses $OUT/data when its settings match and regenerates it when
+# they do not, and a folder without the record (the user's files) is refused, never removed. The settings are checked first
 # (scripts/quickstart_settings.py): a bad one is one line naming it, exit 2, before the install.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -86,6 +86,7 @@ if [ "$real_found" = 0 ]; then
 fi
 
 echo "== 6/6 read a handful of held-out images with demo.py"
+$SETTINGS claim "$OUT/demo_images"
 $PY scripts/export_images.py --lmdb "$OUT/data/evaluation/synth_heldout_fonts" --output "$OUT/demo_images" --count 8
 $PY demo.py --image_folder "$OUT/demo_images" --saved_model saved_models/quickstart/best_accuracy.pth --workers 0
 echo "labels of those images: $OUT/demo_images/gt.txt"

@@ -125,10 +125,10 @@ def write_record(folder: Path, **fields) -> None:
 
 
 def claim(folder: Path) -> None:
-    """``folder`` empty and the quickstart's (recorded before anything is written): an earlier quickstart's
-    run there is removed; a NotOursError if it holds files of someone else."""
+    """``folder`` empty and the quickstart's (recorded before anything is written): what an earlier quickstart
+    wrote there is removed; a NotOursError if it holds files of someone else."""
     if not is_ours(folder):
-        raise refuse(folder, "is where the quickstart trains its model")
+        raise refuse(folder, "is where the quickstart writes")
     if folder.is_dir():
         shutil.rmtree(folder)
     write_record(folder, written_by="quickstart.sh")
@@ -150,7 +150,8 @@ def main(argv: list[str]) -> int:
             claim(Path(argv[1]))
         elif argv == ["check"]:  # the folders too, before the install: a refusal then costs nothing
             for folder, what in ((data, "would be overwritten by the synthetic data"),
-                                 (MODEL_FOLDER, "is where the quickstart trains its model")):
+                                 (MODEL_FOLDER, "is where the quickstart trains its model"),
+                                 (data.parent / "demo_images", "is where the quickstart writes demo images")):
                 if not is_ours(folder):
                     raise refuse(folder, what)
         else:

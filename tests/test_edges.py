@@ -157,6 +157,12 @@ def test_quickstart_model_folder_is_claimed_only_if_ours(tmp_path):
     (folder / "best_accuracy.pth").write_bytes(b"the quickstart's model")
     assert quickstart_settings("claim", "saved_models/quickstart", cwd=tmp_path).returncode == 0
     assert [p.name for p in folder.iterdir()] == ["quickstart.json"]
+    demo = tmp_path / "out" / "demo_images"
+    demo.mkdir(parents=True)
+    (demo / "gt.txt").write_text("the user's labels\n")
+    assert quickstart_settings("check", cwd=tmp_path, OUT="out").returncode == 1
+    assert quickstart_settings("claim", "out/demo_images", cwd=tmp_path).returncode == 1
+    assert (demo / "gt.txt").read_text() == "the user's labels\n"
 
 
 # --- 2. the study's records and folders -------------------------------------------------------
