@@ -22,10 +22,11 @@ from typing import Callable
 import torch
 
 import plugins
+from errors import UserError
 from model import (STAGES, Model, ModelConfig, build_model, config_from_flags, config_from_name,
                    stage_widths)
 from modules.registry import KINDS, combination_stages, head
-from fileio import atomic_write, cache_root
+from fileio import atomic_write, cache_folder
 from pretrained import REGISTRY, resolve_saved_model
 from runtime import UsageError
 
@@ -33,7 +34,7 @@ FORMAT = "str-toolkit"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used as asked; the message says why and what to do."""
 
 
@@ -359,12 +360,16 @@ def load_model_for_runtime(saved_model: str | os.PathLike, flags: dict | None, d
         return load_model(saved_model, flags, device, log=log, amp=amp)
     if amp != "off":
         raise UsageError(f"--runtime onnx runs the model in fp32; --amp {amp} applies to --runtime torch")
-    cached = onnx_cache_path(saved_model, flags)
-    if not cached.exists():
-        from onnx_model import export_onnx
+    from onnx_model import OnnxModelError, export_onnx
 
-        log(f"exporting {saved_model} to ONNX once: {cached}")
-        export_onnx(load_model(saved_model, flags, "cpu", log=log, allow_onnx=False).model, cached)
+    cached = onnx_cache_path(saved_model, flags)
+    if cached.exists():
+        try:
+            return load_onnx_model(cached, flags, device, False, log)
+        except OnnxModelError as e:  # the toolkit's own file, not the user's: rebuilt, not reported
+            log(f"the --runtime onnx cache file {cached} is damaged ({e}); exporting it again")
+    log(f"exporting {saved_model} to ONNX once: {cached}")
+    export_onnx(load_model(saved_model, flags, "cpu", log=log, allow_onnx=False).model, cached)
     return load_onnx_model(cached, flags, device, False, log)
 
 
@@ -381,7 +386,7 @@ def onnx_cache_path(saved_model: str | os.PathLike, flags: dict) -> Path:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     digest.update(json.dumps([flags, ONNX_VERSION, DEFAULT_OPSET], sort_keys=True, default=str).encode())
-    return cache_root() / "onnx" / f"{path.stem}-{digest.hexdigest()[:16]}.onnx"
+    return cache_folder("onnx") / f"{path.stem}-{digest.hexdigest()[:16]}.onnx"  # checked before the export
 
 
 def trained_config(ckpt: dict, registered: dict | None, named: bool, path: Path, flags: dict, log

@@ -17,6 +17,7 @@ from typing import Iterator
 import fire
 
 from dataset import GtSample, image_problem, parse_gt_file
+from errors import UserError
 from fileio import NotRegularFileError, read_regular_file, special_kind
 from lmdb_store import LmdbWriter, check_output_path
 from runtime import run_cli
@@ -65,8 +66,8 @@ def write_dataset(output_path: Path, samples: list[GtSample], input_path: Path, 
                 print(f"Written {count} / {len(samples)}")
         if writer.count == 0:
             # Raising inside the writer leaves num-samples unwritten: never a usable empty dataset.
-            raise ValueError(f"no valid image among the {len(samples)} samples; nothing usable was "
-                             f"written to {output_path} (see {error_log}).")
+            raise UserError(f"no valid image among the {len(samples)} samples; nothing usable was "
+                            f"written to {output_path} (see {error_log}).")
     return writer.count, image_problems
 
 
@@ -85,13 +86,13 @@ def createDataset(inputPath: str, gtFile: str, outputPath: str, checkValid: bool
     if not gt_file.exists():
         raise FileNotFoundError(f"gtFile {gt_file} does not exist; it must list 'image/path<TAB>label' lines.")
     if special_kind(gt_file) is not None:
-        raise ValueError(f"gtFile {gt_file} is {special_kind(gt_file)}, not a regular file; give the gt.txt file.")
+        raise UserError(f"gtFile {gt_file} is {special_kind(gt_file)}, not a regular file; give the gt.txt file.")
     check_output_path(output_path, overwrite, "outputPath")
     samples, gt_problems = parse_gt_file(gt_file)
     for lineno, line, reason in gt_problems:
         print(f"{gt_file} line {lineno}: {reason}: {line!r}")
     if not samples:
-        raise ValueError(f"{gt_file} holds no 'image/path<TAB>label' line; nothing to write.")
+        raise UserError(f"{gt_file} holds no 'image/path<TAB>label' line; nothing to write.")
 
     if strict:
         image_problems = [f"line {lineno}: {path} {problem}" for lineno, path, _, _, problem
@@ -99,8 +100,8 @@ def createDataset(inputPath: str, gtFile: str, outputPath: str, checkValid: bool
         for message in image_problems:
             print(message)
         if gt_problems or image_problems:
-            raise ValueError(f"--strict: {len(gt_problems)} malformed gt lines and {len(image_problems)} "
-                             f"missing or corrupt images; nothing was written to {output_path}.")
+            raise UserError(f"--strict: {len(gt_problems)} malformed gt lines and {len(image_problems)} "
+                            f"missing or corrupt images; nothing was written to {output_path}.")
 
     count, image_problems = write_dataset(output_path, samples, input_path, checkValid, overwrite)
     print(f"Created dataset with {count} samples")

@@ -32,6 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import synth
+from errors import UserError
 from fileio import check_output_folder
 from lmdb_store import DatasetExistsError, LmdbWriter, lmdb_is_dataset
 from runtime import run_cli
@@ -60,8 +61,8 @@ def make_generator(opt: argparse.Namespace, character: str, font_split: str) -> 
     fonts = synth.discover_fonts(character, tuple(synth.DEFAULT_FONT_DIRS) + tuple(opt.font_dir))
     chosen = synth.split_fonts(fonts, font_split)
     if not chosen:
-        raise ValueError(f"no {font_split!r} fonts can render {character!r}: run scripts/install_fonts.sh as root, "
-                         "or pass --font_dir with fonts that cover the character set")
+        raise UserError(f"no {font_split!r} fonts can render {character!r}: run scripts/install_fonts.sh as root, "
+                        "or pass --font_dir with fonts that cover the character set")
     texts = synth.TextSource(character, opt.batch_max_length, min_len=opt.min_len, max_len=opt.max_len)
     return synth.SynthGenerator(chosen, texts, opt.imgH, opt.image_format)
 

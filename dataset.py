@@ -26,6 +26,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from augment import make_augment, sample_rng
+from errors import UserError
 from fileio import atomic_write, cache_root, special_kind
 from modules.registry import combination_stages
 from runtime import UsageError
@@ -79,7 +80,7 @@ def parse_gt_file(path: str | os.PathLike) -> tuple[list[GtSample], list[GtProbl
     path = Path(path)
     data = path.read_bytes()
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise ValueError(f"{path} is UTF-16 text; re-save it as UTF-8.")
+        raise UserError(f"{path} is UTF-16 text; re-save it as UTF-8.")
     data = data.removeprefix(codecs.BOM_UTF8)  # a BOM from Windows editors
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
@@ -157,8 +158,8 @@ class TrainDataConfig:
 
     def __post_init__(self):
         if len(self.select_data) != len(self.batch_ratio):
-            raise ValueError(f"--select_data {list(self.select_data)} and --batch_ratio {list(self.batch_ratio)} "
-                             "must have the same number of entries (e.g. --select_data MJ-ST --batch_ratio 0.5-0.5).")
+            raise UserError(f"--select_data {list(self.select_data)} and --batch_ratio {list(self.batch_ratio)} "
+                            "must have the same number of entries (e.g. --select_data MJ-ST --batch_ratio 0.5-0.5).")
 
 
 # --- labels -------------------------------------------------------------------------------
@@ -256,7 +257,7 @@ class LabelFilter:
     def check_not_empty(self, stats: FilterStats, source: str) -> None:
         if stats.kept or not stats.total:
             return
-        raise ValueError(
+        raise UserError(
             f"every sample of {source} was filtered out: {stats.too_long} labels longer than "
             f"--batch_max_length {self.batch_max_length}, {stats.out_of_charset} with characters "
             f"outside the set {self.character!r} (sensitive={self.sensitive}), {stats.bad_label} "
@@ -297,9 +298,9 @@ def open_lmdb(root: str | os.PathLike, recheck: bool = False) -> lmdb.Environmen
             f"{root} is not an LMDB dataset (no data.mdb). Create one with create_lmdb_dataset.py, "
             "or point at a folder holding LMDB folders or a gt.txt.") from None
     if st.st_size == 0:
-        raise ValueError(f"{root} is not an LMDB dataset: its data.mdb is empty (0 bytes), as an interrupted "
-                         "or failed write leaves it. Re-create it with create_lmdb_dataset.py ... --overwrite, "
-                         "or remove the folder.")
+        raise UserError(f"{root} is not an LMDB dataset: its data.mdb is empty (0 bytes), as an interrupted "
+                        "or failed write leaves it. Re-create it with create_lmdb_dataset.py ... --overwrite, "
+                        "or remove the folder.")
     if cached is not None:
         if cached[1] == st.st_ino:
             return cached[0]
@@ -307,8 +308,8 @@ def open_lmdb(root: str | os.PathLike, recheck: bool = False) -> lmdb.Environmen
     try:
         env = lmdb.open(key, max_readers=32, readonly=True, lock=False, readahead=False, meminit=False)
     except lmdb.Error as e:
-        raise ValueError(f"{root} is not a readable LMDB dataset ({type(e).__name__}: {e}). Re-create it with "
-                         "create_lmdb_dataset.py ... --overwrite.") from None
+        raise UserError(f"{root} is not a readable LMDB dataset ({type(e).__name__}: {e}). Re-create it with "
+                        "create_lmdb_dataset.py ... --overwrite.") from None
     _ENVS[key] = (env, st.st_ino)
     return env
 
@@ -316,7 +317,7 @@ def open_lmdb(root: str | os.PathLike, recheck: bool = False) -> lmdb.Environmen
 def read_num_samples(txn: lmdb.Transaction, root: str | os.PathLike) -> int:
     value = txn.get(b"num-samples")
     if value is None:
-        raise ValueError(
+        raise UserError(
             f"{root} has no 'num-samples' key: the LMDB is incomplete (was create_lmdb_dataset.py "
             "interrupted?). Re-create it: python create_lmdb_dataset.py <inputPath> <gtFile> "
             f"{root} --overwrite")
@@ -555,7 +556,7 @@ class InfiniteBatchSampler(Sampler[list[int]]):
     def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                  start: int = 0, with_positions: bool = False):
         if n <= 0:
-            raise ValueError(f"cannot sample batches from an empty dataset (n={n}).")
+            raise UserError(f"cannot sample batches from an empty dataset (n={n}).")
         if batch_size <= 0 or not 0 <= rank < world_size or start < 0:
             raise ValueError(f"bad sampler arguments: batch_size={batch_size}, rank={rank}, "
                              f"world_size={world_size}, start={start}.")
@@ -638,7 +639,7 @@ class BatchBalancedDataset:
             total = len(dataset)
             used = int(total * ratio)  # the first samples, as the reference (#15 in docs/differences.md)
             if used == 0:
-                raise ValueError(f"--total_data_usage_ratio {ratio} leaves no sample of {name} ({total} in all).")
+                raise UserError(f"--total_data_usage_ratio {ratio} leaves no sample of {name} ({total} in all).")
             log(f"num total samples of {name}: {total} x {ratio} (total_data_usage_ratio) = {used}\n"
                 f"num samples of {name} per batch: {data.batch_size} x {share} (batch_ratio) = {batch}")
             self.datasets.append(Subset(dataset, range(used)))
@@ -807,7 +808,7 @@ def list_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
             found = [os.path.join(dirpath, name) for dirpath, _, names in os.walk(path)
                      for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
             if not found:
-                raise ValueError(f"no image ({', '.join(IMAGE_EXTENSIONS)}) found in {path}.")
+                raise UserError(f"no image ({', '.join(IMAGE_EXTENSIONS)}) found in {path}.")
             files += natsorted(found)
         elif os.path.lexists(path):
             files.append(path)
@@ -815,7 +816,7 @@ def list_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
             raise FileNotFoundError(f"{path} does not exist.")
     files = [path for path in files if regular_or_reported(path)]
     if not files:
-        raise ValueError("no image paths given." if not paths else "none of the given paths is a readable image file.")
+        raise UserError("no image paths given." if not paths else "none of the given paths is a readable image file.")
     return files
 
 

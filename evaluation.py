@@ -14,6 +14,7 @@ import torch
 
 from dataset import AlignCollate, DataConfig
 from decoding import DecodeOptions, decode
+from errors import UserError
 from model import ModelConfig, sequence_loss
 from utils import Averager, edit_distance
 
@@ -122,8 +123,8 @@ def validation(model, loader, converter, config: ModelConfig, device,
             result.labels, result.preds, result.confidences = list(labels), preds_str, confidences
 
     if length_of_data == 0:
-        raise ValueError("the evaluation data produced no samples (all filtered or unreadable); see the "
-                         "per-dataset counts above")
+        raise UserError("the evaluation data produced no samples (all filtered or unreadable); see the "
+                        "per-dataset counts above")
     result.loss = loss_avg.val() if loss_avg.n_count else float("nan")
     result.accuracy = n_correct / length_of_data * 100
     result.norm_ED = norm_ED / length_of_data

@@ -40,6 +40,7 @@ import yaml
 
 import plugins
 from checkpoint import atomic_save, export_reference, load_model, to_reference_state_dict
+from errors import UserError
 from model import Model, ModelConfig, add_model_arguments, model_flags
 from modules.feature_extraction import VGG_FeatureExtractor
 from modules.sequence_modeling import BidirectionalLSTM
@@ -106,8 +107,8 @@ def check_easyocr_compatible(config: ModelConfig) -> None:
     if config.input_channel != 1:
         problems.append(f"it reads {config.input_channel}-channel images; EasyOCR feeds grey (input_channel 1)")
     if problems:
-        raise ValueError("cannot export to EasyOCR: " + "; ".join(problems)
-                         + ". Use --format reference for the deep-text-recognition-benchmark layout instead.")
+        raise UserError("cannot export to EasyOCR: " + "; ".join(problems)
+                        + ". Use --format reference for the deep-text-recognition-benchmark layout instead.")
 
 
 def easyocr_yaml(config: ModelConfig) -> dict:
@@ -153,7 +154,7 @@ def export_onnx_file(model: Model, opt) -> Path:
         int8.unlink(missing_ok=True)
 
 
-class Int8DropError(ValueError):
+class Int8DropError(UserError):
     """The int8 file reads worse than fp32 by more than --max_drop: exit status 1, no file written."""
 
 

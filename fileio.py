@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
+from errors import UserError
+
 # Errors of a write that more space (or a working disk) would fix.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EIO, errno.EDQUOT})
 
@@ -28,6 +30,22 @@ def cache_root() -> Path:
     """
     root = os.environ.get("STR_CACHE_DIR") or os.environ.get("STR_TOOLKIT_CACHE")
     return Path(root) if root else Path.home() / ".cache" / "str_toolkit"
+
+
+def cache_folder(name: str) -> Path:
+    """``cache_root()/name``, made if need be, before the work that fills it: a UserError naming the folder
+    and the variable that chose it where it cannot be made or written (``$STR_CACHE_DIR`` naming a file)."""
+    folder = cache_root() / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        check_output_folder(folder, "the toolkit's cache")
+    except (OSError, OutputPathError) as e:
+        variable = next((v for v in ("STR_CACHE_DIR", "STR_TOOLKIT_CACHE") if os.environ.get(v)), None)
+        chosen = f"${variable} is {os.environ[variable]}" if variable else "it is the default, ~/.cache/str_toolkit"
+        raise UserError(f"the toolkit's cache folder {folder} cannot be made or written "
+                        f"({getattr(e, 'strerror', None) or e}; {chosen}): set STR_CACHE_DIR to a folder you "
+                        "can write") from None
+    return folder
 
 
 def disk_errno(error: BaseException | None) -> int | None:
@@ -210,7 +228,7 @@ SPECIAL_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe
                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
-class NotRegularFileError(ValueError):
+class NotRegularFileError(UserError):
     """An input path that is a FIFO, device, socket or folder: reading it could block or never end."""
 
     def __init__(self, path: str | os.PathLike, kind: str):
@@ -218,7 +236,7 @@ class NotRegularFileError(ValueError):
         super().__init__(f"{path} is {kind}, not a regular file; skipped without reading it")
 
 
-class OutputPathError(ValueError):
+class OutputPathError(UserError):
     """An output that cannot be written where asked (a folder for a file, under a file, onto an input)."""
 
 

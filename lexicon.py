@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from errors import UserError
+
 
 class Trie:
     """Prefix tree over strings, built lazily over the sorted list of its words.
@@ -160,8 +162,8 @@ def build_lexicon(words, character: str, ignore_case: bool, source: Path | None 
             kept[key] = word
     where = f" {source}" if source else ""
     if not kept:
-        raise ValueError(f"--lexicon{where}: none of its {len(dropped)} word(s) can be written with the model's "
-                         f"character set ({character!r}); give a word list in the model's characters")
+        raise UserError(f"--lexicon{where}: none of its {len(dropped)} word(s) can be written with the model's "
+                        f"character set ({character!r}); give a word list in the model's characters")
     return Lexicon(list(kept.values()), ignore_case, Trie(list(kept)), dropped, source)
 
 
@@ -179,10 +181,10 @@ def load_lexicon(path: str | os.PathLike, character: str, ignore_case: bool) -> 
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(f"--lexicon {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            raise UserError(f"--lexicon {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         words = [line.strip() for line in text.splitlines()]
         words = [w for w in words if w]
         if not words:
-            raise ValueError(f"--lexicon {path}: the file holds no words (one word per line expected)")
+            raise UserError(f"--lexicon {path}: the file holds no words (one word per line expected)")
         _CACHE[key] = build_lexicon(words, character, ignore_case, source=path)
     return _CACHE[key]

@@ -12,6 +12,7 @@ import modules.builtin  # noqa: F401  registers the repository's stages
 import plugins
 from modules.registry import (KINDS, REGISTRY, Option, all_options, builtin, combination_stages, head,
                               reference_choices)
+from errors import UserError
 from runtime import UsageError
 from utils import DEFAULT_CHARACTER, resolve_character
 
@@ -119,7 +120,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)} | set(all_options())
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown model options in checkpoint: {sorted(unknown)} (options of a stage that is "
+            raise UserError(f"unknown model options in checkpoint: {sorted(unknown)} (options of a stage that is "
                              "not registered: load the plugin that defines it with --plugin)")
         return cls(**d)
 
@@ -383,8 +384,8 @@ def config_from_flags(flags: dict, base: ModelConfig | None = None,
     if base is None:
         missing = [kind for kind in KINDS if kind not in given]
         if missing:
-            raise ValueError("these flags are required (or use a checkpoint written by this toolkit): "
-                             + " ".join(f"--{kind} {{{','.join(STAGES[kind])}}}" for kind in missing))
+            raise UserError("these flags are required (or use a checkpoint written by this toolkit): "
+                            + " ".join(f"--{kind} {{{','.join(STAGES[kind])}}}" for kind in missing))
         return ModelConfig(**{**ARCHITECTURE_DEFAULTS, **given})
 
     conflicts = []

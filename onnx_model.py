@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 import plugins
+from errors import UserError
 from fileio import atomic_write
 from model import Model, ModelConfig, count_parameters, width_fixed_by
 from modules.registry import combination_stages, head
@@ -51,7 +52,7 @@ class OnnxExportError(UsageError):
     """A model or option that cannot be exported as asked; the message says why and what to do."""
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(UserError):
     """An .onnx file that cannot be used here; the message says why and what to do."""
 
 
@@ -420,7 +421,7 @@ class OnnxModel:
 
     def __call__(self, image: torch.Tensor, text: torch.Tensor | None = None, is_train: bool = False) -> torch.Tensor:
         if is_train:
-            raise ValueError("an exported ONNX model runs inference only; train the PyTorch checkpoint instead")
+            raise UserError("an exported ONNX model runs inference only; train the PyTorch checkpoint instead")
         self.check_input(image)
         array = image.detach().to("cpu", torch.float32).contiguous().numpy()
         try:
@@ -449,7 +450,7 @@ def calibration_items(folder: str | os.PathLike, config: ModelConfig, count: int
     collate = AlignCollate(imgH=config.imgH, imgW=config.imgW, keep_ratio_with_pad=config.PAD)
     items = [item for item in (dataset[i] for i in range(min(count, len(dataset)))) if item is not None]
     if not items:
-        raise ValueError(f"--calib_data {folder}: no readable image to calibrate on")
+        raise UserError(f"--calib_data {folder}: no readable image to calibrate on")
     for start in range(0, len(items), batch_size):
         yield collate(items[start:start + batch_size])
 

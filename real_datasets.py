@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from dataset import IMAGE_ERRORS, image_problem
+from errors import UserError
 from fileio import NotRegularFileError, read_regular_file
 from lmdb_store import LmdbWriter
 
@@ -82,7 +83,7 @@ class ConversionReport:
 
 # --- readers -------------------------------------------------------------------------------
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError):
     """An annotation file that cannot be read in its format: the message names the file, the format
     expected and, where the parser knows it, the line."""
 
@@ -214,8 +215,8 @@ def read_iiit5k(annotation: Path, root: Path) -> Iterator[Item]:
     tables = [v for k, v in mat.items() if not k.startswith("__") and getattr(v, "dtype", None) is not None
               and v.dtype.names and {"ImgName", "GroundTruth"} <= set(v.dtype.names)]
     if not tables:
-        raise ValueError(f"{annotation} holds no struct array with ImgName and GroundTruth fields; is it "
-                         "IIIT5K's traindata.mat or testdata.mat?")
+        raise UserError(f"{annotation} holds no struct array with ImgName and GroundTruth fields; is it "
+                        "IIIT5K's traindata.mat or testdata.mat?")
 
     def build(entry, where):
         return make_sample(root, _mat_string(entry["ImgName"]), _mat_string(entry["GroundTruth"]), where)
@@ -495,6 +496,6 @@ def convert(items: Iterable[Item], output: str | Path, overwrite: bool = False,
                 log(f"written {writer.count}")
         if writer.count == 0:
             # an exception inside the writer leaves num-samples unwritten: never an empty usable dataset
-            raise ValueError(f"no sample was written to {output}:\n{report}")
+            raise UserError(f"no sample was written to {output}:\n{report}")
     report.written = writer.count
     return report

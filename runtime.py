@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from errors import UsageError, UserError
 from fileio import DiskFullError, disk_errno
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asked for CUDA but no CUDA GPU is visible; use --device cpu")
+        raise UserError(f"--device {name} asked for CUDA but no CUDA GPU is visible; use --device cpu")
     return device
 
 
@@ -89,10 +90,6 @@ def compile_model(model, enabled: bool, log: Callable[[str], None] = lambda mess
     return model
 
 
-class UsageError(ValueError):
-    """A flag or argument the script cannot run with: exit status 2, like argparse's own errors."""
-
-
 def check_runtime_arguments(opt) -> None:
     """The runtime flags every script shares (``add_runtime_arguments``): a UsageError naming the flag
     and its range. The decoding flags (``--beam_size`` ...) are decoding.check_decoding_flags'."""
@@ -102,7 +99,11 @@ def check_runtime_arguments(opt) -> None:
         raise UsageError(f"--workers must be 0 (load in the main process) or more, got {opt.workers}")
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, DiskFullError)  # CheckpointError is a ValueError
+# What the user can fix: the toolkit's own user errors (UsageError, CheckpointError, ... are UserErrors), a
+# missing file, an output in the way, a full disk. Python's own ValueError, KeyError ... are bugs: traceback.
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, DiskFullError)
+REPORT_BUG = ("this is a bug in the toolkit, not a mistake in your command: please report it with the "
+              "traceback above and the command that raised it")
 
 
 class UserErrorExit(SystemExit):
@@ -118,13 +119,15 @@ class UserErrorExit(SystemExit):
 
 def run_cli(main: Callable, argv: list[str] | None = None):
     """The one exit for user errors of every script: ``error: <message>`` on stderr, no traceback,
-    status 2 for bad usage (:class:`UsageError`), 1 for work that failed. → ``main(argv)``'s result."""
+    status 2 for bad usage (:class:`UsageError`), 1 for work that failed. Any other exception is a bug:
+    it keeps its traceback, followed by a line asking to report it. → ``main(argv)``'s result."""
     try:
         return main(argv)
     except Exception as e:
         # Any write that a full or failing disk broke (a log, a CSV, a plot) is a user error too.
         disk = not isinstance(e, USER_ERRORS) and disk_errno(e) is not None
         if not (disk or isinstance(e, USER_ERRORS)):
+            e.add_note(REPORT_BUG)
             raise
         message = f"error: {e}" + ("; the disk is full or failing: free some space (or write to another disk) "
                                    "and run again" if disk else "")

@@ -24,10 +24,12 @@ import itertools
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
 import plugins
+from errors import UserError
 from fileio import atomic_write, check_output_folder
 from model import REFERENCE_NAMES, STAGES, add_model_arguments, all_names, inapplicable_options, model_flags
 from runtime import UsageError, add_runtime_arguments, get_logger, run_cli
@@ -46,7 +48,7 @@ def study_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("study")
     g.add_argument("--name", help="the study: its report goes to studies/NAME/, its cells to saved_models/NAME/")
     g.add_argument("--models", default="all",
-                   help="all (the paper's 24), a comma list of combination names (None-VGG-BiLSTM-CTC), or "
+                   help="all (the paper's 24; with --checkpoints, every file of the folder), a comma list of combination names (None-VGG-BiLSTM-CTC), or "
                         "patterns (TPS-*-BiLSTM-*); a pattern matching none of the 24 matches the combinations "
                         "with the transformer stages (*-SVTR-*)")
     g.add_argument("--seeds", default="1111", help="comma list of seeds; every combination is trained once per seed")
@@ -118,8 +120,9 @@ def resolve_models(spec: str, names: list[str] | None = None) -> list[str]:
     """--models → the combination names, in the paper's order, each once."""
     chosen = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        if item == "all":
+        if item == "all":  # the paper's 24; with --checkpoints, every file's combination (transformers too)
             found = [n for n in REFERENCE_NAMES if names is None or n in names]
+            found += [n for n in all_names() if names is not None and n in names and n not in REFERENCE_NAMES]
         elif any(ch in item for ch in "*?["):
             found = fnmatch.filter(REFERENCE_NAMES, item) or fnmatch.filter(all_names(), item)
             found = [n for n in found if names is None or n in names]
@@ -219,9 +222,12 @@ def check_args(opt, train_opt) -> str:
     for flag in ("parallel", "nodes", "timeout_min", "profile_repeats", "cpus_per_task"):
         if getattr(opt, flag) < 1:
             raise UsageError(f"--{flag} must be at least 1, got {getattr(opt, flag)}")
-    for flag in ("profile_warmup", "gpus_per_node"):
-        if getattr(opt, flag) < 0:
+    for flag in ("profile_warmup", "gpus_per_node", "gpus_per_cell"):
+        if getattr(opt, flag) is not None and getattr(opt, flag) < 0:
             raise UsageError(f"--{flag} must be 0 or more, got {getattr(opt, flag)}")
+    if opt.launcher == "slurm" and shutil.which("sbatch") is None:  # submitit would run every cell here at once
+        raise UsageError("--launcher slurm: Slurm is not installed here (no sbatch on the PATH); run it on the "
+                         "cluster's login node, or use --launcher local")
     parse_seeds(opt.seeds)
     mode = mode_of(opt)
     if mode == "train" and not opt.report_only:
@@ -267,12 +273,31 @@ def differences(recorded: dict, now: dict) -> list[str]:
             for k, v in flat.items() if v.get("recorded") != v.get("now")]
 
 
+PROTOCOL_KEYS = ("mode", "models", "seeds", "eval_sets", "benchmark_all_eval", "profile_warmup", "profile_repeats",
+                 "train")
+
+
+def read_protocol(path: Path) -> dict:
+    """The protocol recorded in studies/NAME/protocol.json; a damaged file (cut short, not JSON, another
+    shape) is a UserError naming it."""
+    try:
+        protocol = json.loads(path.read_text(encoding="utf-8"))["protocol"]
+        missing = [k for k in PROTOCOL_KEYS if k not in protocol]
+        if missing or not isinstance(protocol["train"], dict):
+            raise KeyError(", ".join(missing) or "train")
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        what = f"{type(e).__name__}: {e}" if not isinstance(e, KeyError) else f"no {e.args[0]} in it"
+        raise UserError(f"{path} is damaged ({what}): it is the study's record of its protocol. Restore it, or "
+                        f"move it away to start the study again under the flags given now (the finished cells "
+                        f"are kept), or choose another --name") from None
+    return protocol
+
+
 def record_protocol(folder: Path, protocol: dict, argv: list[str]) -> None:
     """studies/NAME/protocol.json: written by the first run, compared by every later one."""
     path = folder / "protocol.json"
     if path.is_file():
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-        changed = differences(recorded["protocol"], protocol)
+        changed = differences(read_protocol(path), protocol)
         if changed:
             raise UsageError(f"study {folder.name} was started with another protocol ({path}): "
                              f"{'; '.join(changed)}. Rerun it as it was started, or choose another --name")
@@ -364,6 +389,16 @@ def check_writable(folders: list[Path]) -> None:
                              "to, or choose another --name") from None
 
 
+def gpus_per_cell(opt, cells: list[Cell]) -> int:
+    """--gpus_per_cell of the local launcher (default 1 where there are GPUs, else 0): a UsageError if more
+    than the visible GPUs. → the GPUs of each cell."""
+    gpus = visible_gpus(cells[0].device) if cells and opt.launcher == "local" else []
+    per_cell = opt.gpus_per_cell if opt.gpus_per_cell is not None else (1 if gpus else 0)
+    if opt.launcher == "local" and per_cell > len(gpus):
+        raise UsageError(f"--gpus_per_cell {per_cell}: only {len(gpus)} GPU(s) are visible")
+    return per_cell
+
+
 def launch(opt, cells: list[Cell], log) -> list[Outcome]:
     done = [0]
 
@@ -380,9 +415,7 @@ def launch(opt, cells: list[Cell], log) -> list[Outcome]:
 
     if opt.launcher == "local":
         gpus = visible_gpus(cells[0].device)
-        per_cell = opt.gpus_per_cell if opt.gpus_per_cell is not None else (1 if gpus else 0)
-        if per_cell > len(gpus) and per_cell:
-            raise UsageError(f"--gpus_per_cell {per_cell}: only {len(gpus)} GPU(s) are visible")
+        per_cell = gpus_per_cell(opt, cells)
         cells = [dataclasses.replace(c, gpus=per_cell) for c in cells]
         for cell in cells:
             cell.save()
@@ -426,15 +459,23 @@ def study(argv) -> None:
         path = folder / "protocol.json"
         if not path.is_file():
             raise UsageError(f"--report_only: {path} does not exist (no study {opt.name} was run here)")
-        protocol = json.loads(path.read_text(encoding="utf-8"))["protocol"]
+        protocol = read_protocol(path)
         recorded = training_parser().parse_args([])
         vars(recorded).update(protocol["train"])
         write_report(opt.name, protocol, plan_cells(opt.name, protocol, [], recorded, 0, 1), log)
         return
-    check_writable([folder] + ([Path("saved_models") / opt.name] if mode == "train" else []))
+    # Everything that can refuse the study comes before its folders are made: a study that never starts
+    # leaves no empty studies/NAME behind.
     protocol = make_protocol(opt, train_opt, mode)
     cells = plan_cells(opt.name, protocol, forwarded, train_opt, opt.gpus_per_node, opt.nodes)
+    gpus_per_cell(opt, cells)
+    check_writable([folder] + ([Path("saved_models") / opt.name] if mode == "train" else []))
     record_protocol(folder, protocol, argv)
+    if mode == "checkpoints":
+        left_out = sorted(set(find_checkpoints(opt.checkpoints)) - set(protocol["checkpoints"]))
+        if left_out:
+            log(f"--checkpoints {opt.checkpoints}: left out {', '.join(f + '.pth' for f in left_out)} (not in "
+                f"--models {opt.models})")
     todo = [c for c in cells if cell_status(c)[0] != "done"]
     log(f"study {opt.name}: {len(cells)} cells, {len(cells) - len(todo)} finished before, {len(todo)} to run")
     flags = model_flags(train_opt)

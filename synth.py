@@ -33,6 +33,7 @@ import numpy as np
 import PIL
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
+from errors import UserError
 from fileio import atomic_write, cache_root
 
 logger = logging.getLogger(__name__)
@@ -281,7 +282,7 @@ def scan_fonts(chars: str, files: Sequence[Path]) -> tuple[FontInfo, ...]:
 def split_fonts(fonts: Sequence[FontInfo], split: str) -> list[FontInfo]:
     """``train``, ``heldout`` (design families never used for training) or ``all``."""
     if split not in FONT_SPLITS:
-        raise ValueError(f"unknown font split {split!r}; choose one of {', '.join(FONT_SPLITS)}")
+        raise UserError(f"unknown font split {split!r}; choose one of {', '.join(FONT_SPLITS)}")
     if split == "all":
         return list(fonts)
     return [f for f in fonts if f.heldout == (split == "heldout")]
@@ -324,8 +325,8 @@ class TextSource:
         if self.max_len is None:
             self.max_len = self.batch_max_length
         if not 1 <= self.min_len <= self.max_len <= self.batch_max_length:
-            raise ValueError(f"label lengths must satisfy 1 <= min_len ({self.min_len}) <= max_len ({self.max_len}) "
-                             f"<= batch_max_length ({self.batch_max_length})")
+            raise UserError(f"label lengths must satisfy 1 <= min_len ({self.min_len}) <= max_len ({self.max_len}) "
+                            f"<= batch_max_length ({self.batch_max_length})")
         self.sensitive = case_sensitive(self.character)
         self.render_chars = frozenset(render_characters(self.character))
         self.base_chars = "".join(sorted({c.lower() for c in self.render_chars}))
@@ -334,7 +335,7 @@ class TextSource:
         self.words_by_length = self._load_words()
         lengths = [n for n, words in enumerate(self.words_by_length) if words]
         if not lengths:
-            raise ValueError(f"no dictionary word fits the character set {self.character!r}")
+            raise UserError(f"no dictionary word fits the character set {self.character!r}")
         weights = np.array([WORD_LENGTH_WEIGHTS[min(n, len(WORD_LENGTH_WEIGHTS)) - 1] for n in lengths])
         self.word_lengths, self.word_length_p = np.array(lengths), weights / weights.sum()
         # rank ** -COMMON_FLATTEN times the scene-text length weight, as a cumulative distribution
@@ -737,10 +738,10 @@ class SynthGenerator:
 
     def __post_init__(self):
         if not self.fonts:
-            raise ValueError("no usable fonts: run scripts/install_fonts.sh as root, or pass --font_dir "
-                             "with .ttf/.otf fonts that cover the character set")
+            raise UserError("no usable fonts: run scripts/install_fonts.sh as root, or pass --font_dir "
+                            "with .ttf/.otf fonts that cover the character set")
         if self.image_format not in IMAGE_FORMATS:
-            raise ValueError(f"unknown image format {self.image_format!r}; choose one of {', '.join(IMAGE_FORMATS)}")
+            raise UserError(f"unknown image format {self.image_format!r}; choose one of {', '.join(IMAGE_FORMATS)}")
         lacking = [f.path for f in self.fonts if not self.texts.render_chars <= f.characters]
         if lacking:  # the no-tofu guarantee: fonts were checked against another character set
             raise ValueError(f"{len(lacking)} fonts were not checked for every character of "

@@ -24,6 +24,7 @@ from checkpoint import load_model
 from dataset import DataConfig, hierarchical_dataset
 from decoding import DecodeOptions, add_decoding_arguments, check_decoding_flags, options_from_args
 from error_analysis import write_errors
+from errors import UserError
 from evaluation import (BENCHMARKS, PAPER_BENCHMARKS, UNION14M_BENCHMARKS, ValidationResult, make_eval_loader,
                         total_accuracy, validation)
 from fileio import check_output_folder
@@ -121,9 +122,9 @@ def benchmark_suite(ev: Evaluation, suite: str, eval_data: str) -> dict:
         too_long = sum(d.stats.too_long for d in dataset.datasets)
         if suite == "long_text" and too_long:
             # Filtering them out would score the long-text set on its short words only.
-            raise ValueError(f"{root / name}: {too_long} labels are longer than the model's batch_max_length "
-                             f"{ev.config.batch_max_length}; a long-text benchmark needs them all. Train with a larger "
-                             "--batch_max_length (CTC: and an --imgW of about 4-5 px per character).")
+            raise UserError(f"{root / name}: {too_long} labels are longer than the model's batch_max_length "
+                            f"{ev.config.batch_max_length}; a long-text benchmark needs them all. Train with a larger "
+                            "--batch_max_length (CTC: and an --imgW of about 4-5 px per character).")
         result = ev.run(dataset)
         rows[name] = (result.accuracy, result.norm_ED, result.n_samples)
     mean = sum(acc for acc, _, _ in rows.values()) / len(rows)

@@ -35,6 +35,7 @@ import torch.distributed as dist
 import plugins
 from checkpoint import load_model, load_state, read_training_state, save_checkpoint, unwrap
 from dataset import BatchBalancedDataset, DataConfig, TrainDataConfig, hierarchical_dataset
+from errors import UserError
 from evaluation import make_eval_loader, validation
 from fileio import FolderLock, atomic_write
 from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args, model_flags
@@ -101,19 +102,29 @@ def build_config_and_model(opt, log):
     """The model to train: fresh, continued from --saved_model, or fine-tuned (--FT) to a new charset."""
     if not opt.saved_model:
         config = config_from_args(opt)
-        return config, build_model(config), None
+        model = build_model(config)
+        freeze_stages(model, opt.freeze, log)  # a fresh model's stages too: the flag is never ignored
+        return config, model, None
     log(f"loading pretrained model from {opt.saved_model}")
     loaded = load_model(opt.saved_model, model_flags(opt), "cpu", fine_tune=opt.FT, log=log, allow_onnx=False)
     freeze_stages(loaded.model, opt.freeze, log)
     return loaded.config, loaded.model, loaded.source
 
 
-def freeze_stages(model, stages: str, log) -> None:
-    """Keep the named stages fixed: no gradients, and always in eval mode (BatchNorm keeps its statistics)."""
+def frozen_stages(stages: str) -> list[str]:
+    """--freeze → the stage names; a name that is not a stage is a UsageError (exit 2), checked at the door."""
     names = [s for s in stages.split("-") if s]
     unknown = [s for s in names if s not in STAGES]
     if unknown:
-        raise ValueError(f"--freeze {stages!r}: {unknown} are not stages; use '-'-separated names of {list(STAGES)}")
+        raise UsageError(f"--freeze {stages!r}: {unknown} are not stages; use '-'-separated names of {list(STAGES)}")
+    if set(names) >= set(STAGES):
+        raise UsageError(f"--freeze {stages!r} names every stage: nothing would train; leave at least one out")
+    return names
+
+
+def freeze_stages(model, stages: str, log) -> None:
+    """Keep the named stages fixed: no gradients, and always in eval mode (BatchNorm keeps its statistics)."""
+    names = frozen_stages(stages)
     model.freeze(names)
     if names:
         log(f"frozen stages: {', '.join(names)}")
@@ -164,10 +175,10 @@ def check_schedule(opt, saved: dict | None, path: Path) -> None:
     if saved is None or saved == now:
         return
     flags = " ".join(f"--{k} {v}" for k, v in saved.items())
-    raise ValueError(f"{path} was trained with {flags}; resuming with "
-                     f"{' '.join(f'--{k} {v}' for k, v in now.items())} would change its learning-rate curve "
-                     f"mid-run. Resume with {flags}, or start a new run from its weights with "
-                     f"--saved_model {path} (a fresh optimizer and schedule)")
+    raise UserError(f"{path} was trained with {flags}; resuming with "
+                    f"{' '.join(f'--{k} {v}' for k, v in now.items())} would change its learning-rate curve "
+                    f"mid-run. Resume with {flags}, or start a new run from its weights with "
+                    f"--saved_model {path} (a fresh optimizer and schedule)")
 
 
 def write_options(opt, config: ModelConfig, exp_dir: Path, extra: dict) -> str:
@@ -660,6 +671,7 @@ def broadcast_plan(plan: BudgetPlan, run: TrainRun) -> BudgetPlan:
 def train(opt) -> dict:
     """A training run, top to bottom: set-up, model, data, optimizer, resume, the loop."""
     check_training_arguments(opt)
+    frozen_stages(opt.freeze)
     rank, world_size, device = setup_distributed(opt)
     dtype = check_device_options(opt, device)
     seed_everything(opt.manualSeed)

@@ -11,6 +11,7 @@ import string
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from errors import UserError
 from runtime import UsageError
 
 if TYPE_CHECKING:
@@ -20,8 +21,16 @@ DEFAULT_CHARACTER = "0123456789abcdefghijklmnopqrstuvwxyz"
 SENSITIVE_CHARACTER = string.printable[:-6]  # the reference's --sensitive set (94 characters)
 
 
+def looks_like_a_path(value: str) -> bool:
+    """The rule that tells a missing ``--character`` file from a set of characters: it ends in .txt, or the
+    part before its last separator is an existing folder (``charsets/latin.txt``, ``data/chars``)."""
+    folder = os.path.dirname(value)
+    return value.lower().endswith(".txt") or (bool(folder) and os.path.isdir(folder))
+
+
 def load_character(value: str) -> str:
-    """``--character`` is either the set itself or a path to a UTF-8 file holding it.
+    """``--character`` is either the set itself or a path to a UTF-8 file holding it (see ``looks_like_a_path``
+    for a path that does not exist).
 
     The file holds one character per line, or the whole set on one line. Lines are taken
     verbatim (only the newline is removed), so a line holding a single space is the space.
@@ -39,16 +48,20 @@ def load_character(value: str) -> str:
             lines.pop()
         # One character per line and the whole set on one line both come down to joining the lines.
         chars = "".join(line.rstrip("\r") for line in lines)
+    elif looks_like_a_path(value):
+        raise UsageError(f"--character {value}: no such file. A value ending in .txt, or whose part before the "
+                         "last '/' is an existing folder, is read as a file of characters; give an existing file "
+                         "(or, for a set of characters that looks like a path, write it to a file and give that)")
     else:
         chars = value
     if not chars:
-        raise ValueError("the character set is empty: pass --character with the characters "
-                         "(or a file of them) the model should read")
+        raise UserError("the character set is empty: pass --character with the characters "
+                        "(or a file of them) the model should read")
     seen: set[str] = set()
     duplicates = sorted({c for c in chars if c in seen or seen.add(c)})
     if duplicates:
-        raise ValueError(f"the character set repeats {''.join(duplicates)!r}: every character must appear once, "
-                         "because its position is its class index")
+        raise UserError(f"the character set repeats {''.join(duplicates)!r}: every character must appear once, "
+                        "because its position is its class index")
     return chars
 
 
@@ -82,8 +95,8 @@ class CTCLabelConverter:
         try:
             return [self.dict[char] for char in t]
         except KeyError as e:
-            raise ValueError(f"label {t!r} has the character {e.args[0]!r}, which is not in the character set; "
-                             "add it with --character, or leave data filtering on") from None
+            raise UserError(f"label {t!r} has the character {e.args[0]!r}, which is not in the character set; "
+                            "add it with --character, or leave data filtering on") from None
 
     def decode(self, text_index: torch.Tensor, length) -> list[str]:
         """Greedy CTC collapse of the first ``length[b]`` frames of row b: merge repeats, drop blanks."""
@@ -183,8 +196,8 @@ def edit_distance(a: str, b: str) -> int:
 
 def _check_length(label: str, batch_max_length: int) -> None:
     if len(label) > batch_max_length:
-        raise ValueError(f"label {label!r} has {len(label)} characters, more than --batch_max_length "
-                         f"{batch_max_length}; raise --batch_max_length or leave data filtering on")
+        raise UserError(f"label {label!r} has {len(label)} characters, more than --batch_max_length "
+                        f"{batch_max_length}; raise --batch_max_length or leave data filtering on")
 
 
 def make_converter(prediction: str, character: str):

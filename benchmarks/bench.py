@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from errors import UserError
 from runtime import run_cli
 from tests.helpers import make_word_lmdb  # (rendered words, no external data)
 
@@ -41,8 +42,8 @@ def model_config(name: str, output_channel: int = 512, hidden_size: int = 256):
 
     parts = name.split("-")
     if len(parts) != 4:
-        raise ValueError(f"--models entry {name!r} is not Transformation-FeatureExtraction-SequenceModeling-"
-                         "Prediction, e.g. None-VGG-BiLSTM-CTC")
+        raise UserError(f"--models entry {name!r} is not Transformation-FeatureExtraction-SequenceModeling-"
+                        "Prediction, e.g. None-VGG-BiLSTM-CTC")
     return ModelConfig(*parts, output_channel=output_channel, hidden_size=hidden_size)
 
 
@@ -241,7 +242,7 @@ def benchmark(argv=None) -> dict:
                 device = torch.device(device_name)
                 for amp in opt.amp.split(","):
                     if amp not in precisions:
-                        raise ValueError(f"--amp {amp!r} is not one of {', '.join(precisions)}")
+                        raise UserError(f"--amp {amp!r} is not one of {', '.join(precisions)}")
                     if amp == "fp16" and device.type != "cuda":
                         continue  # autocast fp16 is a CUDA feature here, as in train.py
                     for batch in batches:

@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 
 import _root  # noqa: F401  (the repository root on the import path)
+from errors import UserError
 from fileio import special_kind
 from lmdb_store import check_output_path
 from real_datasets import READERS, convert, read_cocotext
@@ -47,7 +48,7 @@ def convert_dataset(argv: list[str] | None = None) -> None:
     if not annotation.exists():
         raise FileNotFoundError(f"--annotation {annotation} does not exist.")
     if special_kind(annotation) is not None:
-        raise ValueError(f"--annotation {annotation} is {special_kind(annotation)}, not a regular file.")
+        raise UserError(f"--annotation {annotation} is {special_kind(annotation)}, not a regular file.")
     if not images.is_dir():
         raise FileNotFoundError(f"--images {images} is not a folder; point it at the folder the "
                                 "annotation's image paths are relative to.")

@@ -12,6 +12,7 @@ from PIL import Image
 
 import _root  # noqa: F401  (the repository root on the import path)
 from dataset import read_lmdb_samples
+from errors import UserError
 from runtime import run_cli
 
 
@@ -24,7 +25,7 @@ def export_images(lmdb_path: str, output: str, count: int) -> int:
         Image.open(io.BytesIO(image_bytes)).save(out / name)
         lines.append(f"{name}\t{label}")
     if not lines:
-        raise ValueError(f"{lmdb_path} holds no samples")
+        raise UserError(f"{lmdb_path} holds no samples")
     (out / "gt.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return len(lines)
 
