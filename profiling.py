@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import plugins
 from decoding import decode, forward_logits
 from model import Model, ModelConfig, build_model, compute_loss, config_from_name, count_parameters
 from modules.registry import Head
@@ -344,6 +345,8 @@ def _memory_child() -> None:
     threshold (``CHILD_MALLOC_ENV``) so that what the warm-up and an earlier measurement free goes back to
     the system, instead of being reused unseen by the next step."""
     job = json.loads(sys.stdin.read())
+    for name in job["plugins"]:  # the parent's plugins, which registered the model's stages there
+        plugins.load(name)
     torch.set_num_threads(job["threads"])
     model = build_model(ModelConfig.from_dict(job["config"]), init=False)
     config, device = model.config, torch.device("cpu")
@@ -365,10 +368,11 @@ CHILD_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_":
 
 def _cpu_peak_mb(model: Model, kinds: tuple[str, ...], batch_size: int, amp_dtype) -> dict[str, float]:
     job = {"config": model.config.to_dict(), "kinds": list(kinds), "batch_size": batch_size,
-           "threads": torch.get_num_threads(),
+           "threads": torch.get_num_threads(), "plugins": plugins.required(model.config),
            "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else None}
     root = Path(__file__).resolve().parent
-    env = {**os.environ, **CHILD_MALLOC_ENV, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    path = [str(root), os.getcwd(), os.environ.get("PYTHONPATH", "")]  # the toolkit, and a plugin beside the user
+    env = {**os.environ, **CHILD_MALLOC_ENV, "PYTHONPATH": os.pathsep.join(path)}
     done = subprocess.run([sys.executable, "-c", "import profiling; profiling._memory_child()"], input=json.dumps(job),
                           capture_output=True, text=True, cwd=root, env=env)
     if done.returncode:

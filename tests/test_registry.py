@@ -195,3 +195,35 @@ def test_option_tables_follow_the_registry():
             assert option.name in names
             assert getattr(config_from_name(combination_with(cls)), option.name) == option.default
     assert list(itertools.chain(*STAGES.values()))  # every kind has stages
+
+
+def test_an_installed_entry_point_registers_its_stages(tmp_path, monkeypatch):
+    """A package's ``str_toolkit.stages`` entry point is imported by every script, with no --plugin."""
+    import importlib.metadata
+    import sys
+
+    (tmp_path / "flip_stage.py").write_text(
+        "import torch.nn as nn\nfrom modules.registry import Stage, register\n\n\n"
+        "@register\nclass Flip(Stage, nn.Module):\n    kind, name = 'Transformation', 'Flip'\n\n"
+        "    def __init__(self, config, input_size):\n        super().__init__()\n\n"
+        "    def forward(self, x):\n        return x.flip(-1)\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = importlib.metadata.EntryPoint("flip", "flip_stage", plugins.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None: [entry] if group == plugins.ENTRY_POINT_GROUP else [])
+    try:
+        plugins.load_from_argv([])
+        assert "Flip" in STAGES["Transformation"] and "flip_stage" in plugins.loaded()
+        model = build_model(tiny_config("Flip-VGG-None-CTC"))
+        image = torch.rand(1, 1, 32, 100)
+        assert torch.equal(model.Transformation(image), image.flip(-1))
+        plugins.check_required(plugins.required(model.config), "a checkpoint")  # installed: trusted
+    finally:
+        STAGES["Transformation"].pop("Flip", None)
+        sys.modules.pop("flip_stage", None)
+        plugins._loaded.remove("flip_stage")
+
+
+def test_a_plugin_named_only_by_a_file_is_refused():
+    with pytest.raises(plugins.PluginError, match="--plugin not_imported.module if you trust it"):
+        plugins.check_required(["not_imported.module"], "model.pth")
