@@ -386,7 +386,8 @@ def config_from_flags(flags: dict, base: ModelConfig | None = None,
         if missing:
             raise UserError("these flags are required (or use a checkpoint written by this toolkit): "
                             + " ".join(f"--{kind} {{{','.join(STAGES[kind])}}}" for kind in missing))
-        return ModelConfig(**{**ARCHITECTURE_DEFAULTS, **given})
+        implied = {k: v for kind in KINDS for k, v in STAGES[kind][given[kind]].name_defaults.items()}
+        return ModelConfig(**{**ARCHITECTURE_DEFAULTS, **implied, **given})  # ViT: --imgW 128 unless given
 
     conflicts = []
     fixed = {option for cls in combination_stages(base) for option in cls.fixed_input}

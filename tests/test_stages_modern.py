@@ -173,9 +173,9 @@ import demo  # noqa: E402
 import onnx_infer  # noqa: E402
 import test as test_script  # noqa: E402
 import train  # noqa: E402
-from checkpoint import load_model, read_checkpoint, save_checkpoint  # noqa: E402
+from checkpoint import export_reference, load_model, read_checkpoint, save_checkpoint  # noqa: E402
 from decoding import DecodeOptions, decode  # noqa: E402
-from helpers import WORDS, make_gt_folder, make_word_lmdb, render_word  # noqa: E402
+from helpers import WORDS, make_gt_folder, make_word_lmdb, render_word, run_main  # noqa: E402
 from onnx_model import OnnxExportError, OnnxModel, export_onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,6 +327,15 @@ def exit_code_and_error(capsys, main, argv) -> tuple[int, str]:
     (["--FeatureExtraction", "VGG", "--Prediction", "Attn", "--parseq_decode", "nar"],
      "--parseq_decode applies to --Prediction PARSeq only, not --Prediction Attn"),
     (["--FeatureExtraction", "VGG", "--Prediction", "PARSeq", "--parseq_perm_num", "3"], "must be even"),
+    # Decoder heads that do not divide its width: given, or the default (width / 32) of a width set elsewhere.
+    (["--FeatureExtraction", "ViT", "--vit_size", "tiny", "--Prediction", "PARSeq", "--parseq_dec_heads", "5"],
+     "--parseq_dec_heads 5 does not divide the decoder's width 192"),
+    (["--FeatureExtraction", "ViT", "--vit_embed_dim", "100", "--vit_heads", "4", "--Prediction", "PARSeq"],
+     "the default --parseq_dec_heads (3 = the width / 32) does not divide the decoder's width 100"),
+    (["--FeatureExtraction", "VGG", "--SequenceModeling", "BiLSTM", "--hidden_size", "100", "--Prediction",
+      "PARSeq"], "does not divide the decoder's width 100"),
+    (["--FeatureExtraction", "ViT", "--Prediction", "PARSeq", "--parseq_refine_iters", "1000000"],
+     "--parseq_refine_iters must be between 0 and 10 (--Prediction PARSeq), got 1000000"),
 ])
 def test_bad_flags_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, flags, message):
     monkeypatch.chdir(tmp_path)
@@ -337,6 +346,35 @@ def test_bad_flags_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, flags,
             *[x for kv in stages.items() for x in kv]]
     code, err = exit_code_and_error(capsys, train.main, argv)
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_vit_takes_parseqs_width_when_no_imgw_is_given():
+    """A combination's name defaults apply to flags too: --FeatureExtraction ViT without --imgW is 32 x 128."""
+    from model import config_from_flags
+
+    flags = {"Transformation": "None", "FeatureExtraction": "ViT", "SequenceModeling": "None", "Prediction": "CTC"}
+    assert config_from_flags(flags).imgW == 128
+    assert config_from_flags({**flags, "imgW": 256}).imgW == 256
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--imgW", "96"], "its position embedding has 128 patches of 4 x 8 pixels, but --imgH 32 x --imgW 96 gives 96: "
+                       "use the image size it was trained with"),
+    (["--vit_embed_dim", "64"], "it has --vit_embed_dim 32, not 64"),
+    (["--batch_max_length", "10"], "it has --batch_max_length 8, not 10"),
+    (["--vit_depth", "2"], "it has --vit_depth 1, not 2"),
+])
+def test_a_bare_parseq_state_dict_names_the_flag_that_differs(tmp_path, flags, message):
+    """A bare PARSeq state_dict loaded with another image size or width: the flag to change, not tensor shapes."""
+    model = build_model(tiny("None-ViT-None-PARSeq"))
+    export_reference(tmp_path / "bare.pth", model)
+    given = dict(zip(flags[::2], flags[1::2]))
+    argv = [a for i, a in enumerate(TINY_PARSEQ) if not (a in given or (i and TINY_PARSEQ[i - 1] in given))]
+    make_gt_folder(tmp_path / "words", WORDS[:2], copies=1)
+    proc = run_main("demo.py", "--image_folder", "words/images", "--saved_model", "bare.pth", *argv, *flags,
+                    cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_test_py_refuses_wrong_flags_and_beam_for_a_parseq_checkpoint(capsys, tmp_path, monkeypatch,
