@@ -94,7 +94,8 @@ out = {}
 for target in json.loads(sys.argv[2]):
     buffer = io.StringIO()
     kind, name = target.split(":", 1)
-    sys.argv = [name, "--help"]
+    name, _, plugins = name.partition("|")  # "script:train.py|pkg.a,pkg.b": --help with those plugins loaded
+    sys.argv = [name, *[w for p in filter(None, plugins.split(",")) for w in ("--plugin", p)], "--help"]
     try:
         with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             if kind == "module":
@@ -113,14 +114,21 @@ print(json.dumps(out))
 def first_on_path(target: str) -> Path:
     """The folder python puts first on sys.path for a target: the script's folder, or the current one."""
     kind, name = target.split(":", 1)
-    return (ROOT / name).parent if kind == "script" else ROOT
+    return (ROOT / name.partition("|")[0]).parent if kind == "script" else ROOT
+
+
+def process_of(target: str) -> tuple[str, bool]:
+    """Targets run in one process share their first folder on sys.path, and plugins (a plugin's stages stay
+    registered in the process that loaded it, so targets with plugins run apart from those without)."""
+    return str(first_on_path(target)), "|" in target
 
 
 def collect_help(targets: list[str]) -> dict[str, str]:
     """``--help`` of the targets, one process per first-on-path folder (torch imported once in each)."""
     texts = {}
-    for folder in sorted({first_on_path(t) for t in targets}):
-        group = sorted(t for t in targets if first_on_path(t) == folder)
+    for key in sorted({process_of(t) for t in targets}):
+        folder = Path(key[0])
+        group = sorted(t for t in targets if process_of(t) == key)
         result = subprocess.run([sys.executable, "-c", HELP_COLLECTOR, str(folder), json.dumps(group)], cwd=ROOT,
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -134,7 +142,8 @@ def documented_help_texts() -> dict[str, str]:
     targets = set()
     for _, command in all_commands():
         target = python_target(strip_prefix(command)[1])
-        if target is not None and not (target[0].startswith("script:") and not (ROOT / target[0][7:]).is_file()):
+        if target is not None and not (target[0].startswith("script:")
+                                        and not (ROOT / target[0][7:].partition("|")[0]).is_file()):
             targets.add(target[0])
     return collect_help(sorted(targets))
 
@@ -170,7 +179,8 @@ def python_target(words: list[str]) -> tuple[str, list[str]] | None:
         return f"module:{words[2]}", words[3:]
     if words[1] == "-c":
         return None
-    return f"script:{words[1]}", words[2:]
+    plugins = [words[i + 1] for i in range(2, len(words) - 1) if words[i] == "--plugin"]
+    return f"script:{words[1]}" + (f"|{','.join(plugins)}" if plugins else ""), words[2:]
 
 
 def known_flags(help_text: str) -> tuple[set[str], set[str]]:
@@ -203,6 +213,7 @@ def check_command(command: list[str]) -> list[str]:
     if target is not None:
         kind_name, arguments = target
         kind, name = kind_name.split(":", 1)
+        name = name.partition("|")[0]
         if kind == "script" and not (ROOT / name).is_file():
             return problems + [f"no script {name}"]
         text = help_text(kind_name)
