@@ -28,6 +28,7 @@ from dataset import DataConfig, hierarchical_dataset
 from decoding import DecodeOptions, decode_attention, decode_logits, forward_logits
 from evaluation import make_eval_loader, score_batch
 from lexicon import load_lexicon
+from modules.registry import head
 from runtime import run_cli
 
 
@@ -76,16 +77,16 @@ def make_rows(opt, config, lists: dict[str, Path], ignore_case: bool) -> list[Ro
 
 
 def run_rows(rows: list[Row], model, config, loader, case_insensitive: bool, device) -> int:
-    n = 0
+    n, step_by_step = 0, head(config.Prediction).beam == "decoder"  # the attention beam runs the decoder itself
     with torch.inference_mode():
         for images, labels in loader:
             image = images.to(device)
             logits = forward_logits(model, image, config)
-            contextual = model.encode(image) if config.Prediction == "Attn" else None
+            contextual = model.encode(image) if step_by_step else None
             n += len(labels)
             for row in rows:
                 start = time.perf_counter()
-                if row.options.decoder == "beam" and config.Prediction == "Attn":
+                if row.options.decoder == "beam" and step_by_step:
                     results = decode_attention(model.Prediction, contextual, config, row.options)
                 else:
                     results = decode_logits(logits, config, row.options)
