@@ -335,11 +335,24 @@ def load_model(saved_model: str | os.PathLike, flags: dict | None = None, device
         converted = f"converted from {release['file']}, " if ckpt.get("format") == FORMAT else ""
         log(f"{path.name}: {converted}{release['description']}")
     named = str(saved_model) in REGISTRY and not Path(saved_model).exists()
+    if named and "release" in ckpt:
+        check_release(ckpt, registered, str(saved_model), path)
     trained = trained_config(ckpt, registered, named, path, flags, log)
     config = config_from_flags(flags, trained, allow_character_change=fine_tune)
     model = build_model(config, init=fine_tune)  # fresh rows for new characters need the reference's init
     load_weights(model, ckpt["model"], trained, fine_tune, log)
     return LoadedModel(model.to(device).eval(), config, path, ckpt)
+
+
+def check_release(ckpt: dict, registered: dict, name: str, path: Path) -> None:
+    """A release file found under a registered name must be that release's model (not another family's)."""
+    keys = ("FeatureExtraction", "Prediction", "imgH", "imgW", "vit_embed_dim", "vit_patch_h")
+    got = ModelConfig.from_dict(ckpt["config"])
+    expected = ModelConfig.from_dict(registered)
+    if any(getattr(got, k) != getattr(expected, k) for k in keys):
+        raise CheckpointError(f"{path} (registered as {name!r}) is {ckpt['release']['description']}, not the "
+                              f"{expected.name} {expected.imgH}x{expected.imgW} that {name!r} is: put the file of "
+                              f"{name!r} there (python pretrained.py lists the files)")
 
 
 def release_hints(flags: dict) -> dict:

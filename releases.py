@@ -36,7 +36,7 @@ OPENOCR_CHARSETS = {94: SENSITIVE_CHARACTER, 95: SENSITIVE_CHARACTER + " ", 36: 
                     37: DEFAULT_CHARACTER + " "}
 
 
-KNOWN = "baudm/parseq's PARSeq state_dicts, OpenOCR's SVTR-Tiny + CTC"
+KNOWN = "baudm/parseq's PARSeq and ViTSTR files, OpenOCR's SVTR-Tiny + CTC"
 
 
 class ReleaseError(UserError):
@@ -73,7 +73,7 @@ def recognise(obj, hints: dict | None = None) -> Recognised | None:
     weights alone cannot (a character set not among the release's own).
     """
     hints = hints or {}
-    for read in (read_parseq, read_openocr_svtr):
+    for read in (read_parseq, read_vitstr, read_openocr_svtr):
         found = read(obj, hints)
         if found is not None:
             return found
@@ -156,6 +156,29 @@ def parseq_image_size(tokens: int, patch_h: int, patch_w: int, hints: dict) -> t
     shown = ", ".join(f"--imgH {h * patch_h} --imgW {w * patch_w}" for h, w in grids)
     raise ReleaseError(f"this PARSeq file has {tokens} patches of {patch_h} x {patch_w} pixels, which several image "
                        f"sizes give ({shown}, ...): pass the one it was trained with")
+
+
+def read_vitstr(obj, hints: dict) -> Recognised | None:
+    """The v1.0.0 release's ``vitstr``: the ViTSTR system's ``state_dict`` (``model.`` + timm's
+    ``VisionTransformer``: ``cls_token``, ``pos_embed``, ``patch_embed``, ``blocks``, ``norm``, ``head``)."""
+    state = tensors_only(obj)
+    if state is None or not all(f"model.{k}" in state for k in ("cls_token", "pos_embed", "head.weight",
+                                                                "patch_embed.proj.weight")):
+        return None
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    width, channels, patch_h, patch_w = state["patch_embed.proj.weight"].shape
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    imgH, imgW = parseq_image_size(state["pos_embed"].shape[1] - 1, patch_h, patch_w, hints)
+    character = character_for(state["head.weight"].shape[0] - 1, PARSEQ_CHARSETS, hints, "this ViTSTR file")
+    sizes = {192: "Ti", 384: "S"}
+    family = f"ViTSTR-{sizes[width]}" if width in sizes and depth == 12 else f"ViTSTR (width {width}, depth {depth})"
+    config = {"Transformation": "None", "FeatureExtraction": "ViT", "SequenceModeling": "None",
+              "Prediction": "ViTSTR", "imgH": imgH, "imgW": imgW, "input_channel": channels,
+              "character": character, "sensitive": character != character.lower(),
+              "vit_embed_dim": width, "vit_depth": depth, "vit_heads": hints.get("vit_heads", max(1, width // 64)),
+              "vit_patch_h": patch_h, "vit_patch_w": patch_w, "vit_class_token": True}
+    converted = {("Prediction." if k.startswith("head.") else "FeatureExtraction.") + k: v for k, v in state.items()}
+    return Recognised(family, "baudm/parseq", "state_dict", config, converted)
 
 
 # --- OpenOCR ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from dataset import RawDataset, DataConfig, resize_bilinear
 from evaluation import make_eval_loader
 from helpers import SVTR_TINY, release_weights
 from releases import ReleaseError
-from utils import SENSITIVE_CHARACTER
+from utils import DEFAULT_CHARACTER, SENSITIVE_CHARACTER
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
@@ -199,3 +199,25 @@ def test_export_checkpoint_keeps_the_conversion(svtr_ref, tmp_path):
     image = torch.rand(2, 3, 32, 100) * 2 - 1
     with torch.inference_mode():
         assert torch.equal(converted.model(image, is_train=False), original.model(image, is_train=False))
+
+
+def test_vitstr_release_reads_as_parseq_vitstr(tmp_path):
+    """baudm/parseq's ViTSTR (timm's VisionTransformer + the system's forward), saved as the release saves it."""
+    if not REAL.is_dir():
+        pytest.skip(f"{REAL} is absent: the real crops the fixture was made from")
+    ref = torch.load(FIXTURES / "vitstr_release.pt", weights_only=True)
+    torch.save(release_weights(ref["layout"]), tmp_path / "vitstr-small.pt")
+    images = [str(REAL / "parseq_demo" / "images"), str(REAL / "dtrb_demo" / "images")]
+    ckpt = read_checkpoint(tmp_path / "vitstr-small.pt", {"vit_heads": 2})
+    assert ckpt["release"]["description"].startswith("a ViTSTR (width 32, depth 2) state_dict from baudm/parseq: "
+                                                     "36 characters, RGB 32x128")
+    inputs, logits = pipeline_outputs(tmp_path / "vitstr-small.pt", images, {"vit_heads": 2})
+    assert torch.equal(((inputs + 1) / 2 * 255).round().to(torch.uint8), ref["images"])
+    assert (logits - ref["logits"]).abs().max() < TOLERANCE
+    expected = []
+    for row in ref["logits"].argmax(-1).tolist():
+        row = row[:row.index(0)] if 0 in row else row
+        expected.append("".join(DEFAULT_CHARACTER[c - 1] for c in row))
+    read = demo.read_images(demo.parse_args(["--image_folder", *images, "--saved_model", str(tmp_path / "vitstr-small.pt"),
+                                             "--vit_heads", "2", "--device", "cpu"]))
+    assert [text for _, text, _ in read] == expected
