@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 import plugins
+import releases
 from errors import UserError
 from model import (STAGES, Model, ModelConfig, build_model, config_from_flags, config_from_name,
                    stage_widths)
@@ -29,6 +30,7 @@ from modules.registry import KINDS, combination_stages, head
 from fileio import atomic_write, cache_folder
 from pretrained import REGISTRY, resolve_saved_model
 from runtime import UsageError
+from utils import resolve_character
 
 FORMAT = "str-toolkit"
 VERSION = 1
@@ -79,11 +81,14 @@ def unwrap(model: torch.nn.Module) -> Model:
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
+def read_checkpoint(path: str | os.PathLike, hints: dict | None = None) -> dict:
     """Load a checkpoint file safely (``weights_only=True``) and normalise it.
 
     Returns ``{"config": dict | None, "model": state_dict without 'module.', ...}``; ``config`` is None
-    for a bare reference state_dict.
+    for a bare reference state_dict. Another project's release (``releases.py``: baudm/parseq's PARSeq,
+    OpenOCR's SVTR) is converted to this toolkit's keys and configuration, with ``"release"``: where it came
+    from and a line that says what was recognised. ``hints``: the model flags given, which choose where a
+    release's weights alone cannot (its character set, its attention heads).
     """
     path = Path(path)
     if path.is_dir():
@@ -107,9 +112,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         plugins.check_required(obj.get("plugins", []), path)
         return obj
+    if isinstance(obj, dict) and obj.get("format") is None and not reference_layout(obj):
+        found = releases.recognise(obj, hints)
+        if found is not None:
+            return {"config": found.config, "model": found.state_dict,
+                    "release": {**found.provenance(), "file": path.name, "description": found.describe()}}
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"config": None, "model": strip_prefix(obj)}
-    raise CheckpointError(f"{path} is neither a state_dict nor a {FORMAT} checkpoint")
+    raise CheckpointError(f"{path} is neither a state_dict nor a {FORMAT} checkpoint, nor a release this toolkit "
+                          f"reads ({releases.KNOWN})")
+
+
+def reference_layout(obj: dict) -> bool:
+    """Keys of this toolkit's (and the reference's) model: each under a stage's name, perhaps after ``module.``."""
+    return bool(obj) and all(isinstance(k, str) and k.removeprefix("module.").split(".")[0] in KINDS for k in obj)
 
 
 def file_kind(path: Path) -> str:
@@ -313,13 +329,38 @@ def load_model(saved_model: str | os.PathLike, flags: dict | None = None, device
     if Path(saved_model).suffix.lower() == ".onnx":
         return load_onnx_model(Path(saved_model), flags, device, fine_tune or not allow_onnx, log, amp)
     path, registered = resolve_saved_model(str(saved_model))
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, release_hints(flags))
+    if "release" in ckpt:
+        release = ckpt["release"]
+        converted = f"converted from {release['file']}, " if ckpt.get("format") == FORMAT else ""
+        log(f"{path.name}: {converted}{release['description']}")
     named = str(saved_model) in REGISTRY and not Path(saved_model).exists()
+    if named and "release" in ckpt:
+        check_release(ckpt, registered, str(saved_model), path)
     trained = trained_config(ckpt, registered, named, path, flags, log)
     config = config_from_flags(flags, trained, allow_character_change=fine_tune)
     model = build_model(config, init=fine_tune)  # fresh rows for new characters need the reference's init
     load_weights(model, ckpt["model"], trained, fine_tune, log)
     return LoadedModel(model.to(device).eval(), config, path, ckpt)
+
+
+def check_release(ckpt: dict, registered: dict, name: str, path: Path) -> None:
+    """A release file found under a registered name must be that release's model (not another family's)."""
+    keys = ("FeatureExtraction", "Prediction", "imgH", "imgW", "vit_embed_dim", "vit_patch_h")
+    got = ModelConfig.from_dict(ckpt["config"])
+    expected = ModelConfig.from_dict(registered)
+    if any(getattr(got, k) != getattr(expected, k) for k in keys):
+        raise CheckpointError(f"{path} (registered as {name!r}) is {ckpt['release']['description']}, not the "
+                              f"{expected.name} {expected.imgH}x{expected.imgW} that {name!r} is: put the file of "
+                              f"{name!r} there (python pretrained.py lists the files)")
+
+
+def release_hints(flags: dict) -> dict:
+    """The flags that choose what a release file's weights do not say (``releases.recognise``'s hints)."""
+    hints = {k: flags[k] for k in ("imgH", "imgW", "vit_heads", "parseq_dec_heads") if flags.get(k) is not None}
+    if flags.get("character") is not None:
+        hints["character"] = resolve_character(flags["character"], bool(flags.get("sensitive")))
+    return hints
 
 
 def load_onnx_model(path: Path, flags: dict, device, training: bool, log, amp: str = "off") -> LoadedModel:

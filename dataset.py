@@ -126,6 +126,8 @@ class DataConfig:
     imgW: int = 100
     PAD: bool = False
     rgb: bool = False
+    channel_order: str = "RGB"  # "BGR": colour channels reversed after the resize (OpenOCR's models)
+    resize: str = "bicubic"  # "bilinear": cv2's INTER_LINEAR (OpenOCR's models)
     dynamic_width: bool = False
     data_filtering_off: bool = False
     workers: int = 0
@@ -140,7 +142,8 @@ class DataConfig:
             raise UsageError(f"--dynamic_width cannot feed --{fixed[0].kind} {fixed[0].name}: its weights are built "
                              f"for --imgW {config.imgW}; drop --dynamic_width")
         return cls(character=config.character, sensitive=config.sensitive, batch_max_length=config.batch_max_length,
-                   imgH=config.imgH, imgW=config.imgW, PAD=config.PAD, rgb=config.rgb, **loader)
+                   imgH=config.imgH, imgW=config.imgW, PAD=config.PAD, rgb=config.rgb,
+                   channel_order=config.channel_order, resize=config.resize, **loader)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -622,8 +625,7 @@ class BatchBalancedDataset:
         data = train.data
         self.workers, self.rank, self.world_size = data.workers, rank, world_size
         self.seed = data.seed
-        self.collate = AlignCollate(data.imgH, data.imgW, keep_ratio_with_pad=data.PAD,
-                                    dynamic_width=data.dynamic_width, rgb=data.rgb)
+        self.collate = AlignCollate.for_data(data)
         dashed_line = "-" * 80
         log(dashed_line)
         log(f"dataset_root: {train.train_data}\nopt.select_data: {list(train.select_data)}\n"
@@ -749,11 +751,39 @@ def _to_uint8(img: Image.Image) -> np.ndarray:
     return array[:, :, None] if array.ndim == 2 else array
 
 
-def _resize_pad(img: Image.Image, imgH: int, width: int) -> np.ndarray:
+def _resized(img: Image.Image, width: int, height: int, method: str = "bicubic") -> np.ndarray:
+    """[height, width, C] uint8: Pillow's bicubic (the reference's), or cv2's bilinear (``resize_bilinear``)."""
+    if method == "bilinear":
+        return resize_bilinear(_to_uint8(img), width, height)
+    return _to_uint8(img.resize((width, height), Image.BICUBIC))
+
+
+def resize_bilinear(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    """[H, W, C] uint8 → [height, width, C] uint8 as cv2.resize(..., INTER_LINEAR) computes it: samples at
+    half-pixel centres, edges clamped, no antialiasing when shrinking; in floating point where cv2 uses 11-bit
+    fixed-point weights, so a value may differ from cv2's by one grey level. (onnx_infer.py keeps a copy.)"""
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        low = np.floor(pos).astype(np.int64)
+        frac = pos - low
+        frac[low < 0] = 0
+        low = np.clip(low, 0, n_in - 1)
+        frac[low >= n_in - 1] = 0
+        return low, np.minimum(low + 1, n_in - 1), frac
+
+    x0, x1, fx = axis(array.shape[1], width)
+    y0, y1, fy = axis(array.shape[0], height)
+    a = array.astype(np.float64)
+    rows = a[:, x0] * (1 - fx)[None, :, None] + a[:, x1] * fx[None, :, None]  # [H, width, C]
+    out = rows[y0] * (1 - fy)[:, None, None] + rows[y1] * fy[:, None, None]  # [height, width, C]
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+
+def _resize_pad(img: Image.Image, imgH: int, width: int, method: str = "bicubic") -> np.ndarray:
     """Reference NormalizePAD: keep the ratio, left-align, replicate the last column."""
     w, h = img.size
     resized_w = min(width, math.ceil(imgH * w / h))
-    array = _to_uint8(img.resize((resized_w, imgH), Image.BICUBIC))
+    array = _resized(img, resized_w, imgH, method)
     return np.pad(array, ((0, 0), (0, width - resized_w), (0, 0)), mode="edge")
 
 
@@ -763,14 +793,22 @@ class AlignCollate:
     Default: BICUBIC resize to (imgW, imgH). ``keep_ratio_with_pad``: the reference's
     NormalizePAD. ``dynamic_width`` (with pad, EasyOCR style): the batch width is
     ``ceil(max(max w/h, 1)) * imgH`` capped at imgW. None items (unreadable images) are dropped.
+    ``resize`` "bilinear" and ``channel_order`` "BGR": a released model's own preprocessing (OpenOCR's).
     """
 
     def __init__(self, imgH: int = 32, imgW: int = 100, keep_ratio_with_pad: bool = False,
-                 dynamic_width: bool = False, rgb: bool | None = None):
+                 dynamic_width: bool = False, rgb: bool | None = None, channel_order: str = "RGB",
+                 resize: str = "bicubic"):
         self.imgH, self.imgW = imgH, imgW
         self.keep_ratio_with_pad = keep_ratio_with_pad
         self.dynamic_width = dynamic_width
         self.rgb = rgb  # None: 'RGB' items stay colour, every other mode becomes grey
+        self.channel_order, self.resize = channel_order, resize
+
+    @classmethod
+    def for_data(cls, data: DataConfig) -> "AlignCollate":
+        return cls(data.imgH, data.imgW, keep_ratio_with_pad=data.PAD, dynamic_width=data.dynamic_width,
+                   rgb=data.rgb, channel_order=data.channel_order, resize=data.resize)
 
     def __call__(self, batch: Sequence[tuple[Image.Image, str] | None]) -> tuple[torch.Tensor, tuple]:
         batch = [item for item in batch if item is not None]
@@ -784,10 +822,13 @@ class AlignCollate:
             if self.dynamic_width:
                 max_ratio = max(w / h for w, h in (img.size for img in images))
                 width = min(self.imgW, math.ceil(max(max_ratio, 1)) * self.imgH)
-            arrays = [_resize_pad(img, self.imgH, width) for img in images]
+            arrays = [_resize_pad(img, self.imgH, width, self.resize) for img in images]
         else:
-            arrays = [_to_uint8(img.resize((self.imgW, self.imgH), Image.BICUBIC)) for img in images]
-        stacked = np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))  # [B, C, H, W] uint8
+            arrays = [_resized(img, self.imgW, self.imgH, self.resize) for img in images]
+        stacked = np.stack(arrays)  # [B, H, W, C] uint8
+        if self.channel_order == "BGR" and stacked.shape[3] == 3:
+            stacked = stacked[..., ::-1]
+        stacked = np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))  # [B, C, H, W] uint8
         # Same float ops as ToTensor then (x - 0.5) / 0.5, so results are bit-identical.
         return torch.from_numpy(stacked).to(torch.float32).div_(255).sub_(0.5).div_(0.5), labels
 

@@ -62,8 +62,7 @@ def score_batch(labels, preds, case_insensitive: bool = False) -> tuple[int, flo
 
 def make_eval_loader(dataset, data: DataConfig, shuffle: bool = False) -> torch.utils.data.DataLoader:
     """Batches of ``(images [B, C, imgH, W], labels or paths)`` collated as the model expects."""
-    collate = AlignCollate(imgH=data.imgH, imgW=data.imgW, keep_ratio_with_pad=data.PAD,
-                           dynamic_width=data.dynamic_width, rgb=data.rgb)
+    collate = AlignCollate.for_data(data)
     return torch.utils.data.DataLoader(dataset, batch_size=data.batch_size, shuffle=shuffle,
                                        num_workers=data.workers, collate_fn=collate,
                                        pin_memory=torch.cuda.is_available())

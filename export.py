@@ -1,6 +1,7 @@
 """Export a model for other tools.
 
     python export.py --saved_model best_accuracy.pth --format reference --output model.pth
+    python export.py --saved_model parseq-bb5792a6.pt --format checkpoint --output parseq.pth
     python export.py --saved_model english_g2 --format easyocr --output easyocr_model/ [--name my_recognizer]
     python export.py --saved_model english_g2 --format onnx --output english_g2.onnx [--opset 17]
     python export.py --saved_model english_g2 --format onnx --output english_g2_int8.onnx \\
@@ -8,6 +9,10 @@
 
 ``reference``: a bare state_dict with the ``module.`` prefix, as the original train.py saves it
 (its demo.py / test.py load it with the same stage flags).
+
+``checkpoint``: this toolkit's self-describing checkpoint (configuration and weights in its keys), so that
+later loads need no flag and no conversion: the way to keep another project's release (a baudm/parseq
+PARSeq state_dict, an OpenOCR SVTR checkpoint) once converted; where it came from is kept in it ("release").
 
 ``easyocr``: an EasyOCR custom recogniser (``Reader(..., recog_network=NAME,
 user_network_directory=DIR)``): ``DIR/NAME.pth`` (the bare state_dict), ``DIR/NAME.yaml``
@@ -39,7 +44,7 @@ from pathlib import Path
 import yaml
 
 import plugins
-from checkpoint import atomic_save, export_reference, load_model, to_reference_state_dict
+from checkpoint import atomic_save, export_reference, load_model, save_checkpoint, to_reference_state_dict
 from errors import UserError
 from model import Model, ModelConfig, add_model_arguments, model_flags
 from modules.feature_extraction import VGG_FeatureExtractor
@@ -190,8 +195,8 @@ def parse_args(argv=None):
     plugins.load_from_argv(argv)  # their stages join the choices before the parser is built
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--saved_model", required=True, help="checkpoint path or pretrained model name")
-    parser.add_argument("--format", choices=["reference", "easyocr", "onnx"], required=True)
-    parser.add_argument("--output", required=True, help="reference: the .pth file; easyocr: a folder; onnx: the .onnx file")
+    parser.add_argument("--format", choices=["reference", "checkpoint", "easyocr", "onnx"], required=True)
+    parser.add_argument("--output", required=True, help="reference, checkpoint: the .pth file; easyocr: a folder; onnx: the .onnx file")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="onnx: " + OPSET_HELP)
     parser.add_argument("--quantize", choices=["int8"], default=None,
                         help="onnx: static int8 (QDQ) quantisation with ONNX Runtime; needs --calib_data")
@@ -229,6 +234,10 @@ def export(argv=None) -> list[Path]:
     check_outputs(opt, loaded.source)  # a registered name is a file in the cache
     if opt.format == "reference":
         export_reference(opt.output, loaded.model)
+        written = [Path(opt.output)]
+    elif opt.format == "checkpoint":
+        release = loaded.checkpoint.get("release")
+        save_checkpoint(opt.output, loaded.model, **({"release": release} if release else {}))
         written = [Path(opt.output)]
     elif opt.format == "onnx":
         written = [export_onnx_file(loaded.model, opt)]

@@ -52,6 +52,10 @@ class ModelConfig:
     character: str = DEFAULT_CHARACTER
     sensitive: bool = False  # labels keep their case (else they are lower-cased before encoding)
     PAD: bool = False  # keep-ratio resize with replicate padding (else plain resize to imgW × imgH)
+    # How a picture becomes the input (a released model's own preprocessing; datasets.AlignCollate and
+    # onnx_infer.preprocess follow them): the channel order of colour input, and the resize.
+    channel_order: str = "RGB"  # "RGB", or "BGR" (OpenOCR and PaddleOCR read images with cv2)
+    resize: str = "bicubic"  # "bicubic" (Pillow's, as the reference), or "bilinear" (cv2's INTER_LINEAR)
     options: tuple = ()  # ((name, value), ...) of the stages' own options that differ from their defaults
 
     def __init__(self, *args, **kwargs):
@@ -78,6 +82,7 @@ class ModelConfig:
                 object.__setattr__(self, f.name, values.get(f.name, f.default))
         kept = tuple(sorted((k, v) for k, v in options.items() if v != registered[k][1].default))
         object.__setattr__(self, "options", kept)
+        check_input_options(self)
         check_sizes(self)
 
     def __getattr__(self, name: str):
@@ -107,8 +112,10 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         """Plain types: the fields, then the options of every stage of this repository and of this
-        configuration's stages (a checkpoint keeps the keys it always had)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        configuration's stages (a checkpoint keeps the keys it always had: the input fields that came later,
+        ``channel_order`` and ``resize``, only where they differ from their defaults)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "options" and not (f.name in LATER_FIELDS and getattr(self, f.name) == f.default)}
         used = set(combination_stages(self))
         for cls, option in all_options().values():
             if builtin(cls) or cls in used:
@@ -126,6 +133,19 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return ModelConfig(**{**self.to_dict(), **dict(self.options), **changes})
+
+
+# Fields added after checkpoints were first written: to_dict leaves them out at their defaults.
+LATER_FIELDS = ("channel_order", "resize")
+CHANNEL_ORDERS = ("RGB", "BGR")
+RESIZES = ("bicubic", "bilinear")
+
+
+def check_input_options(config: ModelConfig) -> None:
+    if config.channel_order not in CHANNEL_ORDERS:
+        raise UsageError(f"channel_order {config.channel_order!r} is not one of {', '.join(CHANNEL_ORDERS)}")
+    if config.resize not in RESIZES:
+        raise UsageError(f"resize {config.resize!r} is not one of {', '.join(RESIZES)}")
 
 
 def stage_widths(config: ModelConfig) -> dict[str, int]:

@@ -128,19 +128,50 @@ def check_classes(path: str, session: ort.InferenceSession, config: dict) -> Non
 
 
 def preprocess(image: Image.Image, config: dict) -> np.ndarray:
-    """→ [C, imgH, imgW] float32 in [-1, 1]: plain resize, or keep-ratio resize + replicate padding (PAD)."""
+    """→ [C, imgH, imgW] float32 in [-1, 1]: plain resize, or keep-ratio resize + replicate padding (PAD); Pillow's
+    bicubic, or cv2's bilinear ("resize": "bilinear"); colour channels reversed for "channel_order": "BGR"."""
     image = image.convert("RGB" if config["input_channel"] == 3 else "L")
     height, width = config["imgH"], config["imgW"]
+    method = config.get("resize", "bicubic")
     if config["PAD"]:
         w, h = image.size
         resized_w = min(width, math.ceil(height * w / h))
-        array = np.asarray(image.resize((resized_w, height), Image.BICUBIC), dtype=np.uint8)
-        array = array.reshape(height, resized_w, -1)
+        array = resized(image, resized_w, height, method)
         array = np.pad(array, ((0, 0), (0, width - resized_w), (0, 0)), mode="edge")
     else:
-        array = np.asarray(image.resize((width, height), Image.BICUBIC), dtype=np.uint8).reshape(height, width, -1)
+        array = resized(image, width, height, method)
+    if config.get("channel_order", "RGB") == "BGR" and array.shape[2] == 3:
+        array = array[..., ::-1]
     # Same float operations as the toolkit's AlignCollate: /255, -0.5, /0.5.
     return ((array.transpose(2, 0, 1).astype(np.float32) / np.float32(255)) - np.float32(0.5)) / np.float32(0.5)
+
+
+def resized(image: Image.Image, width: int, height: int, method: str) -> np.ndarray:
+    """[height, width, C] uint8."""
+    if method != "bilinear":
+        return np.asarray(image.resize((width, height), Image.BICUBIC), dtype=np.uint8).reshape(height, width, -1)
+    array = np.asarray(image, dtype=np.uint8)
+    return resize_bilinear(array.reshape(array.shape[0], array.shape[1], -1), width, height)
+
+
+def resize_bilinear(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    """cv2's INTER_LINEAR in floating point: a copy of dataset.resize_bilinear (this file imports nothing of the
+    toolkit's; tests/test_releases.py checks that the two agree)."""
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        low = np.floor(pos).astype(np.int64)
+        frac = pos - low
+        frac[low < 0] = 0
+        low = np.clip(low, 0, n_in - 1)
+        frac[low >= n_in - 1] = 0
+        return low, np.minimum(low + 1, n_in - 1), frac
+
+    x0, x1, fx = axis(array.shape[1], width)
+    y0, y1, fy = axis(array.shape[0], height)
+    a = array.astype(np.float64)
+    rows = a[:, x0] * (1 - fx)[None, :, None] + a[:, x1] * fx[None, :, None]  # [H, width, C]
+    out = rows[y0] * (1 - fy)[:, None, None] + rows[y1] * fy[:, None, None]  # [height, width, C]
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
 
 
 def decode(logits: np.ndarray, config: dict) -> list[str]:

@@ -446,8 +446,9 @@ def calibration_items(folder: str | os.PathLike, config: ModelConfig, count: int
     preprocessed as demo.py does."""
     from dataset import AlignCollate, DataConfig, RawDataset
 
-    dataset = RawDataset(folder, DataConfig.for_model(config))
-    collate = AlignCollate(imgH=config.imgH, imgW=config.imgW, keep_ratio_with_pad=config.PAD)
+    data = DataConfig.for_model(config)
+    dataset = RawDataset(folder, data)
+    collate = AlignCollate.for_data(data)
     items = [item for item in (dataset[i] for i in range(min(count, len(dataset)))) if item is not None]
     if not items:
         raise UserError(f"--calib_data {folder}: no readable image to calibrate on")

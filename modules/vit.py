@@ -93,6 +93,8 @@ class ViT(Stage, nn.Module):
         Option("vit_heads", 6, "ViT: attention heads (small 6, tiny 3)", low=1),
         Option("vit_patch_h", 4, "ViT: patch height in pixels (PARSeq 4); must divide --imgH", low=1),
         Option("vit_patch_w", 8, "ViT: patch width in pixels (PARSeq 8); must divide --imgW", low=1),
+        Option("vit_class_token", False, "ViT: a learned class token before the patch tokens, as timm's default "
+                                         "(ViTSTR's; PARSeq has none)"),
     )
     presets = (Preset("vit_size", {k: dict(zip(("vit_embed_dim", "vit_depth", "vit_heads"), v))
                                    for k, v in VIT_SIZES.items()},
@@ -105,11 +107,15 @@ class ViT(Stage, nn.Module):
     has_own_init = True  # model.init_weights leaves it alone (trunc-normal 0.02, as timm)
 
     def __init__(self, input_channel: int, imgH: int, imgW: int, patch: tuple[int, int] = (4, 8),
-                 embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: int = 4):
+                 embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: int = 4,
+                 class_token: bool = False):
         super().__init__()
         self.patch_embed = PatchEmbed(input_channel, embed_dim, patch)
         num_patches = (imgH // patch[0]) * (imgW // patch[1])
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim))
+        if class_token:  # timm: the class token first, the position embedding over it and the patches
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.class_token = class_token
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + class_token, embed_dim))
         self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.output_size = embed_dim
@@ -118,7 +124,7 @@ class ViT(Stage, nn.Module):
     @classmethod
     def from_config(cls, config, input_size: int) -> "ViT":
         return cls(config.input_channel, config.imgH, config.imgW, (config.vit_patch_h, config.vit_patch_w),
-                   config.vit_embed_dim, config.vit_depth, config.vit_heads)
+                   config.vit_embed_dim, config.vit_depth, config.vit_heads, class_token=config.vit_class_token)
 
     @classmethod
     def output_width(cls, config, input_size: int) -> int:
@@ -145,9 +151,10 @@ class ViT(Stage, nn.Module):
     def read_sizes(cls, state_dict: dict) -> dict:
         proj = state_dict["patch_embed.proj.weight"]  # [embed_dim, Cin, patch_h, patch_w]
         blocks = {k.split(".")[1] for k in state_dict if k.startswith("blocks.")}
+        class_token = "cls_token" in state_dict
         return {"input_channel": proj.shape[1], "vit_embed_dim": proj.shape[0], "vit_depth": len(blocks),
-                "vit_patch_h": proj.shape[2], "vit_patch_w": proj.shape[3],
-                "patches": state_dict["pos_embed"].shape[1]}
+                "vit_patch_h": proj.shape[2], "vit_patch_w": proj.shape[3], "vit_class_token": class_token,
+                "patches": state_dict["pos_embed"].shape[1] - class_token}
 
     @classmethod
     def mismatch(cls, found: dict, config) -> list[str]:
@@ -162,9 +169,14 @@ class ViT(Stage, nn.Module):
 
     def reset_parameters(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.class_token:
+            nn.init.normal_(self.cls_token, std=1e-6)  # timm's
         init_linear_layers(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x) + self.pos_embed  # [B, N, C]
+        x = self.patch_embed(x)  # [B, N, C]
+        if self.class_token:
+            x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1)  # [B, 1 + N, C]
+        x = x + self.pos_embed
         x = self.norm(self.blocks(x))
-        return x.transpose(1, 2).unsqueeze(2)  # [B, C, 1, N]
+        return x.transpose(1, 2).unsqueeze(2)  # [B, C, 1, N] (1 + N with the class token)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import math
 import os
 import random
 import string
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from dataset import DataConfig, TrainDataConfig
@@ -145,3 +147,33 @@ def save_tiny_checkpoint(path: Path, hidden_size: int = 32) -> Path:
     checkpoint.save_checkpoint(path, build_model(ModelConfig("None", "VGG", "None", "CTC", output_channel=32,
                                                              hidden_size=hidden_size)))
     return path
+
+
+# --- released models' file layouts (tests/test_releases.py, scripts/make_release_fixtures.py) -----------------
+
+# OpenOCR's configs/rec/svtrs/svtrnet_ctc_syn.yml, Architecture.Encoder
+SVTR_TINY = {"name": "SVTRNet", "img_size": [32, 100], "out_char_num": 25, "out_channels": 192,
+             "patch_merging": "Conv", "embed_dim": [64, 128, 256], "depth": [3, 6, 3], "num_heads": [2, 4, 8],
+             "mixer": ["Local"] * 6 + ["Global"] * 6, "local_mixer": [[7, 11], [7, 11], [7, 11]],
+             "last_stage": True, "prenorm": False}
+
+
+def release_weights(layout: dict[str, tuple], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights for every key of ``layout`` ({key: shape}), the same on every run, scaled so that the output
+    depends on the input: matrices and kernels normal with std 1/sqrt(fan-in), norm scales 1 + normal(0, 0.1),
+    biases and means normal(0, 0.1), BatchNorm variances 1 + uniform(0, 0.2), batch counts 0."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in layout.items():
+        noise = torch.randn(shape, generator=generator)
+        if key.endswith("num_batches_tracked"):
+            out[key] = torch.zeros(shape, dtype=torch.long)
+        elif key.endswith("running_var"):
+            out[key] = 1 + 0.2 * torch.rand(shape, generator=generator)
+        elif len(shape) >= 2 and key.endswith("weight"):
+            out[key] = noise / math.sqrt(math.prod(shape[1:]))
+        elif len(shape) == 1 and key.endswith("weight"):
+            out[key] = 1 + 0.1 * noise
+        else:
+            out[key] = 0.1 * noise
+    return out

@@ -1,0 +1,223 @@
+"""Other projects' released weights read as they are (releases.py): baudm/parseq's PARSeq state_dicts and
+OpenOCR's SVTR-Tiny + CTC checkpoints, through the user's path (demo.py --saved_model FILE, no other flag).
+
+The references' outputs are fixtures written once from their code: ``parseq_reference.pt`` (baudm/parseq at
+1902db0, a reduced PARSeq saved as ``PARSeq.model.state_dict()``) and ``openocr_svtr_release.pt``
+(scripts/make_release_fixtures.py: OpenOCR's BaseRecognizer built as svtrnet_ctc_syn.yml, on real crops).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import demo
+import onnx_infer
+from checkpoint import CheckpointError, load_model, read_checkpoint
+from dataset import RawDataset, DataConfig, resize_bilinear
+from evaluation import make_eval_loader
+from helpers import SVTR_TINY, release_weights
+from releases import ReleaseError
+from utils import DEFAULT_CHARACTER, SENSITIVE_CHARACTER
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def parseq_ref():
+    return torch.load(FIXTURES / "parseq_reference.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def svtr_ref():
+    return torch.load(FIXTURES / "openocr_svtr_release.pt", weights_only=True)
+
+
+def parseq_file(ref, folder: Path) -> Path:
+    """The reduced PARSeq as baudm/parseq's release saves a model: the bare ``PARSeq.model.state_dict()``."""
+    path = folder / "parseq-small.pt"
+    torch.save({k: v.float() for k, v in ref["state_dict"].items()}, path)
+    return path
+
+
+def openocr_file(ref, folder: Path, wrapped: bool = True) -> Path:
+    """SVTR-Tiny in OpenOCR's layout: tools/utils/ckpt.py's dict around the state_dict (or the bare state_dict)."""
+    state = release_weights({k: s for k, s in ref["layout"].items() if not k.endswith(".mixer.mask")})
+    state.update({k: torch.zeros(s) for k, s in ref["layout"].items() if k.endswith(".mixer.mask")})
+    state = {k: state[k] for k in ref["layout"]}  # the reference's key order
+    config = {"Global": {"character_dict_path": "./tools/utils/EN_symbol_dict.txt", "max_text_length": 25,
+                         "use_space_char": False},
+              "Architecture": {"model_type": "rec", "algorithm": "SVTR", "Transform": None,
+                               "Encoder": dict(SVTR_TINY), "Decoder": {"name": "CTCDecoder"}}}
+    path = folder / ("svtr_tiny_best.pth" if wrapped else "svtr_tiny_state_dict.pth")
+    torch.save({"epoch": 20, "global_step": 1000, "state_dict": state, "optimizer": None, "scheduler": None,
+                "config": config, "metrics": {"acc": 0.5}} if wrapped else state, path)
+    return path
+
+
+def pipeline_outputs(saved_model: Path, images, flags: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the model's input, its outputs) as demo.py computes them: load_model, RawDataset, the eval loader."""
+    loaded = load_model(saved_model, flags or {})
+    data = DataConfig.for_model(loaded.config, batch_size=64)
+    inputs, logits = [], []
+    with torch.inference_mode():
+        for batch, _ in make_eval_loader(RawDataset(images, data), data):
+            inputs.append(batch)
+            logits.append(loaded.model(batch, is_train=False))
+    return torch.cat(inputs), torch.cat(logits)
+
+
+def save_images(images: torch.Tensor, folder: Path) -> Path:
+    """uint8 [N, 3, H, W] RGB → PNG files 0.png ... (natural order)."""
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    return folder
+
+
+def test_parseq_state_dict_reads_as_parseq(parseq_ref, tmp_path, caplog):
+    path = parseq_file(parseq_ref, tmp_path)
+    folder = save_images(parseq_ref["images"], tmp_path / "images")  # 32 x 128: the resize keeps them as they are
+    # The reduced model's heads (2 and 2) are not the releases' (width / 64, width / 32), and not in the weights.
+    flags = {"vit_heads": 2, "parseq_dec_heads": 2}
+    inputs, logits = pipeline_outputs(path, folder, flags)
+    assert torch.equal(inputs, parseq_ref["images"].float() / 255 * 2 - 1)
+    assert (logits - parseq_ref["logits_ar_refine1"]).abs().max() < TOLERANCE
+    expected = []
+    for row in parseq_ref["logits_ar_refine1"].argmax(-1):
+        ends = (row == 0).nonzero()
+        expected.append("".join(parseq_ref["config"]["charset"][i - 1] for i in row[:ends[0, 0] if len(ends) else None]))
+    read = demo.read_images(demo.parse_args(["--image_folder", str(folder), "--saved_model", str(path),
+                                             "--vit_heads", "2", "--parseq_dec_heads", "2", "--device", "cpu"]))
+    assert [text for _, text, _ in read] == expected
+
+
+def test_parseq_release_is_recognised_and_said(parseq_ref, tmp_path):
+    ckpt = read_checkpoint(parseq_file(parseq_ref, tmp_path), {"vit_heads": 2, "parseq_dec_heads": 2})
+    assert ckpt["config"]["FeatureExtraction"] == "ViT" and ckpt["config"]["Prediction"] == "PARSeq"
+    assert ckpt["config"]["character"] == parseq_ref["config"]["charset"]
+    assert ckpt["release"]["source"] == "baudm/parseq"
+    assert "36 characters, RGB 32x128" in ckpt["release"]["description"]
+
+
+@pytest.mark.parametrize("width,family", [(384, "PARSeq-S"), (192, "PARSeq-Ti")])
+def test_parseq_sizes_and_charset_of_the_releases(width, family, tmp_path):
+    """A file laid out as the v1.0.0 release's parseq / parseq-tiny (94 characters, 12 blocks, 32 x 128)."""
+    from model import build_model, config_from_name
+    config = config_from_name("None-ViT-None-PARSeq", input_channel=3, character=SENSITIVE_CHARACTER, sensitive=True,
+                              vit_embed_dim=width, vit_heads=width // 64, vit_depth=12)
+    own = build_model(config, init=False).state_dict()
+    release = {k.replace("FeatureExtraction.", "encoder.").replace("Prediction.", ""): v for k, v in own.items()}
+    torch.save(release, tmp_path / "p.pt")
+    found = read_checkpoint(tmp_path / "p.pt")
+    assert found["release"]["family"] == family
+    assert found["release"]["description"].startswith(f"a {family} state_dict from baudm/parseq: 94 characters, "
+                                                      "RGB 32x128")
+    loaded = load_model(tmp_path / "p.pt")
+    assert loaded.config.vit_heads == width // 64 and loaded.config.character == SENSITIVE_CHARACTER
+
+
+@pytest.mark.parametrize("wrapped", [True, False], ids=["checkpoint", "state_dict"])
+def test_openocr_svtr_reads_as_openocr(svtr_ref, tmp_path, wrapped):
+    if not REAL.is_dir():
+        pytest.skip(f"{REAL} is absent: the real crops the fixture was made from")
+    path = openocr_file(svtr_ref, tmp_path, wrapped)
+    images = [str(REAL / "parseq_demo" / "images"), str(REAL / "dtrb_demo" / "images")]
+    inputs, logits = pipeline_outputs(path, images)
+    # The input: BGR, bilinear to 32 x 100, as the fixture script preprocessed it for OpenOCR's model.
+    assert torch.equal(((inputs + 1) / 2 * 255).round().to(torch.uint8), svtr_ref["images"])
+    # OpenOCR's CTCDecoder gives probabilities in eval mode: compared as log-probabilities (logits up to a constant).
+    assert (logits.log_softmax(-1) - svtr_ref["probs"].log()).abs().max() < TOLERANCE
+    expected = []
+    for row in svtr_ref["probs"].argmax(-1).tolist():
+        expected.append("".join(SENSITIVE_CHARACTER[c - 1] for t, c in enumerate(row) if c and (t == 0 or c != row[t - 1])))
+    read = demo.read_images(demo.parse_args(["--image_folder", *images, "--saved_model", str(path), "--device", "cpu"]))
+    assert [text for _, text, _ in read] == expected
+
+
+def test_openocr_recognition_says_what_it_found(svtr_ref, tmp_path):
+    ckpt = read_checkpoint(openocr_file(svtr_ref, tmp_path))
+    assert ckpt["release"]["description"] == ("a SVTR-Tiny + CTC checkpoint from Topdu/OpenOCR: 94 characters, BGR "
+                                              "32x100, cv2 bilinear resize, (x - 0.5) / 0.5")
+    assert ckpt["config"]["channel_order"] == "BGR" and ckpt["config"]["resize"] == "bilinear"
+
+
+def test_other_character_set_needs_character(parseq_ref, tmp_path):
+    state = {k: v.float() for k, v in parseq_ref["state_dict"].items()}
+    state["head.weight"], state["head.bias"] = state["head.weight"][:31], state["head.bias"][:31]  # 30 characters
+    torch.save(state, tmp_path / "p30.pt")
+    with pytest.raises(ReleaseError, match="predicts 30 characters.*--character"):
+        read_checkpoint(tmp_path / "p30.pt")
+    ckpt = read_checkpoint(tmp_path / "p30.pt", {"character": "abcdefghijklmnopqrstuvwxyz0123"})
+    assert ckpt["config"]["character"] == "abcdefghijklmnopqrstuvwxyz0123"
+
+
+def test_truncated_release_is_one_line(parseq_ref, tmp_path):
+    path = parseq_file(parseq_ref, tmp_path)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="cannot load") as error:
+        read_checkpoint(path)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_dict_keeps_the_refusal(tmp_path):
+    torch.save({"state_dict": {"backbone.weight": torch.zeros(2)}, "epoch": 1}, tmp_path / "x.pth")
+    with pytest.raises(CheckpointError, match="neither a state_dict nor"):
+        read_checkpoint(tmp_path / "x.pth")
+
+
+def test_bilinear_copies_agree():
+    rng = np.random.default_rng(0)
+    for shape, size in (((37, 91, 3), (100, 32)), ((20, 300, 1), (100, 32)), ((32, 100, 3), (100, 32))):
+        array = rng.integers(0, 256, shape, dtype=np.uint8)
+        assert np.array_equal(resize_bilinear(array, *size), onnx_infer.resize_bilinear(array, *size))
+    same = rng.integers(0, 256, (32, 100, 3), dtype=np.uint8)
+    assert np.array_equal(resize_bilinear(same, 100, 32), same)  # same size: the pixels themselves
+
+
+def test_export_checkpoint_keeps_the_conversion(svtr_ref, tmp_path):
+    """export.py --format checkpoint: a self-describing file that loads with no flag, reads the same, and keeps
+    where it came from."""
+    import export
+
+    source = openocr_file(svtr_ref, tmp_path)
+    out = tmp_path / "svtr.pth"
+    export.main(["--saved_model", str(source), "--format", "checkpoint", "--output", str(out)])
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["format"] == "str-toolkit" and ckpt["release"]["source"] == "Topdu/OpenOCR"
+    assert ckpt["release"]["file"] == source.name
+    assert ckpt["config"]["channel_order"] == "BGR" and ckpt["config"]["resize"] == "bilinear"
+    messages = []
+    converted, original = load_model(out, log=messages.append), load_model(source)
+    assert messages[0].startswith(f"svtr.pth: converted from {source.name}, a SVTR-Tiny + CTC checkpoint")
+    assert converted.config == original.config
+    image = torch.rand(2, 3, 32, 100) * 2 - 1
+    with torch.inference_mode():
+        assert torch.equal(converted.model(image, is_train=False), original.model(image, is_train=False))
+
+
+def test_vitstr_release_reads_as_parseq_vitstr(tmp_path):
+    """baudm/parseq's ViTSTR (timm's VisionTransformer + the system's forward), saved as the release saves it."""
+    if not REAL.is_dir():
+        pytest.skip(f"{REAL} is absent: the real crops the fixture was made from")
+    ref = torch.load(FIXTURES / "vitstr_release.pt", weights_only=True)
+    torch.save(release_weights(ref["layout"]), tmp_path / "vitstr-small.pt")
+    images = [str(REAL / "parseq_demo" / "images"), str(REAL / "dtrb_demo" / "images")]
+    ckpt = read_checkpoint(tmp_path / "vitstr-small.pt", {"vit_heads": 2})
+    assert ckpt["release"]["description"].startswith("a ViTSTR (width 32, depth 2) state_dict from baudm/parseq: "
+                                                     "36 characters, RGB 32x128")
+    inputs, logits = pipeline_outputs(tmp_path / "vitstr-small.pt", images, {"vit_heads": 2})
+    assert torch.equal(((inputs + 1) / 2 * 255).round().to(torch.uint8), ref["images"])
+    assert (logits - ref["logits"]).abs().max() < TOLERANCE
+    expected = []
+    for row in ref["logits"].argmax(-1).tolist():
+        row = row[:row.index(0)] if 0 in row else row
+        expected.append("".join(DEFAULT_CHARACTER[c - 1] for c in row))
+    read = demo.read_images(demo.parse_args(["--image_folder", *images, "--saved_model", str(tmp_path / "vitstr-small.pt"),
+                                             "--vit_heads", "2", "--device", "cpu"]))
+    assert [text for _, text, _ in read] == expected
