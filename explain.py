@@ -190,13 +190,15 @@ def character_spans(ex: Explained, confidences: list[float], W: int) -> list[Cha
     rows, cols = ex.grid
     if ex.frames is not None:
         columns, cols = ctc_runs(ex.frames[0]), len(ex.frames[0])
+        edges = run_extents(columns, cols)
     elif ex.attention:
         columns = [peak_columns(step.reshape(rows, cols).sum(0)) for step in ex.attention[-1][:len(text)]]
+        edges = [(first, last + 1) for first, last in columns]
     else:
         return []
     spans = []
-    for char, conf, (first, last) in zip(text, confidences, columns):
-        x0, x1 = first * W / cols, (last + 1) * W / cols
+    for char, conf, (first, last), (e0, e1) in zip(text, confidences, columns, edges):
+        x0, x1 = e0 * W / cols, e1 * W / cols
         if ex.sampling_grid is not None:
             x0, x1 = through_grid(ex.sampling_grid, x0, x1)
         spans.append(CharSpan(char, x0, x1, conf, (first, last)))
@@ -213,6 +215,20 @@ def ctc_runs(best: np.ndarray) -> list[tuple[int, int]]:
             runs.append((t, t))
         previous = c
     return runs
+
+
+def run_extents(runs: list[tuple[int, int]], T: int) -> list[tuple[float, float]]:
+    """Each character's extent in frames: its run widened to the middle of the blank frames between it and its
+    neighbours (a CTC character fires on one or two frames of the several its glyph covers); the first and
+    the last reach as far out as their inner gaps, within [0, T]."""
+    if not runs:
+        return []
+    cuts = [(last + 1 + first) / 2 for (_, last), (first, _) in zip(runs, runs[1:])]  # between characters
+    gap_left = cuts[0] - runs[0][1] - 1 if cuts else 0.5
+    gap_right = runs[-1][0] - cuts[-1] if cuts else 0.5
+    starts = [max(0.0, runs[0][0] - gap_left)] + cuts
+    ends = cuts + [min(float(T), runs[-1][1] + 1 + gap_right)]
+    return list(zip(starts, ends))
 
 
 def peak_columns(profile: np.ndarray) -> tuple[int, int]:
@@ -304,7 +320,8 @@ class _Canvas:
 
     def text(self, lines: list[str], size: int = 13) -> None:
         font = _font(size)
-        picture = Image.new("RGB", (self.width - LABEL_WIDTH, (size + 5) * len(lines) + 4), "white")
+        width = max(self.width - LABEL_WIDTH, *(int(font.getlength(line)) + 6 for line in lines))
+        picture = Image.new("RGB", (width, (size + 5) * len(lines) + 4), "white")
         draw = ImageDraw.Draw(picture)
         for i, line in enumerate(lines):
             draw.text((2, 2 + i * (size + 5)), line, fill="black", font=font)
