@@ -181,6 +181,31 @@ def explain_images(model, images: list[torch.Tensor], config, options: DecodeOpt
     return out
 
 
+def can_explain(model) -> bool:
+    """A PyTorch model of registered stages (not an exported graph, whose stages cannot be watched)."""
+    return isinstance(getattr(model, "Prediction", None), Stage)
+
+
+def explain_results(model, kept: list[tuple[str, object]], config, options: DecodeOptions, device, amp_dtype=None,
+                    case_insensitive: bool = False, wrong_only: bool = False) -> list[Explained]:
+    """The images of validation results kept with ``keep_all`` ([(set name, ValidationResult)]) explained with
+    their labels and set names; ``wrong_only``: the misread ones (the scoring ``case_insensitive`` asks for)."""
+    out = []
+    for name, result in kept:
+        indices = [i for i, (gt, pred) in enumerate(zip(result.labels, result.preds))
+                   if not wrong_only or _norm(gt, case_insensitive) != _norm(pred, case_insensitive)]
+        explained = explain_images(model, [result.images[i] for i in indices], config, options, device, amp_dtype,
+                                   names=[f"{name}/{i}" for i in indices])
+        for ex, i in zip(explained, indices):
+            ex.label, ex.dataset = result.labels[i], name
+        out += explained
+    return out
+
+
+def _norm(text: str, case_insensitive: bool) -> str:
+    return normalize_for_scoring(text) if case_insensitive else text
+
+
 # ------------------------------------------------------------------------------------------ spans
 
 def character_spans(ex: Explained, confidences: list[float], W: int) -> list[CharSpan]:

@@ -166,7 +166,7 @@ def test_demo_explain_and_char_boxes(tmp_path):
     folder = make_gt_folder(tmp_path / "words", copies=1)
     out = tmp_path / "explained"
     proc = run_main("demo.py", "--image_folder", folder / "images", "--saved_model", model_path, "--explain", out,
-                    "--char_boxes", "--log_file", tmp_path / "log.txt", "--device", "cpu", cwd=tmp_path)
+                    "--char_boxes", "--log_file", tmp_path / "log.txt", "--device", "cpu", "--workers", "0", cwd=tmp_path)
     records = json.loads((out / "spans.json").read_text(encoding="utf-8"))
     assert (out / "index.html").is_file() and len(records) == len(list((folder / "images").iterdir()))
     for record in records:
@@ -186,7 +186,7 @@ def test_demo_without_the_flags_reads_the_same(tmp_path):
     torch.manual_seed(0)
     checkpoint.save_checkpoint(model_path, build_model(config_from_name("None-VGG-BiLSTM-Attn", **SMALL)))
     folder = make_gt_folder(tmp_path / "words", copies=1)
-    args = ["--image_folder", folder / "images", "--saved_model", model_path, "--device", "cpu", "--log_file",
+    args = ["--image_folder", folder / "images", "--saved_model", model_path, "--device", "cpu", "--workers", "0", "--log_file",
             tmp_path / "log.txt"]
     plain = run_main("demo.py", *args, cwd=tmp_path).stdout
     explained = run_main("demo.py", *args, "--explain", tmp_path / "x", cwd=tmp_path).stdout
@@ -247,3 +247,24 @@ def test_page_screenshot_is_not_blank(gallery, tmp_path):
     assert (pixels < 128).mean() > 0.01, "the page rendered (nearly) blank"
     # The panels are drawn (not broken-image boxes): the screenshot holds their grey input pictures.
     assert len(np.unique(pixels)) > 50
+
+
+def test_test_py_explain_and_save_errors_panels(tmp_path):
+    model_path = tmp_path / "model.pth"
+    torch.manual_seed(0)
+    checkpoint.save_checkpoint(model_path, build_model(config_from_name("TPS-VGG-None-CTC", **SMALL)))
+    folder = make_gt_folder(tmp_path / "words", copies=1)
+    run_main("test.py", "--eval_data", folder, "--saved_model", model_path, "--workers", "0", "--device", "cpu",
+             "--save_errors", tmp_path / "errors", "--explain", tmp_path / "explained", cwd=tmp_path)
+    rows = (tmp_path / "errors" / "errors.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    assert rows, "an untrained model reads these words wrong"
+    panels = sorted(p.name for p in (tmp_path / "errors" / "panels").iterdir())
+    assert panels == sorted(f"{int(row.split(chr(9))[0]):06d}.png" for row in rows)
+    page = (tmp_path / "errors" / "index.html").read_text(encoding="utf-8")
+    assert f"{len(rows)} wrong" in page and "substitution: " in page and 'data-status="correct"' not in page
+    explained = json.loads((tmp_path / "explained" / "spans.json").read_text(encoding="utf-8"))
+    labels = dict(line.split("\t") for line in (folder / "gt.txt").read_text(encoding="utf-8").splitlines())
+    assert len(explained) == len(labels)
+    everything = (tmp_path / "explained" / "index.html").read_text(encoding="utf-8")
+    assert everything.count('data-status="wrong"') == len(rows)
+    assert everything.count('class="card ') == len(labels)
