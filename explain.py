@@ -193,7 +193,7 @@ def explain_results(model, kept: list[tuple[str, object]], config, options: Deco
     out = []
     for name, result in kept:
         indices = [i for i, (gt, pred) in enumerate(zip(result.labels, result.preds))
-                   if not wrong_only or _norm(gt, case_insensitive) != _norm(pred, case_insensitive)]
+                   if not wrong_only or scored_text(gt, case_insensitive) != scored_text(pred, case_insensitive)]
         explained = explain_images(model, [result.images[i] for i in indices], config, options, device, amp_dtype,
                                    names=[f"{name}/{i}" for i in indices])
         for ex, i in zip(explained, indices):
@@ -202,7 +202,8 @@ def explain_results(model, kept: list[tuple[str, object]], config, options: Deco
     return out
 
 
-def _norm(text: str, case_insensitive: bool) -> str:
+def scored_text(text: str, case_insensitive: bool) -> str:
+    """``text`` as test.py scores it (``--case_insensitive``: lower-case alphanumerics only)."""
     return normalize_for_scoring(text) if case_insensitive else text
 
 
@@ -456,9 +457,7 @@ def is_correct(ex: Explained, case_insensitive: bool = False) -> bool | None:
     """Whether the reading matches the label (the scoring ``case_insensitive`` asks for); None without one."""
     if ex.label is None:
         return None
-    def norm(text: str) -> str:
-        return normalize_for_scoring(text) if case_insensitive else text
-    return norm(ex.label) == norm(ex.decoded.text)
+    return scored_text(ex.label, case_insensitive) == scored_text(ex.decoded.text, case_insensitive)
 
 
 def write_explanations(items: list[Explained], out_dir: str | os.PathLike, title: str = "Readings explained",
@@ -472,18 +471,13 @@ def write_explanations(items: list[Explained], out_dir: str | os.PathLike, title
         name = f"panels/{panel_names[i] if panel_names else f'{i:06d}'}.png"
         draw_panel(ex, topk).save(out / name, compress_level=1)
         correct = is_correct(ex, case_insensitive)
-        kinds = [] if correct in (None, True) else error_kinds(*_scored(ex, case_insensitive)) or ["substitution"]
+        scored = [] if correct in (None, True) else [scored_text(t, case_insensitive) for t in (ex.label, ex.decoded.text)]
+        kinds = error_kinds(*scored) if scored else []
         cards.append(_Card(i, name, ex, correct, kinds))
     with open(out / "spans.json", "w", encoding="utf-8") as f:
         json.dump([ex.span_records() for ex in items], f, ensure_ascii=False, indent=1)
     (out / "index.html").write_text(page(cards, title), encoding="utf-8")
     return out / "index.html"
-
-
-def _scored(ex: Explained, case_insensitive: bool) -> tuple[str, str]:
-    if case_insensitive:
-        return normalize_for_scoring(ex.label), normalize_for_scoring(ex.decoded.text)
-    return ex.label, ex.decoded.text
 
 
 @dataclass
@@ -581,3 +575,39 @@ def _card_html(c: _Card) -> str:
             f'data-set="{html.escape(ex.dataset)}"><img src="{html.escape(c.panel)}" loading="lazy" alt="">'
             f'<div class="meta">#{c.index} <code>{html.escape(ex.decoded.text)}</code> '
             f'{ex.decoded.confidence:.4f}{label}{kinds}{where}<br>{html.escape(ex.name)}</div></div>')
+
+
+def write_comparison(out_dir: str | os.PathLike, set_name: str, chosen: list[int], readings: dict) -> Path:
+    """study.py --explain: the ``chosen`` words of a set as every cell reads them, one row per word and one
+    column per cell (``readings``: cell name → study.CellReading); rows with the most misreadings first.
+    → DIR/index.html (DIR/panels/<cell>/<index>.png)."""
+    out = Path(out_dir)
+    columns = {}
+    for cell, r in readings.items():
+        explained = explain_images(r.model, [r.result.images[i] for i in chosen], r.config, DecodeOptions(), r.device,
+                                   names=[f"{set_name}/{i}" for i in chosen])
+        (out / "panels" / cell).mkdir(parents=True, exist_ok=True)
+        for ex, i in zip(explained, chosen):
+            ex.label, ex.dataset = r.result.labels[i], set_name
+            draw_panel(ex).save(out / "panels" / cell / f"{i:06d}.png", compress_level=1)
+        columns[cell] = explained
+    wrong = {i: [not is_correct(columns[c][n], readings[c].case_insensitive) for c in columns]
+             for n, i in enumerate(chosen)}
+    rows = sorted(range(len(chosen)), key=lambda n: -sum(wrong[chosen[n]]))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "\n".join(
+        f"<tr><td>#{chosen[n]}<br><code>{html.escape(next(iter(columns.values()))[n].label)}</code><br>"
+        f"{sum(wrong[chosen[n]])} of {len(columns)} misread</td>"
+        + "".join(f'<td class="{"wrong" if w else "correct"}"><img src="panels/{html.escape(c)}/{chosen[n]:06d}.png" '
+                  f'loading="lazy"></td>' for c, w in zip(columns, wrong[chosen[n]])) + "</tr>"
+        for n in rows)
+    (out / "index.html").write_text(f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{html.escape(set_name)} through every cell</title>
+<style>body{{font-family:sans-serif}} td{{vertical-align:top;padding:4px;border-bottom:1px solid #ccc}}
+td.wrong{{background:#fee}} td.correct{{background:#efe}} code{{font-size:1.2em}}</style></head><body>
+<h1>{len(chosen)} words of {html.escape(set_name)}, each cell's worst, read by every cell</h1>
+<table><tr><th>word</th>{head}</tr>
+{body}
+</table></body></html>
+""", encoding="utf-8")
+    return out / "index.html"

@@ -268,3 +268,22 @@ def test_test_py_explain_and_save_errors_panels(tmp_path):
     everything = (tmp_path / "explained" / "index.html").read_text(encoding="utf-8")
     assert everything.count('data-status="wrong"') == len(rows)
     assert everything.count('class="card ') == len(labels)
+
+
+def test_study_explain_shows_each_cells_worst_words_through_every_cell(tmp_path, monkeypatch):
+    import study
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "published").mkdir()
+    for seed, name in enumerate(["None-VGG-None-CTC", "TPS-VGG-None-CTC"]):
+        torch.manual_seed(seed)
+        checkpoint.save_checkpoint(tmp_path / "published" / f"{name}.pth", build_model(config_from_name(name, **SMALL)))
+    folder = make_gt_folder(tmp_path / "words", copies=1)
+    study.main(["--name", "look", "--checkpoints", "published", "--eval_data", str(folder), "--explain", "2",
+                "--batch_size", "4", "--workers", "0", "--device", "cpu", "--profile_warmup", "1",
+                "--profile_repeats", "2"])
+    out = tmp_path / "studies" / "look" / "explain"
+    page = (out / "index.html").read_text(encoding="utf-8")
+    words = {p.name for p in (out / "panels" / "None-VGG-None-CTC").iterdir()}
+    assert 2 <= len(words) <= 4  # two per cell, the same word counted once
+    assert words == {p.name for p in (out / "panels" / "TPS-VGG-None-CTC").iterdir()}
+    assert page.count("<tr><td>#") == len(words) and "of 2 misread" in page
