@@ -6,21 +6,28 @@ Prints the reference's table and appends it to ./log_demo_result.txt. ``--decode
 ``--lexicon words.txt``, ``--topk 3`` (the three best readings with scores) and ``--char_conf``
 (each character's confidence) add lines under each row. ``--runtime onnx`` reads with ONNX Runtime
 (the checkpoint is exported once to a cache and reused).
+
+``--explain DIR`` writes what each stage did to every image (DIR/index.html, one panel per image,
+DIR/spans.json: docs/explain.md); ``--char_boxes`` prints each character's horizontal span in the
+image's pixels.
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import torch
+from PIL import Image
 
 import plugins
 from checkpoint import RUNTIMES, load_model_for_runtime
 from dataset import DataConfig, RawDataset
 from decoding import Decoded, add_decoding_arguments, check_decoding_flags, decode, options_from_args
 from evaluation import make_eval_loader
-from fileio import check_output_file
+from explain import Explained, explain_batch, write_explanations
+from fileio import check_output_file, check_output_folder
 from model import add_model_arguments, model_flags
-from runtime import add_runtime_arguments, check_amp, check_runtime_arguments, get_logger, resolve_device, run_cli
+from runtime import UsageError, add_runtime_arguments, check_amp, check_runtime_arguments, get_logger, resolve_device, run_cli
 from utils import printable
 
 DEFAULT_MODEL = "english_g2"
@@ -37,6 +44,11 @@ def parse_args(argv=None):
                         help="torch: run the checkpoint in PyTorch; onnx: export it to ONNX once (cached by its "
                              "content under the toolkit's cache folder) and run it with ONNX Runtime (fp32)")
     parser.add_argument("--log_file", default="log_demo_result.txt", help="where the table is appended")
+    parser.add_argument("--explain", default=None, metavar="DIR",
+                        help="write a panel per image of what each stage did (TPS's rectified image, the attention "
+                             "per character, CTC's frames), DIR/spans.json and DIR/index.html (docs/explain.md)")
+    parser.add_argument("--char_boxes", action="store_true",
+                        help="print each character's horizontal span in the image's pixels (x0-x1)")
     add_runtime_arguments(parser)
     add_decoding_arguments(parser, readout=True)
     add_model_arguments(parser)
@@ -50,6 +62,42 @@ def read_images(opt) -> list[tuple[str, str, float]]:
 
 def read_decoded(opt) -> list[tuple[str, Decoded]]:
     """→ [(image path, ``decoding.Decoded``)]: text, confidence, per-character confidences, N best."""
+    reader = open_reader(opt)
+    results = []
+    with torch.inference_mode():
+        for image_tensors, paths in reader.loader:
+            results += zip(paths, decode(reader.model, image_tensors.to(reader.device), reader.config,
+                                         reader.options, reader.amp_dtype).results)
+    return results
+
+
+def read_explained(opt) -> list[Explained]:
+    """→ one ``explain.Explained`` per image: the reading (as ``read_decoded``'s) and what the stages show;
+    the spans are mapped to the image file's pixels."""
+    reader = open_reader(opt)
+    results = []
+    for image_tensors, paths in reader.loader:
+        batch = explain_batch(reader.model, image_tensors.to(reader.device), reader.config, reader.options,
+                              reader.amp_dtype, names=list(paths))
+        for ex in batch:
+            with Image.open(ex.name) as image:
+                ex.original_size = image.size
+        results += batch
+    return results
+
+
+@dataclass(frozen=True)
+class Reader:
+    model: torch.nn.Module
+    config: object  # model.ModelConfig
+    options: object  # decoding.DecodeOptions
+    loader: torch.utils.data.DataLoader
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+
+def open_reader(opt) -> Reader:
+    """The model, decoding options and image loader of demo.py's flags."""
     check_decoding_flags(opt, opt.topk)  # a bad flag fails before the model loads
     device = resolve_device(opt.device)
     dtype = check_amp(opt.amp, device)
@@ -59,12 +107,8 @@ def read_decoded(opt) -> list[tuple[str, Decoded]]:
     options = options_from_args(opt, config, log, topk=opt.topk)
     data = DataConfig.for_model(config, dynamic_width=opt.dynamic_width, workers=opt.workers,
                                 batch_size=opt.batch_size)
-    loader = make_eval_loader(RawDataset(opt.image_folder, data), data)
-    results = []
-    with torch.inference_mode():
-        for image_tensors, paths in loader:
-            results += zip(paths, decode(loaded.model, image_tensors.to(device), config, options, dtype).results)
-    return results
+    return Reader(loaded.model, config, options, make_eval_loader(RawDataset(opt.image_folder, data), data), device,
+                  dtype)
 
 
 def format_table(results, details: list[list[str]] | None = None) -> str:
@@ -78,8 +122,9 @@ def format_table(results, details: list[list[str]] | None = None) -> str:
     return "\n".join(lines)
 
 
-def detail_lines(decoded: Decoded, topk: int, char_conf: bool) -> list[str]:
-    """Indented lines under a row: per-character confidences, the K best readings with scores."""
+def detail_lines(decoded: Decoded, topk: int, char_conf: bool, explained: Explained | None = None) -> list[str]:
+    """Indented lines under a row: per-character confidences, the K best readings with scores, and with
+    ``explained`` (``--char_boxes``) each character's span in the image's pixels."""
     lines = []
     if decoded.snapped_from is not None:
         lines.append(f"    snapped from {decoded.snapped_from!r}")
@@ -88,6 +133,10 @@ def detail_lines(decoded: Decoded, topk: int, char_conf: bool) -> list[str]:
     if topk > 1:
         lines += [f"    {rank}. {h.text!r} score {h.score:0.4f} log_prob {h.log_prob:0.4f}"
                   for rank, h in enumerate(decoded.nbest[:topk], 1)]
+    if explained is not None:
+        spans = explained.span_records()
+        of = f" (of the greedy reading {spans['chars_of']!r})" if "chars_of" in spans else ""
+        lines.append("    boxes: " + " ".join(f"{c['char']}:{c['x0']:g}-{c['x1']:g}" for c in spans["chars"]) + of)
     return lines
 
 
@@ -96,14 +145,23 @@ def check_args(opt) -> None:
     check_runtime_arguments(opt)
     check_decoding_flags(opt, opt.topk)
     check_output_file(opt.log_file, "--log_file")  # the table is appended at the end: fail before the work
+    if (opt.explain or opt.char_boxes) and opt.runtime != "torch":
+        raise UsageError("--explain and --char_boxes watch the PyTorch model's stages: use --runtime torch")
+    if opt.explain:
+        check_output_folder(opt.explain, "--explain")
 
 
 def read_folder(argv=None):
     opt = parse_args(argv)
     check_args(opt)
-    decoded = read_decoded(opt)
+    explained = read_explained(opt) if opt.explain or opt.char_boxes else None
+    decoded = [(ex.name, ex.decoded) for ex in explained] if explained else read_decoded(opt)
     results = [(path, d.text, d.confidence) for path, d in decoded]
-    details = [detail_lines(d, opt.topk, opt.char_conf) for _, d in decoded]
+    details = [detail_lines(d, opt.topk, opt.char_conf, explained[i] if opt.char_boxes else None)
+               for i, (_, d) in enumerate(decoded)]
+    if opt.explain:
+        page = write_explanations(explained, opt.explain, f"demo.py: {opt.saved_model}", topk=opt.topk)
+        get_logger("demo").info(f"wrote {len(explained)} panels and {page}")
     table = format_table(results, details)
     print(table)
     with open(opt.log_file, "a", encoding="utf-8", errors="replace") as log:

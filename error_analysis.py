@@ -2,7 +2,9 @@
 
     DIR/errors.tsv    index, image, label, prediction, confidence (one row per wrong prediction)
     DIR/images/*.png  the images as the model saw them (after resizing and padding)
-    DIR/index.html    a gallery of the same, images linked by relative path
+    DIR/index.html    a gallery of the same, images linked by relative path; with the PyTorch model, the
+                      explain.py page instead: a panel per misread image of what each stage did, grouped and
+                      counted by error kind and by set (DIR/panels/, DIR/spans.json)
 """
 from __future__ import annotations
 
@@ -11,18 +13,16 @@ import html
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from evaluation import ValidationResult, normalize_for_scoring
+from explain import Explained, input_array, write_explanations
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
     """[C, H, W] in [-1, 1] (the loader's normalisation) → a grey or RGB PIL image."""
-    array = ((image.detach().float().cpu() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    array = array.permute(1, 2, 0).numpy()  # [H, W, C]
-    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else np.ascontiguousarray(array))
+    return Image.fromarray(input_array(image))
 
 
 def wrong_indices(result: ValidationResult, case_insensitive: bool) -> list[int]:
@@ -32,8 +32,10 @@ def wrong_indices(result: ValidationResult, case_insensitive: bool) -> list[int]
     return [i for i, (gt, pred) in enumerate(zip(result.labels, result.preds)) if norm(gt) != norm(pred)]
 
 
-def write_errors(result: ValidationResult, out_dir: str | os.PathLike, case_insensitive: bool = False) -> int:
-    """Write every wrong prediction of ``result`` (validation with ``keep_all=True``); → how many."""
+def write_errors(result: ValidationResult, out_dir: str | os.PathLike, case_insensitive: bool = False,
+                 explained: list[Explained] | None = None) -> int:
+    """Write every wrong prediction of ``result`` (validation with ``keep_all=True``); → how many.
+    ``explained``: the wrong ones explained (``explain.explain_results``), for the page of panels."""
     if len(result.images) != len(result.labels):
         raise ValueError("write_errors needs the images: run validation(..., keep_all=True)")
     out = Path(out_dir)
@@ -48,7 +50,12 @@ def write_errors(result: ValidationResult, out_dir: str | os.PathLike, case_inse
         writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
         writer.writerow(["index", "image", "label", "prediction", "confidence"])
         writer.writerows((i, name, gt, pred, f"{conf:.4f}") for i, name, gt, pred, conf in rows)
-    (out / "index.html").write_text(gallery(rows, len(result.labels), case_insensitive), encoding="utf-8")
+    if explained is None:
+        (out / "index.html").write_text(gallery(rows, len(result.labels), case_insensitive), encoding="utf-8")
+    else:
+        write_explanations(explained, out, f"{len(rows)} wrong of {len(result.labels)} "
+                           f"({'case-insensitive alphanumeric' if case_insensitive else 'exact'} scoring)",
+                           case_insensitive=case_insensitive, panel_names=[f"{i:06d}" for i, *_ in rows])
     return len(rows)
 
 

@@ -64,6 +64,9 @@ def study_arguments(parser: argparse.ArgumentParser) -> None:
                         "its combination as the reference names them (TPS-ResNet-BiLSTM-Attn.pth, "
                         "None-VGG-BiLSTM-CTC-case-sensitive.pth)")
     g.add_argument("--report_only", action="store_true", help="rebuild the report from the cells' results")
+    g.add_argument("--explain", type=int, default=0, metavar="K",
+                   help="after the report: the K worst-read words of each finished cell on the first evaluation set, "
+                        "each seen through every cell side by side (studies/NAME/explain/index.html)")
     g.add_argument("--profile_warmup", type=int, default=10, help="profile: untimed runs before timing")
     g.add_argument("--profile_repeats", type=int, default=30, help="profile: timed runs (the median is reported)")
     g = parser.add_argument_group("launcher")
@@ -462,7 +465,9 @@ def study(argv) -> None:
         protocol = read_protocol(path)
         recorded = training_parser().parse_args([])
         vars(recorded).update(protocol["train"])
-        write_report(opt.name, protocol, plan_cells(opt.name, protocol, [], recorded, 0, 1), log)
+        cells = plan_cells(opt.name, protocol, [], recorded, 0, 1)
+        write_report(opt.name, protocol, cells, log)
+        explain_cells(opt.name, cells, opt.explain, log)
         return
     # Everything that can refuse the study comes before its folders are made: a study that never starts
     # leaves no empty studies/NAME behind.
@@ -486,10 +491,69 @@ def study(argv) -> None:
                 f"combination does not have)")
     outcomes = launch(opt, todo, log) if todo else []
     failed = write_report(opt.name, protocol, cells, log)
+    explain_cells(opt.name, cells, opt.explain, log)
     if failed or not all(o.ok for o in outcomes):
         print(f"{len(failed)} cell(s) failed:\n" + "\n".join(f"  {f['cell']}: {f['reason']} (log: {f['log']})"
                                                           for f in failed), file=sys.stderr, flush=True)
         raise SystemExit(1)
+
+
+def explain_cells(name: str, cells: list[Cell], k: int, log) -> None:
+    """--explain K: each finished cell reads the first evaluation set; the K words each reads worst (misread
+    first, then the least confident) are explained by every cell, side by side (``explain.write_comparison``)."""
+    done = [c for c in cells if c.kind != "profile" and c.eval_sets and cell_status(c)[0] == "done"]
+    if k <= 0 or not done:
+        if k > 0:
+            log("--explain: no finished cell read an evaluation set; nothing to explain")
+        return
+    from explain import write_comparison
+
+    set_name, set_folder = done[0].eval_sets[0]
+    readings = {c.name: read_cell(c, set_folder, log) for c in done}
+    sizes = {len(r.result.labels) for r in readings.values()}
+    if len(sizes) > 1:  # the cells' label filters differ (character sets, lengths): words cannot be matched
+        log(f"--explain: the cells kept different words of {set_name} ({sorted(sizes)}); nothing explained")
+        return
+    chosen = list(dict.fromkeys(i for r in readings.values() for i in r.worst(k)))
+    page = write_comparison(STUDIES / name / "explain", set_name, chosen, readings)
+    log(f"--explain {k}: {len(chosen)} words of {set_name} through {len(readings)} cells: {page}")
+
+
+@dataclasses.dataclass
+class CellReading:
+    """One cell's model and its reading of a set (images kept), for --explain."""
+
+    model: object
+    config: object
+    result: object  # evaluation.ValidationResult with keep_all
+    device: object
+    case_insensitive: bool
+
+    def worst(self, k: int) -> list[int]:
+        """The indices of the k words it reads worst: misread first, then by confidence, lowest first."""
+        from explain import scored_text
+        r = self.result
+        ci = self.case_insensitive
+        right = [scored_text(gt, ci) == scored_text(p, ci) for gt, p in zip(r.labels, r.preds)]
+        return sorted(range(len(r.labels)), key=lambda i: (right[i], r.confidences[i]))[:k]
+
+
+def read_cell(cell: Cell, folder: str, log) -> CellReading:
+    from dataset import DataConfig, hierarchical_dataset
+    from evaluation import make_eval_loader, validation
+    from runtime import resolve_device
+    from study_runner import cell_log, load_cell_model
+    from utils import make_converter
+
+    device = resolve_device(cell.device)
+    checkpoint = Path(cell.checkpoint) if cell.kind == "checkpoint" else cell.path / "best_accuracy.pth"
+    model, config = load_cell_model(cell, checkpoint, device, cell_log(cell))
+    data = DataConfig.for_model(config, workers=cell.workers, batch_size=cell.batch_size,
+                                data_filtering_off=cell.data_filtering_off)
+    dataset, _ = hierarchical_dataset(folder, data)
+    result = validation(model, make_eval_loader(dataset, data), make_converter(config.Prediction, config.character),
+                        config, device, case_insensitive=cell.case_insensitive, keep_all=True)
+    return CellReading(model, config, result, device, cell.case_insensitive)
 
 
 def main(argv=None):

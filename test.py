@@ -5,6 +5,10 @@
     python test.py --eval_data Union14M-Benchmarks --benchmark union14m --saved_model <model>
     python test.py --eval_data long_text_sets --benchmark long_text --saved_model <a long-text CTC model>
 
+``--explain DIR`` writes a panel per image of what each stage did, with its label (DIR/index.html sorts
+and filters by confidence, correct / wrong, error kind and set: docs/explain.md); ``--save_errors DIR``
+writes the misread ones, with the same panels.
+
 A checkpoint written by this toolkit carries its architecture; a bare reference state_dict needs
 the stage flags (``--Transformation ... --Prediction ...``) as with the original.
 """
@@ -13,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +28,7 @@ from checkpoint import load_model
 from dataset import DataConfig, hierarchical_dataset
 from decoding import DecodeOptions, add_decoding_arguments, check_decoding_flags, options_from_args
 from error_analysis import write_errors
+from explain import can_explain, explain_results, write_explanations
 from errors import UserError
 from evaluation import (BENCHMARKS, PAPER_BENCHMARKS, UNION14M_BENCHMARKS, ValidationResult, make_eval_loader,
                         total_accuracy, validation)
@@ -47,17 +52,22 @@ class Evaluation:
     case_insensitive: bool
     options: DecodeOptions
     log: Callable[[str], None]
+    keep: bool = False  # keep every set's images and readings (--save_errors, --explain) in ``kept``
+    kept: list = field(default_factory=list)  # [(set name, ValidationResult)]
 
-    def run(self, dataset, keep_all: bool = False) -> ValidationResult:
-        return validation(self.model, make_eval_loader(dataset, self.data), self.converter, self.config, self.device,
-                          case_insensitive=self.case_insensitive, amp_dtype=self.amp_dtype, keep_all=keep_all,
-                          options=self.options)
+    def run(self, dataset, keep_all: bool = False, name: str = "") -> ValidationResult:
+        result = validation(self.model, make_eval_loader(dataset, self.data), self.converter, self.config,
+                            self.device, case_insensitive=self.case_insensitive, amp_dtype=self.amp_dtype,
+                            keep_all=keep_all or self.keep, options=self.options)
+        if self.keep:
+            self.kept.append((name, result))
+        return result
 
 
 def evaluate_folder(ev: Evaluation, root: str | Path, keep_all: bool = False) -> ValidationResult:
     dataset, dataset_log = hierarchical_dataset(root, ev.data)
     ev.log(dataset_log.rstrip("\n"))
-    return ev.run(dataset, keep_all)
+    return ev.run(dataset, keep_all, name=Path(root).name)
 
 
 def benchmark_all_eval(ev: Evaluation, eval_data: str) -> dict:
@@ -125,7 +135,7 @@ def benchmark_suite(ev: Evaluation, suite: str, eval_data: str) -> dict:
             raise UserError(f"{root / name}: {too_long} labels are longer than the model's batch_max_length "
                             f"{ev.config.batch_max_length}; a long-text benchmark needs them all. Train with a larger "
                             "--batch_max_length (CTC: and an --imgW of about 4-5 px per character).")
-        result = ev.run(dataset)
+        result = ev.run(dataset, name=name)
         rows[name] = (result.accuracy, result.norm_ED, result.n_samples)
     mean = sum(acc for acc, _, _ in rows.values()) / len(rows)
     weighted = sum(acc * n for acc, _, n in rows.values()) / sum(n for _, _, n in rows.values())
@@ -168,7 +178,11 @@ def parse_args(argv=None):
                         help="score case-insensitively on [0-9a-z] only (lower-case prediction and label, drop "
                              "other characters): the usual protocol for a case-sensitive model on the benchmarks")
     parser.add_argument("--save_errors", type=str, default=None,
-                        help="write wrong predictions (image, label, prediction, confidence) and an HTML gallery here")
+                        help="write wrong predictions (image, label, prediction, confidence) and an HTML gallery here, "
+                             "with a panel per image of what each stage did (a PyTorch model)")
+    parser.add_argument("--explain", default=None, metavar="DIR",
+                        help="write a panel per image of what each stage did, with its label, DIR/spans.json and "
+                             "DIR/index.html (sort / filter by confidence, correct / wrong, error kind, set)")
     parser.add_argument("--baiduCTC", action="store_true", help=argparse.SUPPRESS)  # accepted, has no effect
     add_runtime_arguments(parser)
     add_compile_argument(parser)
@@ -185,6 +199,8 @@ def check_args(opt) -> None:
         raise UsageError("--benchmark and --benchmark_all_eval each choose the sets; give one of them.")
     if opt.save_errors:
         check_output_folder(opt.save_errors, "--save_errors")  # written after the evaluation: fail before it
+    if opt.explain:
+        check_output_folder(opt.explain, "--explain")
 
 
 def evaluate(argv=None) -> dict:
@@ -200,6 +216,9 @@ def evaluate(argv=None) -> dict:
         shutil.copy2(path, out_dir / path.name)  # the reference keeps a copy beside its results
     log_name = "log_all_evaluation.txt" if opt.benchmark_all_eval or opt.benchmark else "log_evaluation.txt"
     log = get_logger("test", out_dir / log_name).info
+    if opt.explain and not can_explain(loaded.model):
+        raise UsageError(f"--explain watches the PyTorch model's stages; {path} is an exported graph: give its "
+                         "PyTorch checkpoint")
     log(f"model {config.name} from {path}: {count_parameters(model) / 1e6:0.3f}M parameters, "
         f"{len(config.character)} characters, input {config.imgH}x{config.imgW}{' PAD' if config.PAD else ''}")
     options = options_from_args(opt, config, log, case_insensitive=opt.case_insensitive)
@@ -208,22 +227,55 @@ def evaluate(argv=None) -> dict:
     data = DataConfig.for_model(config, dynamic_width=opt.dynamic_width, data_filtering_off=opt.data_filtering_off,
                                 workers=opt.workers, batch_size=opt.batch_size)
     ev = Evaluation(model, make_converter(config.Prediction, config.character), config, data, device, amp_dtype,
-                    opt.case_insensitive, options, log)
+                    opt.case_insensitive, options, log, keep=bool(opt.save_errors or opt.explain))
     with torch.inference_mode():
         if opt.benchmark_all_eval:
-            return benchmark_all_eval(ev, opt.eval_data)
-        if opt.benchmark:
-            return benchmark_suite(ev, opt.benchmark, opt.eval_data)
-        result = evaluate_folder(ev, opt.eval_data, keep_all=bool(opt.save_errors))
+            scores = benchmark_all_eval(ev, opt.eval_data)
+        elif opt.benchmark:
+            scores = benchmark_suite(ev, opt.benchmark, opt.eval_data)
+        else:
+            scores = evaluate_one(ev, opt.eval_data)
+    write_galleries(ev, loaded.model, opt)
+    return scores
+
+
+def evaluate_one(ev: Evaluation, eval_data: str) -> dict:
+    result = evaluate_folder(ev, eval_data)
     ms = result.infer_time / result.n_samples * 1000
-    log(f"{result.accuracy:0.3f}")
-    log(f"accuracy: {result.accuracy:0.3f}\tnormalized_ED: {result.norm_ED:0.3f}\tsamples: {result.n_samples}\t"
-        f"averaged_infer_time: {ms:0.3f}")
-    if opt.save_errors:
-        n = write_errors(result, opt.save_errors, opt.case_insensitive)
-        log(f"wrote {n} wrong predictions to {opt.save_errors}")
+    ev.log(f"{result.accuracy:0.3f}")
+    ev.log(f"accuracy: {result.accuracy:0.3f}\tnormalized_ED: {result.norm_ED:0.3f}\tsamples: {result.n_samples}\t"
+           f"averaged_infer_time: {ms:0.3f}")
     return {"accuracy": result.accuracy, "norm_ED": result.norm_ED, "n_samples": result.n_samples,
             "averaged_infer_time": ms}
+
+
+def write_galleries(ev: Evaluation, model: torch.nn.Module, opt) -> None:
+    """--save_errors (the misread images of every set, with panels when the model is PyTorch's) and --explain
+    (every image's panel); ``model`` is the uncompiled one, whose stages can be watched."""
+    if opt.save_errors:
+        result = merged(ev.kept)
+        explained = (explain_results(model, ev.kept, ev.config, ev.options, ev.device, ev.amp_dtype,
+                                     ev.case_insensitive, wrong_only=True) if can_explain(model) else None)
+        n = write_errors(result, opt.save_errors, opt.case_insensitive, explained)
+        ev.log(f"wrote {n} wrong predictions to {opt.save_errors}")
+    if opt.explain:
+        explained = explain_results(model, ev.kept, ev.config, ev.options, ev.device, ev.amp_dtype, ev.case_insensitive)
+        page = write_explanations(explained, opt.explain, f"test.py: {opt.saved_model} on {opt.eval_data}",
+                                  case_insensitive=ev.case_insensitive)
+        ev.log(f"wrote {len(explained)} panels and {page}")
+
+
+def merged(kept: list[tuple[str, ValidationResult]]) -> ValidationResult:
+    """The kept results of several sets as one (their images, labels and readings, in order)."""
+    if len(kept) == 1:
+        return kept[0][1]
+    out = ValidationResult(0.0, 0.0, 0.0, 0, 0.0)
+    for _, result in kept:
+        out.images += result.images
+        out.labels += result.labels
+        out.preds += result.preds
+        out.confidences += result.confidences
+    return out
 
 
 def main(argv=None) -> dict:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modules.registry import Head, Option, register
+from modules.registry import Head, Option, record_view, register
 from runtime import UsageError
 from utils import PARSeqLabelConverter
 
@@ -114,6 +114,7 @@ class PARSeq(Head, nn.Module):
     has_own_init = True  # model.init_weights leaves it alone (trunc-normal 0.02, as the reference)
     converter = PARSeqLabelConverter
     end_index, end_layer, class_rows = EOS_INDEX, "head", ("head",)
+    views = ("attention",)
     beam_hint = ("PARSeq reads with --parseq_decode ar|nar and --parseq_refine_iters N; use --decoder greedy, with "
                  "--lexicon_mode snap for a word list")
 
@@ -130,6 +131,35 @@ class PARSeq(Head, nn.Module):
         self.decode_mode = decode
         self.refine_iters = refine_iters
         self.reset_parameters()
+
+    def explain_hooks(self, record: dict) -> list:
+        """The last decoder layer's cross-attention over the encoder's tokens (the mean over its heads), one
+        [B, steps, T] per pass: the autoregressive steps (one query each) joined, each refinement (or NAR) pass
+        whole. The weights are computed again from the attention's inputs: the reading itself asks for none."""
+        calls = []
+        cross = self.decoder.layers[-1].cross_attn
+
+        def weights(module, args):
+            query, key = args[0], args[1]  # [B, Q, D], [B, T, D]
+            calls.append(cross_attention_weights(module, query, key))  # [B, Q, T]
+
+        def reading(module, args, output):
+            passes, steps = [], []
+            for w in calls:
+                if w.size(1) == 1 and self.decode_mode == "ar" and len(passes) == 0:
+                    steps.append(w)  # one autoregressive step
+                    continue
+                if steps:
+                    passes.append(torch.cat(steps, dim=1))
+                    steps = []
+                passes.append(w)
+            if steps:
+                passes.append(torch.cat(steps, dim=1))
+            for p in passes:
+                record_view(record, "attention", p)
+            calls.clear()
+
+        return [cross.register_forward_pre_hook(weights), self.register_forward_hook(reading)]
 
     @staticmethod
     def heads_for(config, input_size: int) -> int:
@@ -275,6 +305,17 @@ class PARSeq(Head, nn.Module):
                 if early_stop and bool((tgt_in == EOS_INDEX).any(dim=-1).all()):
                     break
         return torch.cat(logits, dim=1)
+
+
+def cross_attention_weights(attention: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """What ``attention(query, key, key, need_weights=True)`` returns as weights (unmasked, averaged over the
+    heads, batch first): query [B, Q, D], key [B, T, D] → [B, Q, T], each row summing to one."""
+    D, H = attention.embed_dim, attention.num_heads
+    w_q, w_k, _ = attention.in_proj_weight.split(D)
+    b_q, b_k, _ = attention.in_proj_bias.split(D)
+    q = F.linear(query, w_q, b_q).unflatten(-1, (H, D // H)).transpose(1, 2)  # [B, H, Q, d]
+    k = F.linear(key, w_k, b_k).unflatten(-1, (H, D // H)).transpose(1, 2)  # [B, H, T, d]
+    return torch.softmax(q @ k.transpose(-1, -2) / (D // H) ** 0.5, dim=-1).mean(dim=1)
 
 
 def causal_masks(size: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modules.registry import Head, register
+from modules.registry import Head, record_view, register
 from utils import AttnLabelConverter, CTCLabelConverter
 
 GO_INDEX = 0  # '[GO]' in AttnLabelConverter
@@ -31,6 +31,7 @@ class CTC(ReferenceHead, nn.Linear):
     name = "CTC"
     converter = CTCLabelConverter
     beam = "logits"  # the prefix beam search over the frames' probabilities
+    views = ("frames",)
 
     @classmethod
     def recognise(cls, state_dict: dict):
@@ -70,6 +71,7 @@ class Attention(ReferenceHead, nn.Module):
     converter = AttnLabelConverter
     end_index, end_layer, class_rows = EOS_INDEX, "generator", ("generator",)
     beam = "decoder"  # the beam search runs attention_cell one step at a time (decoding.attention_beam_search)
+    views = ("attention",)
 
     @classmethod
     def recognise(cls, state_dict: dict):
@@ -120,6 +122,20 @@ class Attention(ReferenceHead, nn.Module):
         B, T, C = args[0].shape
         steps = kwargs.get("batch_max_length", 25) + 1
         return (steps - 1) * 2 * B * T * C * self.hidden_size
+
+    def explain_hooks(self, record: dict) -> list:
+        """The attention cell's alpha of every step of a forward, as one pass [B, steps, T]."""
+        steps = []
+
+        def step(module, args, output):
+            steps.append(output[1].squeeze(2))  # alpha [B, T, 1] → [B, T]
+
+        def reading(module, args, output):
+            if steps:
+                record_view(record, "attention", torch.stack(steps, dim=1))  # [B, steps, T]
+            steps.clear()
+
+        return [self.attention_cell.register_forward_hook(step), self.register_forward_hook(reading)]
 
     def __init__(self, input_size: int, hidden_size: int, num_class: int):
         super().__init__()

@@ -35,6 +35,15 @@ SHAPES = {
     "Prediction": "[B, T, input_size] → logits [B, T or steps, num_class]",
 }
 REGISTRY: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
+# What a stage can show of one reading (its ``views``), recorded by its ``explain_hooks`` only inside
+# ``explain.explaining(model)``: the record is {view: [what each forward call gave, on the CPU]}.
+VIEWS = {
+    "rectified": "the image it gives the next stage [B, C, imgH, W], and the record's 'sampling_grid' "
+                 "[B, imgH, W, 2]: where each output pixel was sampled in the input (x, y in [-1, 1])",
+    "fiducials": "[B, F, 2]: the control points the localisation network put in the input (x, y in [-1, 1])",
+    "attention": "one [B, steps, T] per decoding pass: each step's weights over the T feature tokens (sum 1)",
+    "frames": "its logits are one class distribution per feature column [B, T, C] (no hook: the logits)",
+}
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,7 @@ class Stage:
     min_opset: ClassVar[tuple] = ()  # (the lowest ONNX opset that exports it, why): TPS (16, "samples ... GridSample")
     name_defaults: ClassVar[dict[str, Any]] = {}  # sizes a combination name implies (ViT: imgW 128)
     has_own_init: ClassVar[bool] = False  # model.init_weights leaves it to its own initialisation
+    views: ClassVar[tuple[str, ...]] = ()  # what it can show of a reading (keys of VIEWS): explain.py draws them
 
     @classmethod
     def from_config(cls, config, input_size: int):
@@ -123,6 +133,17 @@ class Stage:
     def check(cls, config, input_size: int) -> None:
         """Refuse a configuration it cannot run with (UsageError naming the flag), before it is built.
         Its options' ranges (``Option.low`` ...) and ``min_input`` are checked for it."""
+
+    @classmethod
+    def token_grid(cls, config, tokens: int) -> tuple[int, int]:
+        """FeatureExtraction: how the ``tokens`` features it gives lie over the image, (rows, columns) in
+        row-major order; by default one row of columns, each ``imgW / tokens`` pixels wide."""
+        return 1, tokens
+
+    def explain_hooks(self, record: dict) -> list:
+        """Hooks (``torch.utils.hooks.RemovableHandle``) that add its ``views`` to ``record``; installed by
+        ``explain.explaining`` only while explaining, so that a plain reading runs no extra code."""
+        return []
 
     @classmethod
     def recognise(cls, state_dict: dict):
@@ -206,6 +227,11 @@ def register(cls: type) -> type:
     return cls
 
 
+def record_view(record: dict, view: str, value) -> None:
+    """Add one forward call's ``value`` (a tensor) to ``record[view]``, detached, in fp32, on the CPU."""
+    record.setdefault(view, []).append(value.detach().float().cpu())
+
+
 def stage_id(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -242,5 +268,5 @@ def combination_stages(config) -> list[type]:
     return [REGISTRY[kind][getattr(config, kind)] for kind in KINDS]
 
 
-__all__ = ["KINDS", "SHAPES", "REGISTRY", "Option", "Preset", "Stage", "Head", "register", "stage", "head",
+__all__ = ["KINDS", "SHAPES", "VIEWS", "REGISTRY", "Option", "Preset", "Stage", "Head", "register", "record_view", "stage", "head",
            "all_stages", "all_options", "reference_choices", "builtin", "combination_stages"]

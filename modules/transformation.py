@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modules.registry import Stage, register
+from modules.registry import Stage, record_view, register
 from runtime import UsageError
 
 
@@ -29,6 +29,7 @@ class TPS_SpatialTransformerNetwork(Stage, nn.Module):
     min_input = (8, 8)  # the localisation network's three 2x2 poolings
     fixed_width = "its sampling grid is"
     min_opset = (16, "samples the image with GridSample")
+    views = ("rectified", "fiducials")
 
     @classmethod
     def from_config(cls, config, input_size: int) -> "TPS_SpatialTransformerNetwork":
@@ -61,6 +62,15 @@ class TPS_SpatialTransformerNetwork(Stage, nn.Module):
         computed once when the model is built, not per image (the maintainers' hand count adds their
         ~17 k multiply-accumulates: 20 x 20 distances, a 23 x 23 inversion)."""
         return 2 * args[0].size(0) * self.I_r_size[0] * self.I_r_size[1] * self.F * 2
+
+    def explain_hooks(self, record: dict) -> list:
+        def fiducials(module, args, batch_C_prime):  # [B, F, 2]
+            record_view(record, "fiducials", batch_C_prime)
+            grid = self.GridGenerator.build_P_prime(batch_C_prime)  # [B, H*W, 2], as forward computes it
+            record_view(record, "sampling_grid", grid.reshape(-1, self.I_r_size[0], self.I_r_size[1], 2))
+
+        return [self.LocalizationNetwork.register_forward_hook(fiducials),
+                self.register_forward_hook(lambda module, args, rectified: record_view(record, "rectified", rectified))]
 
     def __init__(self, F: int, I_size: tuple[int, int], I_r_size: tuple[int, int], I_channel_num: int = 1):
         super().__init__()

@@ -131,6 +131,11 @@ class ViT(Stage, nn.Module):
         return config.vit_embed_dim
 
     @classmethod
+    def token_grid(cls, config, tokens: int) -> tuple[int, int]:
+        """Its patches, row-major: imgH / patch_h rows of imgW / patch_w."""
+        return config.imgH // config.vit_patch_h, config.imgW // config.vit_patch_w
+
+    @classmethod
     def check(cls, config, input_size: int) -> None:
         """Patches that tile the image, heads that divide the width."""
         for flag, patch in (("imgH", "vit_patch_h"), ("imgW", "vit_patch_w")):
