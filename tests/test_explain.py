@@ -142,7 +142,7 @@ def test_every_registered_stage_records_what_it_declares():
         for name, cls in REGISTRY[kind].items():
             assert set(cls.views) <= set(VIEWS), f"{name} declares views that VIEWS does not describe"
             combination = {"Transformation": f"{name}-VGG-None-CTC", "Prediction": f"None-VGG-None-{name}"}[kind]
-            model, config = small_model(combination)
+            model, config = small_model(combination, batch_max_length=8)  # ViTSTR: a position per frame (24 here)
             with explaining(model) as record, torch.inference_mode():
                 forward_logits(model, images(config, n=1), config)
             hooked = {v for v in cls.views if v != "frames"}  # frames are the logits themselves
