@@ -27,7 +27,7 @@ from fileio import atomic_write
 
 ROOT = Path(__file__).resolve().parent
 SPEC, RESULT, FAILED, LOG = "study_cell.json", "study_result.json", "study_failed.json", "study_cell.log"
-AMP_PRECISION = {"off": "fp32", "bf16": "bf16", "fp16": "fp16"}
+AMP_PRECISION = {"off": "fp32", "auto": "fp32", "bf16": "bf16", "fp16": "fp16"}  # auto reads in fp32 (runtime.check_amp)
 
 
 class CellFailed(RuntimeError):

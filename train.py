@@ -40,7 +40,7 @@ from evaluation import make_eval_loader, validation
 from fileio import FolderLock, atomic_write
 from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args, model_flags
 from runtime import UsageError, add_compile_argument, add_runtime_arguments, check_amp, compile_model, get_logger, \
-    resolve_device, run_cli
+    native_bf16, resolve_device, run_cli
 from train_options import add_training_arguments, check_training_arguments
 from utils import Averager, make_converter
 
@@ -202,7 +202,52 @@ def check_device_options(opt, device: torch.device) -> torch.dtype | None:
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not opt.deterministic
+    if opt.amp == "auto":
+        return None  # chosen by timing once the model and its data are in place (choose_amp)
     return check_amp(opt.amp, device, training=True)
+
+
+def choose_amp(run: TrainRun) -> TrainRun:
+    """``--amp auto``: fp32 against native bf16, each timed over a few training iterations of a throwaway copy
+    of the model with the real loader (rewound after), or taken from the cache of this machine's decisions. →
+    the run with the faster precision; its opt records the choice (--amp off|bf16 repeats it)."""
+    from measured import decide
+
+    opt = run.opt
+    candidates = {"off": None}
+    reason = ""
+    if native_bf16(run.device):
+        candidates["bf16"] = check_amp("bf16", run.device, training=True)
+    else:
+        reason = "bf16 is emulated on this device, not a candidate"
+    work = {"config": run.config.to_dict(), "batch_size": opt.batch_size, "accum_steps": opt.accum_steps,
+            "workers": opt.workers, "augment": getattr(opt, "augment", None), "device": run.device.type,
+            "world_size": run.world_size}
+    decision = decide("--amp auto (training)", work,
+                      {name: (lambda dtype=dtype: time_training_steps(run, dtype)) for name, dtype in candidates.items()},
+                      reason=reason)
+    choice = "bf16" if rank0_says(decision.choice == "bf16", run) else "off"  # every rank trains the same way
+    run.train_log(decision.line())
+    run.opt = argparse.Namespace(**{**vars(opt), "amp": choice, "amp_auto": decision.line()})
+    return dataclasses.replace(run, opt=run.opt, amp_dtype=candidates[choice])
+
+
+def time_training_steps(run: TrainRun, amp_dtype) -> float:
+    """Seconds per training iteration in ``amp_dtype`` (measured.time_per_step) of a throwaway copy of the
+    model, reading the real loader; the data stream and the random states are rewound after."""
+    from measured import time_per_step
+
+    data_state, rng = run.train_data.state_dict(), rng_state()
+    model = copy.deepcopy(unwrap(run.model))
+    optimizer = make_optimizer(run.opt, [p for p in model.parameters() if p.requires_grad])
+    probe = dataclasses.replace(run, model=wrap_ddp(model, run.device) if run.world_size > 1 else model,
+                                optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                                scaler=torch.amp.GradScaler(run.device.type, enabled=False), amp_dtype=amp_dtype)
+    try:
+        return time_per_step(lambda: train_iteration(probe), warmup=WARMUP_ITERS)
+    finally:
+        run.train_data.load_state_dict(data_state)
+        set_rng_state(rng)
 
 
 def experiment_dir(exp_name: str) -> Path:
@@ -696,6 +741,9 @@ def train(opt) -> dict:
                        make_converter(config.Prediction, config.character), optimizer, None,
                        torch.amp.GradScaler(device.type, enabled=opt.amp == "fp16"), dtype,
                        console, train_log)
+        if opt.amp == "auto":
+            run = choose_amp(run)
+            opt = run.opt
         run.budget = plan_iterations(run)
         if run.budget is not None:  # the chosen --num_iter, before the schedule is planned over it
             opt = run.opt = argparse.Namespace(**{**vars(opt), "num_iter": run.budget.num_iter})

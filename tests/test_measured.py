@@ -1,0 +1,115 @@
+"""measured.py: choices by timing, cached per machine (timings injected: nothing here is timed), and
+train.py --amp auto choosing and recording its precision."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import measured
+import runtime
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("STR_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def constant(seconds: float, calls: list | None = None):
+    def measure():
+        if calls is not None:
+            calls.append(seconds)
+        return seconds
+    return measure
+
+
+def test_the_faster_candidate_is_chosen_and_said_in_one_line():
+    decision = measured.decide("--amp auto (training)", {"model": "a"}, {"off": constant(0.1), "bf16": constant(0.2)})
+    assert decision.choice == "off" and not decision.cached
+    line = decision.line()
+    assert "\n" not in line and line.startswith("--amp auto (training): off (measured off 10.00 steps/s, bf16 5.00")
+    assert measured.decide("q", {}, {"off": constant(0.3), "bf16": constant(0.2)}).choice == "bf16"
+
+
+def test_a_decision_is_cached_per_work_and_machine(monkeypatch):
+    calls = []
+    first = measured.decide("q", {"model": "a"}, {"off": constant(0.1, calls), "bf16": constant(0.2, calls)})
+    again = measured.decide("q", {"model": "a"}, {"off": constant(0.9, calls), "bf16": constant(0.2, calls)})
+    assert len(calls) == 2 and again.cached and again.choice == first.choice == "off"
+    assert "cached decision for this machine" in again.line()
+    other_work = measured.decide("q", {"model": "b"}, {"off": constant(0.9, calls), "bf16": constant(0.2, calls)})
+    assert not other_work.cached and other_work.choice == "bf16"
+    monkeypatch.setattr(runtime, "cpu_model", lambda: "another CPU")
+    other_cpu = measured.decide("q", {"model": "a"}, {"off": constant(0.9, calls), "bf16": constant(0.2, calls)})
+    assert not other_cpu.cached and other_cpu.choice == "bf16"
+
+
+def test_a_damaged_cache_is_measured_again(cache):
+    (cache / "measured").mkdir(parents=True)
+    (cache / "measured" / measured.CACHE_FILE).write_text("{not json")
+    assert measured.decide("q", {}, {"off": constant(0.1), "bf16": constant(0.2)}).choice == "off"
+
+
+def test_one_candidate_is_chosen_without_timing():
+    decision = measured.decide("q", {}, {"off": lambda: pytest.fail("timed")}, reason="bf16 is emulated")
+    assert decision.choice == "off" and decision.line() == "q: off (bf16 is emulated)"
+
+
+class FakeClock:
+    def __init__(self, seconds: float):
+        self.now, self.step = 0.0, seconds
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.mark.parametrize("step_s, steps", [(0.5, 6), (10.0, 3), (0.001, 50)])
+def test_time_per_step_stops_on_its_budget(step_s, steps):
+    calls = []
+    seconds = measured.time_per_step(lambda: calls.append(1), warmup=2, budget_s=3.0, clock=FakeClock(step_s))
+    assert seconds == pytest.approx(step_s) and len(calls) == 2 + steps
+
+
+def test_reading_with_amp_auto_keeps_fp32(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "avx512_bf16", "amx_bf16"})
+    assert runtime.check_amp("auto", "cpu") is None
+
+
+def run_tiny_training(tmp_path, *extra: str) -> str:
+    import train
+    from helpers import make_word_lmdb
+
+    make_word_lmdb(tmp_path / "data" / "train" / "MJ", 32)
+    make_word_lmdb(tmp_path / "data" / "valid", 16)
+    train.main(["--train_data", "data/train", "--valid_data", "data/valid", "--select_data", "MJ", "--batch_ratio",
+                "1", "--Transformation", "None", "--FeatureExtraction", "VGG", "--SequenceModeling", "None",
+                "--Prediction", "CTC", "--output_channel", "16", "--hidden_size", "16", "--imgW", "32",
+                "--batch_size", "4", "--workers", "0", "--num_iter", "2", "--valInterval", "2", "--device", "cpu",
+                "--amp", "auto", "--exp_name", "auto", *extra])
+    return (tmp_path / "saved_models" / "auto" / "opt.txt").read_text()
+
+
+def test_train_amp_auto_times_real_iterations(monkeypatch, tmp_path):
+    """The real timing path (a throwaway copy, the loader rewound): it runs and records a choice, whichever."""
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    monkeypatch.setattr(measured, "TIMING_BUDGET_S", 0.1)
+    monkeypatch.chdir(tmp_path)
+    options = run_tiny_training(tmp_path)
+    assert "amp_auto: --amp auto (training): " in options and "steps/s" in options
+
+
+@pytest.mark.parametrize("flags, timings, expected", [
+    ({"avx2"}, {}, "off"),  # bf16 emulated: not timed
+    ({"avx2", "avx512_bf16"}, {None: 0.1, torch.bfloat16: 0.2}, "off"),  # AVX512-BF16 without AMX: fp32 faster
+    ({"avx2", "amx_bf16"}, {None: 0.2, torch.bfloat16: 0.1}, "bf16"),
+])
+def test_train_amp_auto_chooses_by_timing_and_records_it(flags, timings, expected, monkeypatch, tmp_path):
+    import train
+
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: set(flags))
+    monkeypatch.setattr(train, "time_training_steps", lambda run, dtype: timings[dtype])
+    monkeypatch.chdir(tmp_path)
+    options = run_tiny_training(tmp_path)
+    assert f"amp: {expected}\n" in options and f"amp_auto: --amp auto (training): {expected} (" in options
+    assert f"--amp auto (training): {expected} (" in (tmp_path / "saved_models" / "auto" / "log_train.txt").read_text()
