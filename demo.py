@@ -5,7 +5,8 @@
 Prints the reference's table and appends it to ./log_demo_result.txt. ``--decoder beam``,
 ``--lexicon words.txt``, ``--topk 3`` (the three best readings with scores) and ``--char_conf``
 (each character's confidence) add lines under each row. ``--runtime onnx`` reads with ONNX Runtime
-(the checkpoint is exported once to a cache and reused).
+(the checkpoint is exported once to a cache and reused); the default, ``--runtime auto``, reads with
+whichever of PyTorch and ONNX Runtime (both fp32) this machine measured faster for the model.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import argparse
 import torch
 
 import plugins
-from checkpoint import RUNTIMES, load_model_for_runtime
-from dataset import DataConfig, RawDataset
+from checkpoint import RUNTIME_FLAGS, RUNTIME_HELP, load_model_for_runtime
+from dataset import DataConfig, RawDataset, list_images
 from decoding import Decoded, add_decoding_arguments, check_decoding_flags, decode, options_from_args
 from evaluation import make_eval_loader
 from fileio import check_output_file
@@ -33,9 +34,7 @@ def parse_args(argv=None):
                         help="folder(s) walked recursively for images, and/or image files")
     parser.add_argument("--saved_model", default=DEFAULT_MODEL,
                         help=f"checkpoint path or pretrained model name (default {DEFAULT_MODEL})")
-    parser.add_argument("--runtime", choices=RUNTIMES, default="torch",
-                        help="torch: run the checkpoint in PyTorch; onnx: export it to ONNX once (cached by its "
-                             "content under the toolkit's cache folder) and run it with ONNX Runtime (fp32)")
+    parser.add_argument("--runtime", choices=RUNTIME_FLAGS, default="auto", help=RUNTIME_HELP)
     parser.add_argument("--log_file", default="log_demo_result.txt", help="where the table is appended")
     add_runtime_arguments(parser)
     add_decoding_arguments(parser, readout=True)
@@ -48,13 +47,25 @@ def read_images(opt) -> list[tuple[str, str, float]]:
     return [(path, d.text, d.confidence) for path, d in read_decoded(opt)]
 
 
-def read_decoded(opt) -> list[tuple[str, Decoded]]:
-    """→ [(image path, ``decoding.Decoded``)]: text, confidence, per-character confidences, N best."""
+def read_decoded(opt, notes: list[str] | None = None) -> list[tuple[str, Decoded]]:
+    """→ [(image path, ``decoding.Decoded``)]: text, confidence, per-character confidences, N best. ``notes``
+    receives the line saying which runtime ``--runtime auto`` chose, for the log file."""
     check_decoding_flags(opt, opt.topk)  # a bad flag fails before the model loads
     device = resolve_device(opt.device)
     dtype = check_amp(opt.amp, device)
     log = get_logger("demo.load").info
-    loaded = load_model_for_runtime(opt.saved_model, model_flags(opt), device, opt.runtime, log=log, amp=opt.amp)
+    runtime = opt.runtime
+    if runtime == "auto":
+        from measured import choose_runtime
+
+        images = len(list_images(opt.image_folder))
+        decision = choose_runtime(opt.saved_model, model_flags(opt), device, opt.amp, images, opt.batch_size, log)
+        log(decision.line())  # --runtime {choice} repeats it
+        if notes is not None:
+            notes.append(decision.line())
+        runtime = decision.choice
+    loaded = load_model_for_runtime(opt.saved_model, model_flags(opt), device, runtime, log=log,
+                                    amp="off" if opt.amp == "auto" else opt.amp)
     config = loaded.config
     options = options_from_args(opt, config, log, topk=opt.topk)
     data = DataConfig.for_model(config, dynamic_width=opt.dynamic_width, workers=opt.workers,
@@ -101,13 +112,14 @@ def check_args(opt) -> None:
 def read_folder(argv=None):
     opt = parse_args(argv)
     check_args(opt)
-    decoded = read_decoded(opt)
+    notes: list[str] = []
+    decoded = read_decoded(opt, notes)
     results = [(path, d.text, d.confidence) for path, d in decoded]
     details = [detail_lines(d, opt.topk, opt.char_conf) for _, d in decoded]
     table = format_table(results, details)
     print(table)
     with open(opt.log_file, "a", encoding="utf-8", errors="replace") as log:
-        log.write(table + "\n")
+        log.write("".join(note + "\n" for note in notes) + table + "\n")
     return results
 
 

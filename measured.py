@@ -116,3 +116,62 @@ def decide(question: str, work: dict, candidates: dict[str, Callable[[], float]]
     if use_cache:
         write_cache(key, decision)
     return decision
+
+
+# --- --runtime auto: PyTorch fp32 or ONNX Runtime fp32, for reading -----------------------------------
+
+# Below this many images the export (seconds to a minute, once per checkpoint) and the timing cost more than
+# a faster runtime saves: PyTorch reads them, unless this machine has already decided for the model.
+MIN_IMAGES_FOR_ONNX = 500
+RUNTIME_QUESTION = "--runtime auto"
+
+
+def choose_runtime(saved_model, flags: dict, device, amp: str, images: int | None, batch_size: int,
+                   log: Callable[[str], None] = lambda message: None) -> Decision:
+    """``--runtime auto`` for reading ``images`` (None: unknown, counted as many): PyTorch or ONNX Runtime, both
+    fp32 (they read alike: tests/test_onnx.py's parity gate), by their measured speed on this model at
+    ``batch_size``. ONNX Runtime is a candidate on the CPU, for a PyTorch checkpoint read in fp32, when
+    onnxruntime is installed and the work pays for the export (cached, as --runtime onnx)."""
+    from pathlib import Path
+
+    import torch
+
+    if Path(str(saved_model)).suffix.lower() == ".onnx":
+        return Decision(RUNTIME_QUESTION, "onnx", reason="an .onnx model runs in ONNX Runtime")
+    if torch.device(device).type != "cpu":
+        return Decision(RUNTIME_QUESTION, "torch", reason=f"ONNX Runtime's fp32 is chosen on CPUs only, not {device}")
+    if amp not in ("off", "auto"):
+        return Decision(RUNTIME_QUESTION, "torch", reason=f"--amp {amp} runs in PyTorch")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return Decision(RUNTIME_QUESTION, "torch", reason="onnxruntime is not installed")
+    if images is not None and images < MIN_IMAGES_FOR_ONNX:
+        return Decision(RUNTIME_QUESTION, "torch", reason=f"{images} images: too few to pay for an ONNX export "
+                                                          f"(measured from {MIN_IMAGES_FOR_ONNX})")
+    from checkpoint import load_model
+
+    model = load_model(saved_model, flags, device, allow_onnx=False).model
+    batch = max(1, min(batch_size, images or batch_size))
+    work = {"config": model.config.to_dict(), "batch_size": batch}
+    return decide(RUNTIME_QUESTION, work, {"torch": lambda: time_reading(model, batch),
+                                          "onnx": lambda: time_reading(onnx_for(saved_model, flags, log), batch)})
+
+
+def onnx_for(saved_model, flags: dict, log: Callable[[str], None]):
+    """The checkpoint's ONNX Runtime model through --runtime onnx's cache (exported once)."""
+    from checkpoint import load_model_for_runtime
+
+    return load_model_for_runtime(saved_model, flags, "cpu", "onnx", log=log).model
+
+
+def time_reading(model, batch_size: int) -> float:
+    """Seconds of one inference forward of a random batch at the model's input size (time_per_step)."""
+    import torch
+
+    from decoding import forward_logits
+
+    config = model.config
+    image = torch.rand(batch_size, config.input_channel, config.imgH, config.imgW) * 2 - 1
+    with torch.inference_mode():
+        return time_per_step(lambda: forward_logits(model, image, config))

@@ -20,8 +20,8 @@ from typing import Callable
 import torch
 
 import plugins
-from checkpoint import load_model
-from dataset import DataConfig, hierarchical_dataset
+from checkpoint import RUNTIME_FLAGS, RUNTIME_HELP, load_model_for_runtime
+from dataset import DataConfig, count_samples, hierarchical_dataset
 from decoding import DecodeOptions, add_decoding_arguments, check_decoding_flags, options_from_args
 from error_analysis import write_errors
 from errors import UserError
@@ -170,6 +170,7 @@ def parse_args(argv=None):
     parser.add_argument("--save_errors", type=str, default=None,
                         help="write wrong predictions (image, label, prediction, confidence) and an HTML gallery here")
     parser.add_argument("--baiduCTC", action="store_true", help=argparse.SUPPRESS)  # accepted, has no effect
+    parser.add_argument("--runtime", choices=RUNTIME_FLAGS, default="auto", help=RUNTIME_HELP)
     add_runtime_arguments(parser)
     add_compile_argument(parser)
     add_decoding_arguments(parser)
@@ -187,12 +188,26 @@ def check_args(opt) -> None:
         check_output_folder(opt.save_errors, "--save_errors")  # written after the evaluation: fail before it
 
 
+def choose_runtime_for(opt, device):
+    """``--runtime``: as given, or auto's measured choice for the samples under --eval_data → measured.Decision."""
+    from measured import Decision, choose_runtime
+
+    if opt.runtime != "auto":
+        return Decision("--runtime", opt.runtime, reason="as given")
+    if opt.compile:
+        return Decision("--runtime auto", "torch", reason="--compile compiles a PyTorch model")
+    return choose_runtime(opt.saved_model, model_flags(opt), device, opt.amp, count_samples([opt.eval_data]),
+                          opt.batch_size, get_logger("test.load").info)
+
+
 def evaluate(argv=None) -> dict:
     opt = parse_args(argv)
     check_args(opt)
     device = resolve_device(opt.device)
     amp_dtype = check_amp(opt.amp, device)  # before the model is read, once for every set
-    loaded = load_model(opt.saved_model, model_flags(opt), device, log=get_logger("test.load").info, amp=opt.amp)
+    runtime = choose_runtime_for(opt, device)
+    loaded = load_model_for_runtime(opt.saved_model, model_flags(opt), device, runtime.choice,
+                                    log=get_logger("test.load").info, amp="off" if opt.amp == "auto" else opt.amp)
     model, config, path = compile_model(loaded.model, opt.compile), loaded.config, loaded.source
     out_dir = result_dir(opt.saved_model if Path(opt.saved_model).exists() else str(path))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -200,6 +215,7 @@ def evaluate(argv=None) -> dict:
         shutil.copy2(path, out_dir / path.name)  # the reference keeps a copy beside its results
     log_name = "log_all_evaluation.txt" if opt.benchmark_all_eval or opt.benchmark else "log_evaluation.txt"
     log = get_logger("test", out_dir / log_name).info
+    log(runtime.line())  # --runtime {choice} repeats it
     log(f"model {config.name} from {path}: {count_parameters(model) / 1e6:0.3f}M parameters, "
         f"{len(config.character)} characters, input {config.imgH}x{config.imgW}{' PAD' if config.PAD else ''}")
     options = options_from_args(opt, config, log, case_insensitive=opt.case_insensitive)

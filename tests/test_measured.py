@@ -113,3 +113,79 @@ def test_train_amp_auto_chooses_by_timing_and_records_it(flags, timings, expecte
     options = run_tiny_training(tmp_path)
     assert f"amp: {expected}\n" in options and f"amp_auto: --amp auto (training): {expected} (" in options
     assert f"--amp auto (training): {expected} (" in (tmp_path / "saved_models" / "auto" / "log_train.txt").read_text()
+
+
+# --- --runtime auto (demo.py, test.py): PyTorch or ONNX Runtime fp32 by measured speed ------------------------
+
+@pytest.fixture(scope="module")
+def word_folder(tmp_path_factory):
+    from helpers import make_gt_folder
+
+    return make_gt_folder(tmp_path_factory.mktemp("runtime_auto") / "words", copies=1)
+
+
+def fake_reading(monkeypatch, seconds: dict[str, float]) -> None:
+    """time_reading returns the injected seconds for the model's kind (OnnxModel or a PyTorch model)."""
+    import onnx_model
+
+    monkeypatch.setattr(measured, "time_reading",
+                        lambda model, batch: seconds["onnx" if isinstance(model, onnx_model.OnnxModel) else "torch"])
+
+
+@pytest.mark.parametrize("seconds, expected", [({"torch": 0.1, "onnx": 0.05}, "onnx"),
+                                               ({"torch": 0.05, "onnx": 0.1}, "torch")])
+def test_demo_runtime_auto_reads_with_the_faster_and_logs_it(word_folder, seconds, expected, monkeypatch, tmp_path,
+                                                             cache):
+    from demo import main
+    from test_int8 import READER
+
+    monkeypatch.setattr(measured, "MIN_IMAGES_FOR_ONNX", 1)
+    fake_reading(monkeypatch, seconds)
+    argv = ["--image_folder", str(word_folder / "images"), "--saved_model", str(READER), "--workers", "0",
+            "--log_file", str(tmp_path / "log.txt")]
+    auto = main(argv)
+    log = (tmp_path / "log.txt").read_text()
+    assert f"--runtime auto: {expected} (measured torch " in log
+    assert list((cache / "onnx").glob("*.onnx"))  # exported once to be timed, whichever wins
+    forced = main([*argv, "--runtime", expected])
+    assert [t for _, t, _ in auto] == [t for _, t, _ in forced]
+    monkeypatch.setattr(measured, "time_reading", lambda model, batch: pytest.fail("timed again"))
+    again = main(argv)  # cached for this machine and model
+    assert [t for _, t, _ in again] == [t for _, t, _ in auto]
+    assert "cached decision for this machine" in (tmp_path / "log.txt").read_text().split("-" * 80)[-3]
+
+
+def test_few_images_read_in_pytorch_without_export_or_timing(word_folder, monkeypatch, tmp_path, cache):
+    from demo import main
+    from test_int8 import READER
+
+    monkeypatch.setattr(measured, "time_reading", lambda model, batch: pytest.fail("timed"))
+    main(["--image_folder", str(word_folder / "images"), "--saved_model", str(READER), "--workers", "0",
+          "--log_file", str(tmp_path / "log.txt")])
+    assert "--runtime auto: torch (16 images: too few" in (tmp_path / "log.txt").read_text()
+    assert not list((cache / "onnx").glob("*.onnx"))
+
+
+@pytest.mark.parametrize("device, amp, saved, reason", [
+    ("cuda", "off", "x.pth", "CPUs only"),
+    ("cpu", "bf16", "x.pth", "--amp bf16 runs in PyTorch"),
+    ("cpu", "off", "x.onnx", "an .onnx model runs in ONNX Runtime"),
+])
+def test_runtime_auto_rules_that_need_no_timing(device, amp, saved, reason):
+    decision = measured.choose_runtime(saved, {}, device, amp, 10_000, 64)
+    assert reason in decision.line() and not decision.seconds
+
+
+def test_test_py_runtime_auto_counts_the_samples_and_logs_its_choice(word_folder, monkeypatch, tmp_path, cache):
+    import test as test_script
+    from test_int8 import READER
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(measured, "MIN_IMAGES_FOR_ONNX", 16)
+    fake_reading(monkeypatch, {"torch": 0.1, "onnx": 0.05})
+    result = test_script.main(["--eval_data", str(word_folder), "--saved_model", str(READER), "--workers", "0"])
+    logs = "".join(p.read_text() for p in tmp_path.rglob("log_evaluation.txt"))
+    assert "--runtime auto: onnx (measured" in logs and result["n_samples"] == 16
+    monkeypatch.setattr(measured, "MIN_IMAGES_FOR_ONNX", 17)
+    test_script.main(["--eval_data", str(word_folder), "--saved_model", str(READER), "--workers", "0"])
+    assert "--runtime auto: torch (16 images: too few" in "".join(p.read_text() for p in tmp_path.rglob("log_evaluation.txt"))
