@@ -54,18 +54,19 @@ def read_decoded(opt, notes: list[str] | None = None) -> list[tuple[str, Decoded
     device = resolve_device(opt.device)
     dtype = check_amp(opt.amp, device)
     log = get_logger("demo.load").info
-    runtime = opt.runtime
-    if runtime == "auto":
+    amp = "off" if opt.amp == "auto" else opt.amp
+    loaded = load_model_for_runtime(opt.saved_model, model_flags(opt), device,
+                                    "torch" if opt.runtime == "auto" else opt.runtime, log=log, amp=amp)
+    if opt.runtime == "auto":
         from measured import choose_runtime
 
-        images = len(list_images(opt.image_folder))
-        decision = choose_runtime(opt.saved_model, model_flags(opt), device, opt.amp, images, opt.batch_size, log)
+        decision = choose_runtime(opt.saved_model, model_flags(opt), loaded.model, device, opt.amp,
+                                  len(list_images(opt.image_folder)), opt.batch_size, log)
         log(decision.line())  # --runtime {choice} repeats it
         if notes is not None:
             notes.append(decision.line())
-        runtime = decision.choice
-    loaded = load_model_for_runtime(opt.saved_model, model_flags(opt), device, runtime, log=log,
-                                    amp="off" if opt.amp == "auto" else opt.amp)
+        if decision.choice == "onnx" and not hasattr(loaded.model, "session"):
+            loaded = load_model_for_runtime(opt.saved_model, model_flags(opt), device, "onnx", log=log)
     config = loaded.config
     options = options_from_args(opt, config, log, topk=opt.topk)
     data = DataConfig.for_model(config, dynamic_width=opt.dynamic_width, workers=opt.workers,

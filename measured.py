@@ -126,12 +126,13 @@ MIN_IMAGES_FOR_ONNX = 500
 RUNTIME_QUESTION = "--runtime auto"
 
 
-def choose_runtime(saved_model, flags: dict, device, amp: str, images: int | None, batch_size: int,
+def choose_runtime(saved_model, flags: dict, model, device, amp: str, images: int | None, batch_size: int,
                    log: Callable[[str], None] = lambda message: None) -> Decision:
     """``--runtime auto`` for reading ``images`` (None: unknown, counted as many): PyTorch or ONNX Runtime, both
     fp32 (they read alike: tests/test_onnx.py's parity gate), by their measured speed on this model at
-    ``batch_size``. ONNX Runtime is a candidate on the CPU, for a PyTorch checkpoint read in fp32, when
-    onnxruntime is installed and the work pays for the export (cached, as --runtime onnx)."""
+    ``batch_size``. ``model`` is ``saved_model`` as ``--runtime torch`` loaded it (its checks passed). ONNX
+    Runtime is a candidate on the CPU, for a PyTorch checkpoint read in fp32, when onnxruntime is installed
+    and the work pays for the export (cached, as --runtime onnx)."""
     from pathlib import Path
 
     import torch
@@ -149,9 +150,6 @@ def choose_runtime(saved_model, flags: dict, device, amp: str, images: int | Non
     if images is not None and images < MIN_IMAGES_FOR_ONNX:
         return Decision(RUNTIME_QUESTION, "torch", reason=f"{images} images: too few to pay for an ONNX export "
                                                           f"(measured from {MIN_IMAGES_FOR_ONNX})")
-    from checkpoint import load_model
-
-    model = load_model(saved_model, flags, device, allow_onnx=False).model
     batch = max(1, min(batch_size, images or batch_size))
     work = {"config": model.config.to_dict(), "batch_size": batch}
     return decide(RUNTIME_QUESTION, work, {"torch": lambda: time_reading(model, batch),

@@ -41,7 +41,7 @@ from train_options import add_training_arguments, check_training_arguments
 # train.py flags a study sets for each cell itself.
 PER_CELL_FLAGS = ("exp_name", "manualSeed", "resume", *STAGES)
 # train.py flags that change how a run is watched, not what it computes: not part of the protocol.
-NOT_PROTOCOL = ("workers", "progress", "log_interval", "tensorboard")
+NOT_PROTOCOL = ("workers", "progress", "log_interval", "tensorboard", "measure_loader")
 STUDIES = Path("studies")
 
 

@@ -188,16 +188,24 @@ def check_args(opt) -> None:
         check_output_folder(opt.save_errors, "--save_errors")  # written after the evaluation: fail before it
 
 
-def choose_runtime_for(opt, device):
-    """``--runtime``: as given, or auto's measured choice for the samples under --eval_data → measured.Decision."""
+def load_for_runtime(opt, device):
+    """The model in ``--runtime``'s choice: as given, or auto's measured choice for the samples under
+    --eval_data → (checkpoint.LoadedModel, measured.Decision)."""
     from measured import Decision, choose_runtime
 
+    log, flags = get_logger("test.load").info, model_flags(opt)
+    amp = "off" if opt.amp == "auto" else opt.amp
+    loaded = load_model_for_runtime(opt.saved_model, flags, device, "torch" if opt.runtime == "auto" else opt.runtime,
+                                    log=log, amp=amp)
     if opt.runtime != "auto":
-        return Decision("--runtime", opt.runtime, reason="as given")
+        return loaded, Decision("--runtime", opt.runtime, reason="as given")
     if opt.compile:
-        return Decision("--runtime auto", "torch", reason="--compile compiles a PyTorch model")
-    return choose_runtime(opt.saved_model, model_flags(opt), device, opt.amp, count_samples([opt.eval_data]),
-                          opt.batch_size, get_logger("test.load").info)
+        return loaded, Decision("--runtime auto", "torch", reason="--compile compiles a PyTorch model")
+    decision = choose_runtime(opt.saved_model, flags, loaded.model, device, opt.amp, count_samples([opt.eval_data]),
+                              opt.batch_size, log)
+    if decision.choice == "onnx" and not hasattr(loaded.model, "session"):
+        loaded = load_model_for_runtime(opt.saved_model, flags, device, "onnx", log=log)
+    return loaded, decision
 
 
 def evaluate(argv=None) -> dict:
@@ -205,9 +213,7 @@ def evaluate(argv=None) -> dict:
     check_args(opt)
     device = resolve_device(opt.device)
     amp_dtype = check_amp(opt.amp, device)  # before the model is read, once for every set
-    runtime = choose_runtime_for(opt, device)
-    loaded = load_model_for_runtime(opt.saved_model, model_flags(opt), device, runtime.choice,
-                                    log=get_logger("test.load").info, amp="off" if opt.amp == "auto" else opt.amp)
+    loaded, runtime = load_for_runtime(opt, device)
     model, config, path = compile_model(loaded.model, opt.compile), loaded.config, loaded.source
     out_dir = result_dir(opt.saved_model if Path(opt.saved_model).exists() else str(path))
     out_dir.mkdir(parents=True, exist_ok=True)

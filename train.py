@@ -232,6 +232,50 @@ def choose_amp(run: TrainRun) -> TrainRun:
     return dataclasses.replace(run, opt=run.opt, amp_dtype=candidates[choice])
 
 
+def loader_candidates(cores: int) -> dict[str, tuple[int, int]]:
+    """``--measure_loader``'s settings, name → (loader workers, torch threads): the loader in the training process,
+    or one worker beside torch's threads on every core, or on one core fewer (so they need not share one)."""
+    candidates = {f"workers 0, threads {cores}": (0, cores), f"workers 1, threads {cores}": (1, cores)}
+    if cores > 1:
+        candidates[f"workers 1, threads {cores - 1}"] = (1, cores - 1)
+    return candidates
+
+
+def choose_loader(run: TrainRun) -> TrainRun:
+    """``--measure_loader``: the training loop timed with each of ``loader_candidates`` (the real loader and its
+    augmentation, rebuilt per setting, rewound after), or the cached choice; → the run with the fastest."""
+    from measured import decide
+
+    opt = run.opt
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    candidates = loader_candidates(cores)
+    if run.world_size > 1:  # each rank's loader and threads: set them by hand (--workers, OMP_NUM_THREADS)
+        candidates = {f"workers {opt.workers}, threads {torch.get_num_threads()}": (opt.workers, torch.get_num_threads())}
+
+    def timed(workers: int, threads: int) -> float:
+        use_loader(run, workers, threads)
+        return time_training_steps(run, run.amp_dtype)
+
+    work = {"config": run.config.to_dict(), "batch_size": opt.batch_size, "accum_steps": opt.accum_steps,
+            "augment": getattr(opt, "augment", None), "amp": str(run.amp_dtype), "device": run.device.type}
+    decision = decide("--measure_loader", work, {name: (lambda s=s: timed(*s)) for name, s in candidates.items()},
+                      reason="under torchrun: as given" if run.world_size > 1 else "")
+    workers, threads = candidates[decision.choice]
+    use_loader(run, workers, threads)
+    run.train_log(decision.line())
+    run.opt = argparse.Namespace(**{**vars(opt), "workers": workers, "torch_threads": threads,
+                                    "measure_loader_choice": decision.line()})
+    return dataclasses.replace(run, opt=run.opt)
+
+
+def use_loader(run: TrainRun, workers: int, threads: int) -> None:
+    """Rebuild the training loader with ``workers`` at the same place in its stream; torch on ``threads``."""
+    torch.set_num_threads(threads)
+    if run.train_data.workers != workers:
+        run.train_data.workers = workers
+        run.train_data.load_state_dict(run.train_data.state_dict())
+
+
 def time_training_steps(run: TrainRun, amp_dtype) -> float:
     """Seconds per training iteration in ``amp_dtype`` (measured.time_per_step) of a throwaway copy of the
     model, reading the real loader; the data stream and the random states are rewound after."""
@@ -623,7 +667,8 @@ def train_until(run: TrainRun, start: int, stop: StopRequest) -> int:
 # ---------------------------------------------------------------- the time budget
 
 WARMUP_ITERS = 3  # untimed: the first iterations allocate memory and choose kernels
-CALIBRATION_SECONDS = 10.0  # the timed window (at most 5 % of the budget)
+PREFETCHED_PER_WORKER = 2  # DataLoader's prefetch_factor: batches a worker has ready before the timing starts
+CALIBRATION_SECONDS = 20.0  # the timed window (at most 5 % of the budget): long enough for a steady median
 
 
 @dataclass(frozen=True)
@@ -669,7 +714,9 @@ def time_iterations(run: TrainRun, start: int) -> BudgetPlan:
                                 scaler=torch.amp.GradScaler(run.device.type, enabled=run.scaler.is_enabled()))
     budget = opt.time_budget * 60
     began = time.time()
-    for _ in range(WARMUP_ITERS):
+    # Batches the loader workers prefetched come for free: the timing starts once they are used up, so that it
+    # measures the loop as it runs (augmentation in the workers, sharing the cores with torch's threads).
+    for _ in range(WARMUP_ITERS + PREFETCHED_PER_WORKER * opt.workers):
         train_iteration(probe)
     window, timed, t0 = min(CALIBRATION_SECONDS, 0.05 * budget), 0, time.time()
     while not rank0_says(timed >= 2 and time.time() - t0 >= window, run):  # ranks time the same iterations
@@ -743,6 +790,9 @@ def train(opt) -> dict:
                        console, train_log)
         if opt.amp == "auto":
             run = choose_amp(run)
+            opt = run.opt
+        if opt.measure_loader:
+            run = choose_loader(run)
             opt = run.opt
         run.budget = plan_iterations(run)
         if run.budget is not None:  # the chosen --num_iter, before the schedule is planned over it

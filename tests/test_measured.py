@@ -172,7 +172,7 @@ def test_few_images_read_in_pytorch_without_export_or_timing(word_folder, monkey
     ("cpu", "off", "x.onnx", "an .onnx model runs in ONNX Runtime"),
 ])
 def test_runtime_auto_rules_that_need_no_timing(device, amp, saved, reason):
-    decision = measured.choose_runtime(saved, {}, device, amp, 10_000, 64)
+    decision = measured.choose_runtime(saved, {}, None, device, amp, 10_000, 64)
     assert reason in decision.line() and not decision.seconds
 
 
@@ -189,3 +189,39 @@ def test_test_py_runtime_auto_counts_the_samples_and_logs_its_choice(word_folder
     monkeypatch.setattr(measured, "MIN_IMAGES_FOR_ONNX", 17)
     test_script.main(["--eval_data", str(word_folder), "--saved_model", str(READER), "--workers", "0"])
     assert "--runtime auto: torch (16 images: too few" in "".join(p.read_text() for p in tmp_path.rglob("log_evaluation.txt"))
+
+
+# --- train.py --measure_loader: loader workers and torch threads by timing ----------------------------------
+
+@pytest.fixture
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_loader_candidates_leave_a_core_to_the_worker():
+    import train
+
+    assert train.loader_candidates(2) == {"workers 0, threads 2": (0, 2), "workers 1, threads 2": (1, 2),
+                                          "workers 1, threads 1": (1, 1)}
+    assert list(train.loader_candidates(1).values()) == [(0, 1), (1, 1)]
+
+
+@pytest.mark.parametrize("fast_workers", [0, 1])
+def test_measure_loader_trains_with_the_faster_and_records_it(fast_workers, monkeypatch, tmp_path, keep_threads):
+    import train
+
+    seen = []
+
+    def fake(run, dtype):
+        seen.append((run.train_data.workers, torch.get_num_threads()))
+        return 0.1 if run.train_data.workers == fast_workers else 0.2
+
+    monkeypatch.setattr(train, "time_training_steps", fake)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.chdir(tmp_path)
+    options = run_tiny_training(tmp_path, "--measure_loader")
+    assert {w for w, _ in seen} == {0, 1}  # each setting timed on a loader rebuilt with its workers
+    assert f"\nworkers: {fast_workers}\n" in options and "\ntorch_threads: " in options
+    assert f"measure_loader_choice: --measure_loader: workers {fast_workers}, threads" in options
