@@ -115,7 +115,8 @@ def test_profile_values_are_positive_and_finite(tiny_profile):
 
 
 def test_the_profile_records_how_many_runs_each_figure_rests_on(tiny_profile):
-    assert 1 <= tiny_profile.latency_runs <= 3 and 1 <= tiny_profile.throughput_runs <= 3
+    # at most the counts asked (repeats=3, throughput_repeats 5 by default), fewer past the 10 s budget
+    assert 1 <= tiny_profile.latency_runs <= 3 and 1 <= tiny_profile.throughput_runs <= 5
 
 
 class FakeClock:
