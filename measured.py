@@ -143,9 +143,9 @@ def choose_runtime(saved_model, flags: dict, model, device, amp: str, images: in
         return Decision(RUNTIME_QUESTION, "torch", reason=f"ONNX Runtime's fp32 is chosen on CPUs only, not {device}")
     if amp not in ("off", "auto"):
         return Decision(RUNTIME_QUESTION, "torch", reason=f"--amp {amp} runs in PyTorch")
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
         return Decision(RUNTIME_QUESTION, "torch", reason="onnxruntime is not installed")
     if images is not None and images < MIN_IMAGES_FOR_ONNX:
         return Decision(RUNTIME_QUESTION, "torch", reason=f"{images} images: too few to pay for an ONNX export "
