@@ -38,7 +38,7 @@ class Decision:
     def line(self) -> str:
         """One line: what was chosen and why, e.g. for the console, the run's log and opt.txt."""
         if self.seconds:
-            times = ", ".join(f"{name} {1 / s:.2f} steps/s" for name, s in self.seconds.items())
+            times = "; ".join(f"{name} {1 / s:.2f} steps/s" for name, s in self.seconds.items())
             why = f"measured {times}" + (f"; {self.reason}" if self.reason else "")
         else:
             why = self.reason

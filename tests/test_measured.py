@@ -27,7 +27,7 @@ def test_the_faster_candidate_is_chosen_and_said_in_one_line():
     decision = measured.decide("--amp auto (training)", {"model": "a"}, {"off": constant(0.1), "bf16": constant(0.2)})
     assert decision.choice == "off" and not decision.cached
     line = decision.line()
-    assert "\n" not in line and line.startswith("--amp auto (training): off (measured off 10.00 steps/s, bf16 5.00")
+    assert "\n" not in line and line.startswith("--amp auto (training): off (measured off 10.00 steps/s; bf16 5.00")
     assert measured.decide("q", {}, {"off": constant(0.3), "bf16": constant(0.2)}).choice == "bf16"
 
 
