@@ -386,6 +386,11 @@ def load_onnx_model(path: Path, flags: dict, device, training: bool, log, amp: s
 
 
 RUNTIMES = ("torch", "onnx")
+RUNTIME_FLAGS = ("auto", *RUNTIMES)  # auto: measured.choose_runtime, then one of RUNTIMES
+RUNTIME_HELP = ("auto (default): PyTorch or ONNX Runtime, both fp32, whichever this machine measured faster on this "
+                "model (cached per machine; PyTorch where the work is too small to pay for the export); torch: run the "
+                "checkpoint in PyTorch; onnx: export it to ONNX once (cached by its content under the toolkit's cache "
+                "folder) and run it with ONNX Runtime (fp32)")
 
 
 def load_model_for_runtime(saved_model: str | os.PathLike, flags: dict | None, device: torch.device | str,

@@ -7,6 +7,7 @@ reads image files (``RawDataset``). Every loader collates with ``AlignCollate``.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -834,6 +835,26 @@ class AlignCollate:
 
 
 # --- demo input ----------------------------------------------------------------------------
+
+def count_samples(paths: Sequence[str | os.PathLike]) -> int | None:
+    """About how many samples the evaluation data holds (the LMDBs' ``num-samples`` and the gt.txt lines
+    under ``paths``), for choosing how to read them; None where nothing could be counted. Reads no image."""
+    total, found = 0, False
+    for root in map(str, paths):
+        for dirpath, _, names in os.walk(root):
+            if "data.mdb" in names:
+                try:
+                    with lmdb.open(dirpath, readonly=True, lock=False, readahead=False) as env, env.begin() as txn:
+                        value = txn.get(b"num-samples")
+                except lmdb.Error:
+                    continue  # the evaluation reports it
+                total, found = total + int(value or 0), found or value is not None
+            if "gt.txt" in names:
+                with contextlib.suppress(OSError):
+                    with open(os.path.join(dirpath, "gt.txt"), "rb") as f:
+                        total, found = total + sum(1 for line in f if line.strip()), True
+    return total if found else None
+
 
 def list_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Image files of the given folders (recursive, natsorted) and files, in argument order.

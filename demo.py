@@ -5,7 +5,8 @@
 Prints the reference's table and appends it to ./log_demo_result.txt. ``--decoder beam``,
 ``--lexicon words.txt``, ``--topk 3`` (the three best readings with scores) and ``--char_conf``
 (each character's confidence) add lines under each row. ``--runtime onnx`` reads with ONNX Runtime
-(the checkpoint is exported once to a cache and reused).
+(the checkpoint is exported once to a cache and reused); the default, ``--runtime auto``, reads with
+whichever of PyTorch and ONNX Runtime (both fp32) this machine measured faster for the model.
 
 ``--explain DIR`` writes what each stage did to every image (DIR/index.html, one panel per image,
 DIR/spans.json: docs/explain.md); ``--char_boxes`` prints each character's horizontal span in the
@@ -20,8 +21,8 @@ import torch
 from PIL import Image
 
 import plugins
-from checkpoint import RUNTIMES, load_model_for_runtime
-from dataset import DataConfig, RawDataset
+from checkpoint import RUNTIME_FLAGS, RUNTIME_HELP, load_model_for_runtime
+from dataset import DataConfig, RawDataset, list_images
 from decoding import Decoded, add_decoding_arguments, check_decoding_flags, decode, options_from_args
 from evaluation import make_eval_loader
 from explain import Explained, explain_batch, write_explanations
@@ -40,9 +41,7 @@ def parse_args(argv=None):
                         help="folder(s) walked recursively for images, and/or image files")
     parser.add_argument("--saved_model", default=DEFAULT_MODEL,
                         help=f"checkpoint path or pretrained model name (default {DEFAULT_MODEL})")
-    parser.add_argument("--runtime", choices=RUNTIMES, default="torch",
-                        help="torch: run the checkpoint in PyTorch; onnx: export it to ONNX once (cached by its "
-                             "content under the toolkit's cache folder) and run it with ONNX Runtime (fp32)")
+    parser.add_argument("--runtime", choices=RUNTIME_FLAGS, default="auto", help=RUNTIME_HELP)
     parser.add_argument("--log_file", default="log_demo_result.txt", help="where the table is appended")
     parser.add_argument("--explain", default=None, metavar="DIR",
                         help="write a panel per image of what each stage did (TPS's rectified image, the attention "
@@ -60,9 +59,10 @@ def read_images(opt) -> list[tuple[str, str, float]]:
     return [(path, d.text, d.confidence) for path, d in read_decoded(opt)]
 
 
-def read_decoded(opt) -> list[tuple[str, Decoded]]:
-    """→ [(image path, ``decoding.Decoded``)]: text, confidence, per-character confidences, N best."""
-    reader = open_reader(opt)
+def read_decoded(opt, notes: list[str] | None = None) -> list[tuple[str, Decoded]]:
+    """→ [(image path, ``decoding.Decoded``)]: text, confidence, per-character confidences, N best. ``notes``
+    receives the line saying which runtime ``--runtime auto`` chose, for the log file."""
+    reader = open_reader(opt, notes)
     results = []
     with torch.inference_mode():
         for image_tensors, paths in reader.loader:
@@ -71,10 +71,10 @@ def read_decoded(opt) -> list[tuple[str, Decoded]]:
     return results
 
 
-def read_explained(opt) -> list[Explained]:
+def read_explained(opt, notes: list[str] | None = None) -> list[Explained]:
     """→ one ``explain.Explained`` per image: the reading (as ``read_decoded``'s) and what the stages show;
     the spans are mapped to the image file's pixels."""
-    reader = open_reader(opt)
+    reader = open_reader(opt, notes)
     results = []
     for image_tensors, paths in reader.loader:
         batch = explain_batch(reader.model, image_tensors.to(reader.device), reader.config, reader.options,
@@ -96,13 +96,26 @@ class Reader:
     amp_dtype: torch.dtype | None
 
 
-def open_reader(opt) -> Reader:
-    """The model, decoding options and image loader of demo.py's flags."""
+def open_reader(opt, notes: list[str] | None = None) -> Reader:
+    """The model, decoding options and image loader of demo.py's flags (``--runtime auto``: the runtime this
+    machine measured faster, its line appended to ``notes``)."""
     check_decoding_flags(opt, opt.topk)  # a bad flag fails before the model loads
     device = resolve_device(opt.device)
     dtype = check_amp(opt.amp, device)
     log = get_logger("demo.load").info
-    loaded = load_model_for_runtime(opt.saved_model, model_flags(opt), device, opt.runtime, log=log, amp=opt.amp)
+    amp = "off" if opt.amp == "auto" else opt.amp
+    loaded = load_model_for_runtime(opt.saved_model, model_flags(opt), device,
+                                    "torch" if opt.runtime == "auto" else opt.runtime, log=log, amp=amp)
+    if opt.runtime == "auto" and not (opt.explain or opt.char_boxes):  # those watch the PyTorch model's stages
+        from measured import choose_runtime
+
+        decision = choose_runtime(opt.saved_model, model_flags(opt), loaded.model, device, opt.amp,
+                                  len(list_images(opt.image_folder)), opt.batch_size, log)
+        log(decision.line())  # --runtime {choice} repeats it
+        if notes is not None:
+            notes.append(decision.line())
+        if decision.choice == "onnx" and not hasattr(loaded.model, "session"):
+            loaded = load_model_for_runtime(opt.saved_model, model_flags(opt), device, "onnx", log=log)
     config = loaded.config
     options = options_from_args(opt, config, log, topk=opt.topk)
     data = DataConfig.for_model(config, dynamic_width=opt.dynamic_width, workers=opt.workers,
@@ -145,7 +158,7 @@ def check_args(opt) -> None:
     check_runtime_arguments(opt)
     check_decoding_flags(opt, opt.topk)
     check_output_file(opt.log_file, "--log_file")  # the table is appended at the end: fail before the work
-    if (opt.explain or opt.char_boxes) and opt.runtime != "torch":
+    if (opt.explain or opt.char_boxes) and opt.runtime == "onnx":
         raise UsageError("--explain and --char_boxes watch the PyTorch model's stages: use --runtime torch")
     if opt.explain:
         check_output_folder(opt.explain, "--explain")
@@ -154,8 +167,9 @@ def check_args(opt) -> None:
 def read_folder(argv=None):
     opt = parse_args(argv)
     check_args(opt)
-    explained = read_explained(opt) if opt.explain or opt.char_boxes else None
-    decoded = [(ex.name, ex.decoded) for ex in explained] if explained else read_decoded(opt)
+    notes: list[str] = []
+    explained = read_explained(opt, notes) if opt.explain or opt.char_boxes else None
+    decoded = [(ex.name, ex.decoded) for ex in explained] if explained else read_decoded(opt, notes)
     results = [(path, d.text, d.confidence) for path, d in decoded]
     details = [detail_lines(d, opt.topk, opt.char_conf, explained[i] if opt.char_boxes else None)
                for i, (_, d) in enumerate(decoded)]
@@ -165,7 +179,7 @@ def read_folder(argv=None):
     table = format_table(results, details)
     print(table)
     with open(opt.log_file, "a", encoding="utf-8", errors="replace") as log:
-        log.write(table + "\n")
+        log.write("".join(note + "\n" for note in notes) + table + "\n")
     return results
 
 

@@ -42,7 +42,7 @@ from runtime import UsageError, check_amp
 from utils import make_converter
 
 __all__ = ["Profile", "profile_model", "count_flops", "flop_breakdown", "count_parameters", "build_by_name",
-           "measure_latency", "measure_throughput", "peak_memory", "peak_memory_mb", "PRECISIONS"]
+           "measure_latency", "measure_throughput", "time_reads", "Timing", "peak_memory", "peak_memory_mb", "PRECISIONS"]
 
 aten = torch.ops.aten
 PRECISIONS = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}  # --amp names (runtime.check_amp)
@@ -230,34 +230,73 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# Each timed figure stops on a time budget once it rests on enough runs for a stable median; the repeat
+# count is an upper bound. A single run is never cut short, so a slow model's figure rests on MIN_RUNS.
+DEFAULT_BUDGET_S = 10.0
+MIN_RUNS = 3
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The median of ``runs`` timed reads (seconds) and how many were timed."""
+
+    median_s: float
+    runs: int
+
+
 def _timed_runs(model: Model, batch_size: int, device: torch.device, amp_dtype, warmup: int, repeats: int,
-                every_step: bool) -> list[float]:
-    """Seconds of each of ``repeats`` reads (``decoding.decode``: forward and greedy decoding) of one batch."""
+                every_step: bool, budget_s: float | None = None, min_runs: int = MIN_RUNS,
+                clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Seconds of each timed read (``decoding.decode``: forward and greedy decoding) of one batch: up to
+    ``warmup`` untimed reads (stopping once a quarter of ``budget_s`` has passed, after the first), then up
+    to ``repeats`` timed ones, stopping once ``budget_s`` has passed and ``min_runs`` are done (None: no
+    budget, exactly ``repeats``). ``clock`` is injectable for the tests."""
     image = _input(model.config, batch_size, device)
     steps = every_decoding_step(model) if every_step else contextlib.nullcontext()
-    times = []
+
+    def read() -> float:
+        _sync(device)
+        start = clock()
+        decode(model, image, model.config, amp_dtype=amp_dtype)
+        _sync(device)
+        return clock() - start
+
+    times: list[float] = []
     with _training_mode(model, False), torch.inference_mode(), steps:
-        for i in range(warmup + repeats):
-            _sync(device)
-            start = time.perf_counter()
-            decode(model, image, model.config, amp_dtype=amp_dtype)
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+        spent = 0.0
+        for i in range(warmup):
+            spent += read()
+            if budget_s is not None and spent > budget_s / 4:
+                break
+        spent = 0.0
+        while len(times) < repeats:
+            times.append(read())
+            spent += times[-1]
+            if budget_s is not None and spent >= budget_s and len(times) >= min(min_runs, repeats):
+                break
     return times
 
 
+def time_reads(model: Model, batch_size: int, device, amp_dtype=None, warmup: int = 2, repeats: int = 10,
+               every_step: bool = True, budget_s: float | None = None, min_runs: int = MIN_RUNS) -> Timing:
+    """The median time of one read of a batch and the number of runs it rests on (``_timed_runs``)."""
+    times = _timed_runs(model, batch_size, torch.device(device), amp_dtype, warmup, repeats, every_step, budget_s,
+                        min_runs)
+    return Timing(statistics.median(times), len(times))
+
+
 def measure_latency(model: Model, device, amp_dtype=None, warmup: int = 5, repeats: int = 30,
-                    every_step: bool = True) -> float:
-    """Milliseconds per image at batch 1: the median of ``repeats`` synchronised reads after ``warmup``."""
-    return 1000 * statistics.median(_timed_runs(model, 1, torch.device(device), amp_dtype, warmup, repeats, every_step))
+                    every_step: bool = True, budget_s: float | None = None) -> float:
+    """Milliseconds per image at batch 1: the median of up to ``repeats`` synchronised reads after ``warmup``
+    (at most ``budget_s`` seconds of timed reads once MIN_RUNS are done)."""
+    return 1000 * time_reads(model, 1, device, amp_dtype, warmup, repeats, every_step, budget_s).median_s
 
 
 def measure_throughput(model: Model, batch_size: int, device, amp_dtype=None, warmup: int = 2, repeats: int = 10,
-                       every_step: bool = True) -> float:
+                       every_step: bool = True, budget_s: float | None = None) -> float:
     """Images per second at ``batch_size``: the batch over the median time of one read."""
-    times = _timed_runs(model, batch_size, torch.device(device), amp_dtype, warmup, repeats, every_step)
-    return batch_size / statistics.median(times)
+    return batch_size / time_reads(model, batch_size, device, amp_dtype, warmup, repeats, every_step,
+                                   budget_s).median_s
 
 
 # ---------------------------------------------------------------- memory
@@ -430,6 +469,8 @@ class Profile:
     precision: str  # fp32 | bf16 | fp16
     batch_size: int
     machine: str  # GPU name, or CPU model and threads
+    latency_runs: int = 0  # how many timed reads the latency's median rests on
+    throughput_runs: int = 0  # ... the throughput's
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -437,10 +478,12 @@ class Profile:
 
 def profile_model(model: Model, *, device="cpu", precision: str = "fp32", batch_size: int = 192, warmup: int = 5,
                   repeats: int = 30, throughput_repeats: int = 5, train_step: bool = True,
-                  every_step: bool = True) -> Profile:
-    """Parameters, FLOPs, latency (batch 1: the median of ``repeats`` after ``warmup``), throughput (at
-    ``batch_size``: the median of ``throughput_repeats`` after one) and peak memory (at ``batch_size``).
+                  every_step: bool = True, budget_s: float | None = DEFAULT_BUDGET_S) -> Profile:
+    """Parameters, FLOPs, latency (batch 1: the median of up to ``repeats`` after up to ``warmup``), throughput
+    (at ``batch_size``: the median of up to ``throughput_repeats`` after one) and peak memory (at ``batch_size``).
 
+    Each timed figure stops once its timed reads pass ``budget_s`` seconds and rest on MIN_RUNS (None: the
+    full counts); ``latency_runs`` and ``throughput_runs`` say how many runs each median rests on.
     ``precision`` fp32 | bf16 | fp16 goes through ``runtime.check_amp`` (fp16 needs CUDA; bf16 on a CPU
     without AVX512-BF16/AMX is refused). ``every_step``: time the decoders over all their steps, as the
     FLOPs count them (an untrained model's first end token is arbitrary); False stops where decoding
@@ -451,20 +494,24 @@ def profile_model(model: Model, *, device="cpu", precision: str = "fp32", batch_
     if min(batch_size, repeats, throughput_repeats) < 1 or warmup < 0:
         raise UsageError(f"batch_size, repeats and throughput_repeats must be at least 1 and warmup at least 0, got "
                          f"{batch_size}, {repeats}, {throughput_repeats}, {warmup}")
+    if budget_s is not None and budget_s <= 0:
+        raise UsageError(f"the profile's time budget must be positive seconds, got {budget_s}")
     device = torch.device(device)
     amp_dtype = check_amp(PRECISIONS[precision], device)
     model = model.to(device)
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     memory = peak_memory(model, batch_size, device, amp_dtype, ("infer", "train") if train_step else ("infer",))
     flops, reference = _count(model, None)
+    latency = time_reads(model, 1, device, amp_dtype, warmup, repeats, every_step, budget_s)
+    throughput = time_reads(model, batch_size, device, amp_dtype, min(warmup, 1), throughput_repeats, every_step,
+                            budget_s)
     return Profile(
         name=model.config.name,
         params_m=count_parameters(model) / 1e6,
         gflops=flops["total"] / 1e9,
         gflops_reference=(flops["total"] + reference["total"]) / 1e9,
-        latency_ms=measure_latency(model, device, amp_dtype, warmup, repeats, every_step),
-        throughput_ips=measure_throughput(model, batch_size, device, amp_dtype, min(warmup, 1), throughput_repeats,
-                                          every_step),
+        latency_ms=1000 * latency.median_s,
+        throughput_ips=batch_size / throughput.median_s,
         infer_mem_mb=memory["infer"],
         train_mem_mb=memory.get("train"),
         weights_mb=weights / 2 ** 20,
@@ -472,6 +519,8 @@ def profile_model(model: Model, *, device="cpu", precision: str = "fp32", batch_
         precision=precision,
         batch_size=batch_size,
         machine=machine_name(device),
+        latency_runs=latency.runs,
+        throughput_runs=throughput.runs,
     )
 
 

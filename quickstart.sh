@@ -21,7 +21,7 @@ OUT=${OUT:-quickstart_out}
 NUM_TRAIN=${NUM_TRAIN:-100000}
 WORKERS=${WORKERS:-2}
 REAL=${REAL:-../shared/data/real}
-AMP=${AMP:-auto}  # auto: bf16 where the CPU computes it natively (AVX512-BF16/AMX) or on a GPU, else off
+AMP=${AMP:-auto}  # auto: train.py times fp32 against native bf16 on this machine and keeps the faster
 TRAIN_MINUTES=${TRAIN_MINUTES:-9}
 export OUT NUM_TRAIN WORKERS AMP TRAIN_MINUTES
 SETTINGS="${PYTHON:-python3} scripts/quickstart_settings.py"
@@ -32,12 +32,11 @@ start=$(date +%s)
 echo "== 1/6 install (scripts/setup.sh)"
 bash scripts/setup.sh
 
-if [ "$AMP" = auto ]; then
-  AMP=$($PY -c "import torch, runtime; print('bf16' if (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) or runtime.cpu_flags() & set(runtime.BF16_CPU_FLAGS) else 'off')")
-fi
-# TRAIN_MINUTES of training on any machine: train.py --time_budget times a short warm-up here and
-# chooses --num_iter from it (bf16 trains about 1.5x more iterations than fp32 where the CPU has it).
-# NUM_ITER, when set, fixes the iterations instead.
+# TRAIN_MINUTES of training on any machine: train.py chooses the precision (--amp auto: fp32 or native
+# bf16, whichever trains faster here) and the loader (--measure_loader: 0 or 1 worker, torch threads on every
+# core or one fewer) by timing the loop as it runs, augmentation included; the decisions are cached per
+# machine. Then --time_budget times a warm-up of that loop and chooses --num_iter from it. NUM_ITER, when
+# set, fixes the iterations instead. opt.txt records every choice (amp, workers, torch_threads, num_iter).
 if [ -n "${NUM_ITER:-}" ]; then
   LENGTH=(--num_iter "$NUM_ITER"); LENGTH_TEXT="$NUM_ITER iterations"
 else
@@ -63,9 +62,10 @@ $PY train.py --train_data "$OUT/data/training" --valid_data "$OUT/data/validatio
     --Transformation None --FeatureExtraction VGG --SequenceModeling BiLSTM --Prediction CTC \
     --output_channel 128 --hidden_size 128 \
     --adam --lr 0.002 --schedule onecycle "${LENGTH[@]}" --valInterval 250 \
-    --batch_size 64 --workers 1 --log_interval 50 --amp "$AMP" --augment rand --augment_m 3
+    --batch_size 64 --workers 1 --measure_loader --log_interval 50 --amp "$AMP" --augment rand --augment_m 3
 plan=$(sed -n 's/^time_budget_plan: //p' saved_models/quickstart/opt.txt | tail -1)
 echo "trained in $(( $(date +%s) - train_start )) s${plan:+; train.py chose: $plan}"
+sed -n 's/^\(amp_auto\|measure_loader_choice\): /train.py chose: /p' saved_models/quickstart/opt.txt | tail -2
 
 echo "== 4/6 evaluate on fonts never seen in training"
 $PY test.py --eval_data "$OUT/data/evaluation" --saved_model saved_models/quickstart/best_accuracy.pth --workers 1

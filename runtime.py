@@ -53,6 +53,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 AMP_CHOICES = ("off", "bf16", "fp16")
+# --amp auto: training times fp32 against bf16 where bf16 is native (measured.py) and keeps the faster; reading
+# (test.py, demo.py) keeps to fp32, the path that reads exactly as the model was checked, unless bf16 is asked.
+AMP_FLAGS = ("auto", *AMP_CHOICES)
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, batch_help: str = "batch size") -> None:
@@ -61,8 +64,10 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, batch_help: str = "ba
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--workers", type=int, default=4, help="data loading workers")
     g.add_argument("--batch_size", type=int, default=192, help=batch_help)
-    g.add_argument("--amp", choices=AMP_CHOICES, default="off",
-                   help="autocast precision (fp16 needs CUDA; bf16 on recent GPUs, and on CPUs with AVX512-BF16 or AMX)")
+    g.add_argument("--amp", choices=AMP_FLAGS, default="off",
+                   help="autocast precision (fp16 needs CUDA; bf16 on recent GPUs, and on CPUs with AVX512-BF16 or AMX). "
+                        "auto: training times fp32 and native bf16 on this model and batch and keeps the faster "
+                        "(cached per machine); reading keeps fp32")
     g.add_argument("--dynamic_width", action="store_true",
                    help="with --PAD: batch width follows the widest image (multiple of imgH, at most imgW)")
 
@@ -176,8 +181,19 @@ def cpu_description() -> str:
     return f"CPU: {cpu_model()}, {os.cpu_count()} cores; {features}"
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(cpu_flags() & set(BF16_CPU_FLAGS))
+
+
 def check_amp(amp: str, device: torch.device | str, training: bool = False) -> torch.dtype | None:
-    """``--amp off|bf16|fp16`` → the autocast dtype (None: full precision); every script's one door.
+    """``--amp off|bf16|fp16`` → the autocast dtype (None: full precision); every script's one door. ``auto``
+    reads in fp32 (None); a training script resolves it by timing (measured.py) before calling here.
 
     fp16 needs CUDA. bf16 on a CPU without AVX512-BF16 or AMX is emulated, many times slower than
     fp32: refused for reading images (demo.py, test.py), allowed for training (a bf16 run on a small
@@ -186,7 +202,7 @@ def check_amp(amp: str, device: torch.device | str, training: bool = False) -> t
     import torch
 
     device = torch.device(device)
-    if amp == "off":
+    if amp == "off" or (amp == "auto" and not training):  # training resolves auto by timing first
         return None
     if amp not in AMP_CHOICES:
         raise UsageError(f"--amp {amp!r} is not one of {', '.join(AMP_CHOICES)}")

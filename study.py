@@ -32,6 +32,7 @@ import plugins
 from errors import UserError
 from fileio import atomic_write, check_output_folder
 from model import REFERENCE_NAMES, STAGES, add_model_arguments, all_names, inapplicable_options, model_flags
+from profiling import DEFAULT_BUDGET_S as DEFAULT_PROFILE_BUDGET_S, MIN_RUNS as MIN_PROFILE_RUNS
 from runtime import UsageError, add_runtime_arguments, get_logger, run_cli
 from study_report import build_report
 from study_runner import Cell, Outcome, cell_status, run_local, run_submitit
@@ -40,7 +41,7 @@ from train_options import add_training_arguments, check_training_arguments
 # train.py flags a study sets for each cell itself.
 PER_CELL_FLAGS = ("exp_name", "manualSeed", "resume", *STAGES)
 # train.py flags that change how a run is watched, not what it computes: not part of the protocol.
-NOT_PROTOCOL = ("workers", "progress", "log_interval", "tensorboard")
+NOT_PROTOCOL = ("workers", "progress", "log_interval", "tensorboard", "measure_loader")
 STUDIES = Path("studies")
 
 
@@ -68,7 +69,11 @@ def study_arguments(parser: argparse.ArgumentParser) -> None:
                    help="after the report: the K worst-read words of each finished cell on the first evaluation set, "
                         "each seen through every cell side by side (studies/NAME/explain/index.html)")
     g.add_argument("--profile_warmup", type=int, default=10, help="profile: untimed runs before timing")
-    g.add_argument("--profile_repeats", type=int, default=30, help="profile: timed runs (the median is reported)")
+    g.add_argument("--profile_repeats", type=int, default=30,
+                   help="profile: at most this many timed runs per figure (the median is reported)")
+    g.add_argument("--profile_budget", type=float, default=DEFAULT_PROFILE_BUDGET_S,
+                   help="profile: seconds of timed runs per figure (latency, throughput); each stops there once it "
+                        f"rests on {MIN_PROFILE_RUNS} runs, or at --profile_repeats. The results record the count")
     g = parser.add_argument_group("launcher")
     g.add_argument("--launcher", choices=["local", "slurm", "submitit_local"], default="local",
                    help="local: processes on this machine; slurm: a job array through submitit; submitit_local: "
@@ -225,6 +230,8 @@ def check_args(opt, train_opt) -> str:
     for flag in ("parallel", "nodes", "timeout_min", "profile_repeats", "cpus_per_task"):
         if getattr(opt, flag) < 1:
             raise UsageError(f"--{flag} must be at least 1, got {getattr(opt, flag)}")
+    if not opt.profile_budget > 0:
+        raise UsageError(f"--profile_budget is seconds per timed figure and must be positive, got {opt.profile_budget}")
     for flag in ("profile_warmup", "gpus_per_node", "gpus_per_cell"):
         if getattr(opt, flag) is not None and getattr(opt, flag) < 0:
             raise UsageError(f"--{flag} must be 0 or more, got {getattr(opt, flag)}")
@@ -258,7 +265,7 @@ def make_protocol(opt, train_opt, mode: str) -> dict:
         "eval_data": opt.eval_data if mode != "profile_only" else [],
         "eval_sets": evaluation_sets(opt.eval_data, opt.benchmark_all_eval) if mode != "profile_only" else [],
         "benchmark_all_eval": opt.benchmark_all_eval, "profile_warmup": opt.profile_warmup,
-        "profile_repeats": opt.profile_repeats,
+        "profile_repeats": opt.profile_repeats, "profile_budget": opt.profile_budget,
         # --plugin only where given: a study recorded before plugins existed compares equal
         "train": {k: v for k, v in sorted(vars(train_opt).items())
                   if k not in NOT_PROTOCOL and k not in PER_CELL_FLAGS and not (k == "plugin" and not v)}})
@@ -341,6 +348,7 @@ def plan_cells(name: str, protocol: dict, train_argv: list[str], train_opt, gpus
                   case_insensitive=train_opt.case_insensitive, data_filtering_off=train_opt.data_filtering_off,
                   device=train_opt.device, amp=train_opt.amp, batch_size=train_opt.batch_size,
                   workers=train_opt.workers, warmup=protocol["profile_warmup"], repeats=protocol["profile_repeats"],
+                  budget_s=protocol.get("profile_budget"),
                   gpus=gpus, nodes=nodes, plugins=list(train_opt.plugin or []))
     cells = []
     if protocol["mode"] == "checkpoints":
@@ -412,7 +420,8 @@ def launch(opt, cells: list[Cell], log) -> list[Outcome]:
             row = cell_status(outcome.cell)[1] or {}
             acc = row.get("paper_total_accuracy", row.get("total_accuracy"))
             log(f"{head}: done" + (f", accuracy {acc:0.2f}" if acc is not None else "")
-                + (f", {row['latency_ms']:0.2f} ms/image" if "latency_ms" in row else ""))
+                + (f", {row['latency_ms']:0.2f} ms/image" if "latency_ms" in row else "")
+                + (f" (median of {row['latency_runs']} runs)" if row.get("latency_runs") else ""))
         else:
             log(f"{head}: FAILED: {outcome.reason} (log: {outcome.cell.path / 'study_cell.log'})")
 

@@ -120,7 +120,7 @@ def write_csv(path: Path, rows: list[dict], combos: list[Combination]) -> None:
     """One line per cell, then one mean and one std line per combination."""
     sets = list(dict.fromkeys(k for r in rows for k in (r.get("accuracy") or {})))
     fields = ["cell", "combination", "seed", "kind", *[f"acc:{s}" for s in sets], *ACCURACY_COLUMNS, *COST_COLUMNS,
-              "device", "precision", "batch_size", "iterations"]
+              "device", "precision", "batch_size", "iterations", "latency_runs", "throughput_runs"]
     lines = []
     for r in rows:
         lines.append({"kind": "cell", **{k: r.get(k) for k in fields if k in r}, **numbers_of(r)})

@@ -27,7 +27,7 @@ from fileio import atomic_write
 
 ROOT = Path(__file__).resolve().parent
 SPEC, RESULT, FAILED, LOG = "study_cell.json", "study_result.json", "study_failed.json", "study_cell.log"
-AMP_PRECISION = {"off": "fp32", "bf16": "bf16", "fp16": "fp16"}
+AMP_PRECISION = {"off": "fp32", "auto": "fp32", "bf16": "bf16", "fp16": "fp16"}  # auto reads in fp32 (runtime.check_amp)
 
 
 class CellFailed(RuntimeError):
@@ -55,7 +55,8 @@ class Cell:
     batch_size: int = 192
     workers: int = 0
     warmup: int = 10
-    repeats: int = 30
+    repeats: int = 30  # at most, per timed figure
+    budget_s: float | None = None  # seconds of timed runs per figure (profiling.profile_model's budget_s)
     gpus: int = 0  # GPUs for training: more than one runs train.py under torchrun
     nodes: int = 1
     plugins: list[str] = dataclasses.field(default_factory=list)  # --plugin modules its stages come from
@@ -180,7 +181,8 @@ def profile(cell: Cell, model, device) -> dict:
 
     result = profiling.profile_model(model, device=device, precision=AMP_PRECISION[cell.amp],
                                      batch_size=cell.batch_size, warmup=cell.warmup, repeats=cell.repeats,
-                                     throughput_repeats=min(5, cell.repeats), train_step=True)
+                                     throughput_repeats=min(5, cell.repeats), train_step=True,
+                                     budget_s=cell.budget_s)
     return result.as_dict()
 
 

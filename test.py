@@ -24,8 +24,8 @@ from typing import Callable
 import torch
 
 import plugins
-from checkpoint import load_model
-from dataset import DataConfig, hierarchical_dataset
+from checkpoint import RUNTIME_FLAGS, RUNTIME_HELP, load_model_for_runtime
+from dataset import DataConfig, count_samples, hierarchical_dataset
 from decoding import DecodeOptions, add_decoding_arguments, check_decoding_flags, options_from_args
 from error_analysis import write_errors
 from explain import can_explain, explain_results, write_explanations
@@ -184,6 +184,7 @@ def parse_args(argv=None):
                         help="write a panel per image of what each stage did, with its label, DIR/spans.json and "
                              "DIR/index.html (sort / filter by confidence, correct / wrong, error kind, set)")
     parser.add_argument("--baiduCTC", action="store_true", help=argparse.SUPPRESS)  # accepted, has no effect
+    parser.add_argument("--runtime", choices=RUNTIME_FLAGS, default="auto", help=RUNTIME_HELP)
     add_runtime_arguments(parser)
     add_compile_argument(parser)
     add_decoding_arguments(parser)
@@ -203,12 +204,35 @@ def check_args(opt) -> None:
         check_output_folder(opt.explain, "--explain")
 
 
+def load_for_runtime(opt, device):
+    """The model in ``--runtime``'s choice: as given, or auto's measured choice for the samples under
+    --eval_data → (checkpoint.LoadedModel, measured.Decision)."""
+    from measured import Decision, choose_runtime
+
+    log, flags = get_logger("test.load").info, model_flags(opt)
+    amp = "off" if opt.amp == "auto" else opt.amp
+    loaded = load_model_for_runtime(opt.saved_model, flags, device, "torch" if opt.runtime == "auto" else opt.runtime,
+                                    log=log, amp=amp)
+    if opt.runtime != "auto":
+        return loaded, Decision("--runtime", opt.runtime, reason="as given")
+    if opt.compile:
+        return loaded, Decision("--runtime auto", "torch", reason="--compile compiles a PyTorch model")
+    if opt.explain or opt.save_errors:
+        return loaded, Decision("--runtime auto", "torch", reason="--explain and --save_errors watch the PyTorch "
+                                                                 "model's stages")
+    decision = choose_runtime(opt.saved_model, flags, loaded.model, device, opt.amp, count_samples([opt.eval_data]),
+                              opt.batch_size, log)
+    if decision.choice == "onnx" and not hasattr(loaded.model, "session"):
+        loaded = load_model_for_runtime(opt.saved_model, flags, device, "onnx", log=log)
+    return loaded, decision
+
+
 def evaluate(argv=None) -> dict:
     opt = parse_args(argv)
     check_args(opt)
     device = resolve_device(opt.device)
     amp_dtype = check_amp(opt.amp, device)  # before the model is read, once for every set
-    loaded = load_model(opt.saved_model, model_flags(opt), device, log=get_logger("test.load").info, amp=opt.amp)
+    loaded, runtime = load_for_runtime(opt, device)
     model, config, path = compile_model(loaded.model, opt.compile), loaded.config, loaded.source
     out_dir = result_dir(opt.saved_model if Path(opt.saved_model).exists() else str(path))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -216,6 +240,7 @@ def evaluate(argv=None) -> dict:
         shutil.copy2(path, out_dir / path.name)  # the reference keeps a copy beside its results
     log_name = "log_all_evaluation.txt" if opt.benchmark_all_eval or opt.benchmark else "log_evaluation.txt"
     log = get_logger("test", out_dir / log_name).info
+    log(runtime.line())  # --runtime {choice} repeats it
     if opt.explain and not can_explain(loaded.model):
         raise UsageError(f"--explain watches the PyTorch model's stages; {path} is an exported graph: give its "
                          "PyTorch checkpoint")

@@ -40,7 +40,7 @@ from evaluation import make_eval_loader, validation
 from fileio import FolderLock, atomic_write
 from model import STAGES, ModelConfig, add_model_arguments, build_model, compute_loss, config_from_args, model_flags
 from runtime import UsageError, add_compile_argument, add_runtime_arguments, check_amp, compile_model, get_logger, \
-    resolve_device, run_cli
+    native_bf16, resolve_device, run_cli
 from train_options import add_training_arguments, check_training_arguments
 from utils import Averager, make_converter
 
@@ -202,7 +202,96 @@ def check_device_options(opt, device: torch.device) -> torch.dtype | None:
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not opt.deterministic
+    if opt.amp == "auto":
+        return None  # chosen by timing once the model and its data are in place (choose_amp)
     return check_amp(opt.amp, device, training=True)
+
+
+def choose_amp(run: TrainRun) -> TrainRun:
+    """``--amp auto``: fp32 against native bf16, each timed over a few training iterations of a throwaway copy
+    of the model with the real loader (rewound after), or taken from the cache of this machine's decisions. →
+    the run with the faster precision; its opt records the choice (--amp off|bf16 repeats it)."""
+    from measured import decide
+
+    opt = run.opt
+    candidates = {"off": None}
+    reason = ""
+    if native_bf16(run.device):
+        candidates["bf16"] = check_amp("bf16", run.device, training=True)
+    else:
+        reason = "bf16 is emulated on this device, not a candidate"
+    work = {"config": run.config.to_dict(), "batch_size": opt.batch_size, "accum_steps": opt.accum_steps,
+            "workers": opt.workers, "augment": getattr(opt, "augment", None), "device": run.device.type,
+            "world_size": run.world_size}
+    decision = decide("--amp auto (training)", work,
+                      {name: (lambda dtype=dtype: time_training_steps(run, dtype)) for name, dtype in candidates.items()},
+                      reason=reason)
+    choice = "bf16" if rank0_says(decision.choice == "bf16", run) else "off"  # every rank trains the same way
+    run.train_log(decision.line())
+    run.opt = argparse.Namespace(**{**vars(opt), "amp": choice, "amp_auto": decision.line()})
+    return dataclasses.replace(run, opt=run.opt, amp_dtype=candidates[choice])
+
+
+def loader_candidates(cores: int) -> dict[str, tuple[int, int]]:
+    """``--measure_loader``'s settings, name → (loader workers, torch threads): the loader in the training process,
+    or one worker beside torch's threads on every core, or on one core fewer (so they need not share one)."""
+    candidates = {f"workers 0, threads {cores}": (0, cores), f"workers 1, threads {cores}": (1, cores)}
+    if cores > 1:
+        candidates[f"workers 1, threads {cores - 1}"] = (1, cores - 1)
+    return candidates
+
+
+def choose_loader(run: TrainRun) -> TrainRun:
+    """``--measure_loader``: the training loop timed with each of ``loader_candidates`` (the real loader and its
+    augmentation, rebuilt per setting, rewound after), or the cached choice; → the run with the fastest."""
+    from measured import decide
+
+    opt = run.opt
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    candidates = loader_candidates(cores)
+    if run.world_size > 1:  # each rank's loader and threads: set them by hand (--workers, OMP_NUM_THREADS)
+        candidates = {f"workers {opt.workers}, threads {torch.get_num_threads()}": (opt.workers, torch.get_num_threads())}
+
+    def timed(workers: int, threads: int) -> float:
+        use_loader(run, workers, threads)
+        return time_training_steps(run, run.amp_dtype)
+
+    work = {"config": run.config.to_dict(), "batch_size": opt.batch_size, "accum_steps": opt.accum_steps,
+            "augment": getattr(opt, "augment", None), "amp": str(run.amp_dtype), "device": run.device.type}
+    decision = decide("--measure_loader", work, {name: (lambda s=s: timed(*s)) for name, s in candidates.items()},
+                      reason="under torchrun: as given" if run.world_size > 1 else "")
+    workers, threads = candidates[decision.choice]
+    use_loader(run, workers, threads)
+    run.train_log(decision.line())
+    run.opt = argparse.Namespace(**{**vars(opt), "workers": workers, "torch_threads": threads,
+                                    "measure_loader_choice": decision.line()})
+    return dataclasses.replace(run, opt=run.opt)
+
+
+def use_loader(run: TrainRun, workers: int, threads: int) -> None:
+    """Rebuild the training loader with ``workers`` at the same place in its stream; torch on ``threads``."""
+    torch.set_num_threads(threads)
+    if run.train_data.workers != workers:
+        run.train_data.workers = workers
+        run.train_data.load_state_dict(run.train_data.state_dict())
+
+
+def time_training_steps(run: TrainRun, amp_dtype) -> float:
+    """Seconds per training iteration in ``amp_dtype`` (measured.time_per_step) of a throwaway copy of the
+    model, reading the real loader; the data stream and the random states are rewound after."""
+    from measured import time_per_step
+
+    data_state, rng = run.train_data.state_dict(), rng_state()
+    model = copy.deepcopy(unwrap(run.model))
+    optimizer = make_optimizer(run.opt, [p for p in model.parameters() if p.requires_grad])
+    probe = dataclasses.replace(run, model=wrap_ddp(model, run.device) if run.world_size > 1 else model,
+                                optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                                scaler=torch.amp.GradScaler(run.device.type, enabled=False), amp_dtype=amp_dtype)
+    try:
+        return time_per_step(lambda: train_iteration(probe), warmup=WARMUP_ITERS)
+    finally:
+        run.train_data.load_state_dict(data_state)
+        set_rng_state(rng)
 
 
 def experiment_dir(exp_name: str) -> Path:
@@ -578,7 +667,8 @@ def train_until(run: TrainRun, start: int, stop: StopRequest) -> int:
 # ---------------------------------------------------------------- the time budget
 
 WARMUP_ITERS = 3  # untimed: the first iterations allocate memory and choose kernels
-CALIBRATION_SECONDS = 10.0  # the timed window (at most 5 % of the budget)
+PREFETCHED_PER_WORKER = 2  # DataLoader's prefetch_factor: batches a worker has ready before the timing starts
+CALIBRATION_SECONDS = 20.0  # the timed window (at most 5 % of the budget): long enough for a steady median
 
 
 @dataclass(frozen=True)
@@ -624,7 +714,9 @@ def time_iterations(run: TrainRun, start: int) -> BudgetPlan:
                                 scaler=torch.amp.GradScaler(run.device.type, enabled=run.scaler.is_enabled()))
     budget = opt.time_budget * 60
     began = time.time()
-    for _ in range(WARMUP_ITERS):
+    # Batches the loader workers prefetched come for free: the timing starts once they are used up, so that it
+    # measures the loop as it runs (augmentation in the workers, sharing the cores with torch's threads).
+    for _ in range(WARMUP_ITERS + PREFETCHED_PER_WORKER * opt.workers):
         train_iteration(probe)
     window, timed, t0 = min(CALIBRATION_SECONDS, 0.05 * budget), 0, time.time()
     while not rank0_says(timed >= 2 and time.time() - t0 >= window, run):  # ranks time the same iterations
@@ -696,6 +788,12 @@ def train(opt) -> dict:
                        make_converter(config.Prediction, config.character), optimizer, None,
                        torch.amp.GradScaler(device.type, enabled=opt.amp == "fp16"), dtype,
                        console, train_log)
+        if opt.amp == "auto":
+            run = choose_amp(run)
+            opt = run.opt
+        if opt.measure_loader:
+            run = choose_loader(run)
+            opt = run.opt
         run.budget = plan_iterations(run)
         if run.budget is not None:  # the chosen --num_iter, before the schedule is planned over it
             opt = run.opt = argparse.Namespace(**{**vars(opt), "num_iter": run.budget.num_iter})

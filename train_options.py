@@ -26,6 +26,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, data_required: bool 
                         "iterations per second, then fixes --num_iter (at most the one given) and the schedule's "
                         "horizon before the schedule starts; opt.txt and the log record the number, so "
                         "--num_iter N repeats the run")
+    g.add_argument("--measure_loader", action="store_true",
+                   help="time the training loop with 0 and 1 loader workers (and, with a worker, torch threads on "
+                        "every core or one fewer) and train with the fastest; cached per machine and model, recorded "
+                        "in opt.txt and the log (--workers N with OMP_NUM_THREADS=T repeats it)")
     g.add_argument("--valInterval", type=int, default=2000, help="validate (and write last.pth) every N iterations")
     g.add_argument("--saveInterval", type=int, default=100000, help="also keep iter_N.pth every N iterations")
     g.add_argument("--saved_model", default="", help="checkpoint (path or pretrained name) to continue from")

@@ -1,7 +1,7 @@
 """Training and inference speed for chosen models, batch sizes, devices and precisions.
 
     python -m benchmarks.bench --models None-VGG-BiLSTM-CTC,TPS-ResNet-BiLSTM-Attn --batch_sizes 32,192 \\
-        --devices cpu,cuda --amp off,bf16 [--json bench.json] [--compare]
+        --devices cpu,cuda --amp off,bf16,onnx [--json bench.json] [--compare]
 
 Generates its own LMDB of PIL-rendered words in a temporary folder (no external data), then for
 every combination measures
@@ -13,7 +13,9 @@ every combination measures
 - ``infer_e2e_img_s``: images per second of ``evaluation.validation`` over test.py's data path
   (LMDB → DataLoader → AlignCollate → model → decode → scoring).
 
-Prints one JSON object and a table. ``--compare`` also times the reference's Python loops for CTC
+``--amp`` names the paths (PyTorch fp32 ``off``, ``bf16``, ``fp16``, and ``onnx``: ONNX Runtime fp32, reading
+only). Prints the CPU kind (model, cores, AVX2, AVX-512, VNNI, AVX512-BF16, AMX), one JSON object and a table
+with the paths side by side. ``--compare`` also times the reference's Python loops for CTC
 decoding and per-sample edit distance against the ones in use, in the same process.
 """
 from __future__ import annotations
@@ -82,8 +84,10 @@ def bench_train(config, root: Path, batch_size: int, device: torch.device, dtype
     return iters / (time.perf_counter() - start)
 
 
-def bench_infer(config, root: Path, batch_size: int, device: torch.device, dtype, iters: int, workers: int):
-    """→ (model-only images/s, end-to-end images/s)."""
+def bench_infer(config, root: Path, batch_size: int, device: torch.device, dtype, iters: int, workers: int,
+                onnx: bool = False):
+    """→ (model-only images/s, end-to-end images/s); ``onnx``: the same model exported and run by ONNX Runtime
+    (fp32), as demo.py and test.py --runtime onnx run it."""
     from dataset import DataConfig, hierarchical_dataset
     from decoding import decode
     from evaluation import make_eval_loader, validation
@@ -91,6 +95,11 @@ def bench_infer(config, root: Path, batch_size: int, device: torch.device, dtype
     from utils import make_converter
 
     model = build_model(config).to(device).eval()
+    if onnx:
+        from onnx_model import OnnxModel, export_onnx
+
+        torch.manual_seed(0)
+        model = OnnxModel(export_onnx(build_model(config).eval(), root / f"{config.name}.onnx"), device)
     converter = make_converter(config.Prediction, config.character)
     data = DataConfig.for_model(config, workers=workers, batch_size=batch_size)
     dataset, _ = hierarchical_dataset(root / "valid", data)
@@ -212,7 +221,9 @@ def parse_args(argv=None):
                    help="comma-separated Transformation-FeatureExtraction-SequenceModeling-Prediction names")
     p.add_argument("--batch_sizes", default="32", help="comma-separated batch sizes")
     p.add_argument("--devices", default="cpu", help="comma-separated devices (cpu, cuda, cuda:1 ...)")
-    p.add_argument("--amp", default="off", help="comma-separated precisions: off, bf16, fp16 (fp16 needs CUDA)")
+    p.add_argument("--amp", default="off,bf16,onnx",
+                   help="comma-separated paths: off (PyTorch fp32), bf16, fp16 (fp16 needs CUDA), onnx (ONNX Runtime "
+                        "fp32, inference only); the table puts them side by side")
     p.add_argument("--output_channel", type=int, default=512, help="model width (reference default 512)")
     p.add_argument("--hidden_size", type=int, default=256, help="LSTM size (reference default 256)")
     p.add_argument("--train_iters", type=int, default=5, help="timed training steps per combination")
@@ -229,7 +240,11 @@ def benchmark(argv=None) -> dict:
     opt = parse_args(argv)
     if opt.threads:
         torch.set_num_threads(opt.threads)
-    precisions = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    from runtime import cpu_description
+
+    precisions = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16, "onnx": None}
+    cpu = cpu_description()
+    print(cpu, f"(torch threads {torch.get_num_threads()})", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -247,21 +262,24 @@ def benchmark(argv=None) -> dict:
                         continue  # autocast fp16 is a CUDA feature here, as in train.py
                     for batch in batches:
                         torch.manual_seed(0)
-                        train_rate = bench_train(config, root, batch, device, precisions[amp], opt.train_iters,
-                                                 opt.workers)
+                        train_rate = (bench_train(config, root, batch, device, precisions[amp], opt.train_iters,
+                                                  opt.workers) if amp != "onnx" else None)  # ONNX Runtime: reading only
                         model_rate, e2e_rate = bench_infer(config, root, batch, device, precisions[amp],
-                                                           opt.infer_iters, opt.workers)
+                                                           opt.infer_iters, opt.workers, onnx=amp == "onnx")
                         rows.append({"model": name, "device": device_name, "amp": amp, "batch_size": batch,
-                                     "train_it_s": round(train_rate, 3),
-                                     "train_img_s": round(train_rate * batch, 1),
+                                     "train_it_s": round(train_rate, 3) if train_rate else None,
+                                     "train_img_s": round(train_rate * batch, 1) if train_rate else None,
                                      "infer_model_img_s": round(model_rate, 1),
                                      "infer_e2e_img_s": round(e2e_rate, 1)})
                         print(table([rows[-1]], header=len(rows) == 1), flush=True)
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "workers": opt.workers, "rows": rows}
+    result = {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(), "workers": opt.workers,
+              "rows": rows}
     if opt.compare:
         result["compare"] = compare_helpers(max(batches))
     text = json.dumps(result, indent=1)
     print(text)
+    print(f"\n{cpu}, torch threads {result['threads']}, loader workers {opt.workers}\n")
+    print(side_by_side(rows))
     if opt.json:
         Path(opt.json).write_text(text + "\n")
     return result
@@ -275,6 +293,30 @@ def table(rows: list[dict], header: bool = True) -> str:
     if header:
         lines.append(" | ".join(c.ljust(w) for c, w in zip(columns, widths)))
     lines += [" | ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+PATH_TITLES = {"off": "fp32", "bf16": "bf16", "fp16": "fp16", "onnx": "ONNX Runtime fp32"}
+FIGURES = {"train_it_s": "training it/s", "infer_model_img_s": "inference images/s, model only",
+           "infer_e2e_img_s": "inference images/s, end to end"}
+
+
+def side_by_side(rows: list[dict]) -> str:
+    """Markdown: one line per model, device and batch size; each figure with the paths side by side (fp32,
+    bf16, ONNX Runtime ...), as docs/cpus.md's per-CPU tables show them."""
+    paths = list(dict.fromkeys(r["amp"] for r in rows))
+    head = ["model", "device", "batch"] + [f"{title} {PATH_TITLES.get(p, p)}" for title in FIGURES.values()
+                                           for p in paths]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups = dict.fromkeys((r["model"], r["device"], r["batch_size"]) for r in rows)
+    for model, device, batch in groups:
+        by_path = {r["amp"]: r for r in rows if (r["model"], r["device"], r["batch_size"]) == (model, device, batch)}
+        cells = [model, device, str(batch)]
+        for key in FIGURES:
+            for p in paths:
+                value = by_path.get(p, {}).get(key)
+                cells.append("-" if value is None else f"{value:g}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

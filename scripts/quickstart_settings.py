@@ -28,7 +28,7 @@ from pathlib import Path
 
 RECORD = "quickstart.json"
 MODEL_FOLDER = Path("saved_models/quickstart")  # train.py --exp_name quickstart
-AMP_SETTINGS = ("auto", "off", "bf16", "fp16")  # auto: bf16 where the machine computes it natively, else off
+AMP_SETTINGS = ("auto", "off", "bf16", "fp16")  # auto: train.py --amp auto times fp32 against native bf16
 # The data's own settings (quickstart.sh passes the same numbers to create_synth_dataset.py).
 NUM_VALID, NUM_EVAL, SEED = 500, 1000, 0
 # What create_synth_dataset.py --layout tree writes: the data is complete when all three are.

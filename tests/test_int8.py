@@ -4,7 +4,8 @@ warning for files that saturate on this CPU, and export.py's accuracy check (--m
 Why 7-bit weights: on x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels add pairs of uint8 x int8
 products into int16, which saturates past 32767; with |weight| <= 64 no pair can (2 x 255 x 64 = 32640).
 This CPU-independent bound is what the first test checks, so a file exported here reads the same on an
-AVX2-only CPU. The saturation itself cannot happen on a VNNI CPU, so the accuracy check is tested with a
+AVX2-only CPU; where qemu-user is installed, the emulated-CPU tests run both exports on one (qemu-x86_64 -cpu
+EPYC-Rome: AVX2, no VNNI) and show the 7-bit file reading as fp32 and the 8-bit one saturating. The saturation itself cannot happen on a VNNI CPU, so the accuracy check is tested with a
 model whose int8 reading collapses on any CPU: one first-layer channel scaled by 1e4 (and the next layer's
 input scaled back, so fp32 reads the same) takes the whole per-tensor activation range, and every other
 channel quantises to zero.
@@ -232,6 +233,70 @@ def test_a_larger_max_drop_lets_it_through(readers, calib, work):
     out = work / "scaled_100.onnx"
     export_int8(readers["scaled"], out, calib / "images", "--max_drop", "100")
     assert out.exists()
+
+
+# --- on an emulated AVX2-only CPU (qemu-user): where 8-bit weights saturate ----------------------------
+
+@pytest.fixture(scope="module")
+def emulated(readers, calib, work) -> dict:
+    """The trained reader exported fp32, int8 with the default (7-bit) and with 8-bit weights, each read
+    natively and under ``qemu-x86_64 -cpu EPYC-Rome`` (one emulated child, a few seconds), with the
+    MatMulInteger probe that shows the emulated CPU takes the saturating kernels."""
+    from cpu_emulation import emulation_unavailable, probe_input, run_emulated, saturation_probe_model
+    from export import main
+
+    if reason := emulation_unavailable("avx2"):
+        pytest.skip(reason)
+    fp32 = work / "emulated_fp32.onnx"
+    main(["--saved_model", str(readers["plain"]), "--format", "onnx", "--output", str(fp32)])
+    files = {"fp32": fp32, "7bit": quantize_int8(fp32, work / "emulated_7bit.onnx", calib / "images"),
+             "8bit": quantize_int8(fp32, work / "emulated_8bit.onnx", calib / "images", settings=Int8Settings(False))}
+    images = word_batch(tiny_config("None-VGG-None-CTC"), WORDS)
+    native = {name: OnnxModel(path, warn=False)(images) for name, path in files.items()}
+    jobs = {name: (path, [images.numpy()]) for name, path in files.items()}
+    jobs["probe"] = (saturation_probe_model(work / "probe.onnx"), [probe_input()])
+    outputs = run_emulated(jobs, "avx2", timeout=600)
+    return {"native": native, "emulated": {name: torch.from_numpy(out[0]) for name, out in outputs.items()},
+            "config": OnnxModel(fp32).config}
+
+
+def test_emulation_says_why_it_cannot_run(monkeypatch):
+    import cpu_emulation
+
+    monkeypatch.setattr(cpu_emulation.shutil, "which", lambda name: None)
+    assert "apt-get install qemu-user" in cpu_emulation.emulation_unavailable("avx2")
+    assert "unknown CPU to emulate" in cpu_emulation.emulation_unavailable("avx9")
+    with pytest.raises(cpu_emulation.EmulationError, match="qemu-x86_64 is not installed"):
+        cpu_emulation.run_emulated({}, "avx2")
+
+
+def texts(logits: torch.Tensor, config) -> list[str]:
+    from decoding import DecodeOptions, decode_logits
+
+    return [d.text for d in decode_logits(logits, config, DecodeOptions())]
+
+
+def test_the_emulated_cpu_takes_the_saturating_int8_kernels(emulated):
+    """Without this the two tests below would prove nothing: qemu must hide VNNI from ONNX Runtime."""
+    from cpu_emulation import PROBE_SATURATED
+
+    assert int(emulated["emulated"]["probe"].item()) == PROBE_SATURATED
+
+
+def test_the_default_7bit_export_reads_like_fp32_on_an_avx2_only_cpu(emulated):
+    native, emulated_, config = emulated["native"], emulated["emulated"], emulated["config"]
+    assert texts(native["fp32"], config) == WORDS
+    assert texts(emulated_["7bit"], config) == texts(native["7bit"], config) == WORDS
+    # Integer kernels without a saturating step give the same sums: the logits agree to float rounding.
+    assert torch.allclose(emulated_["7bit"], native["7bit"], atol=1e-3)
+
+
+def test_an_8bit_export_saturates_on_an_avx2_only_cpu(emulated):
+    """The failure the 7-bit default prevents, shown on the same model and images (so the test above can fail)."""
+    native, emulated_, config = emulated["native"], emulated["emulated"], emulated["config"]
+    # Compared with fp32, not with the native 8-bit reading: a host without VNNI saturates natively too.
+    assert (emulated_["8bit"] - native["fp32"]).abs().max() > 1.0
+    assert sum(a != b for a, b in zip(texts(emulated_["8bit"], config), WORDS)) >= len(WORDS) // 2
 
 
 @pytest.mark.parametrize("args, message", [

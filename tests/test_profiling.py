@@ -114,6 +114,49 @@ def test_profile_values_are_positive_and_finite(tiny_profile):
     assert values["gflops_reference"] > values["gflops"]  # the reference projects i2h at every step
 
 
+def test_the_profile_records_how_many_runs_each_figure_rests_on(tiny_profile):
+    # at most the counts asked (repeats=3, throughput_repeats 5 by default), fewer past the 10 s budget
+    assert 1 <= tiny_profile.latency_runs <= 3 and 1 <= tiny_profile.throughput_runs <= 5
+
+
+class FakeClock:
+    """Each read (a clock call before and one after) takes ``seconds``; the warm-up's reads too."""
+
+    def __init__(self, seconds: float):
+        self.now, self.step = 0.0, seconds
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.mark.parametrize("read_s, budget_s, repeats, runs", [
+    (0.5, 4.0, 30, 8),  # the budget stops it: 8 x 0.5 s
+    (0.5, 4.0, 5, 5),  # the repeat count is an upper bound
+    (10.0, 4.0, 30, 3),  # a slow model: the minimum for a stable median, past the budget
+    (10.0, 4.0, 2, 2),  # ... but never more than --profile_repeats
+    (0.5, None, 30, 30),  # no budget: the count
+])
+def test_timed_runs_stop_on_the_time_budget(monkeypatch, read_s, budget_s, repeats, runs):
+    import profiling
+
+    reads = []
+    monkeypatch.setattr(profiling, "decode", lambda *args, **kwargs: reads.append(1))
+    model = build_by_name("None-VGG-None-CTC", output_channel=8, hidden_size=4, imgW=16)
+    times = profiling._timed_runs(model, 1, torch.device("cpu"), None, warmup=10, repeats=repeats, every_step=False,
+                                  budget_s=budget_s, clock=FakeClock(read_s))
+    assert len(times) == runs and all(t == pytest.approx(read_s) for t in times)
+    # the warm-up stops after a quarter of the budget (at least one read), or at its count
+    warmups = 10 if budget_s is None else max(1, min(10, int(budget_s / 4 / read_s) + 1))
+    assert len(reads) == runs + warmups
+
+
+def test_a_bad_budget_is_refused():
+    model = build_by_name("None-VGG-None-CTC", output_channel=8, hidden_size=4, imgW=16)
+    with pytest.raises(UsageError, match="time budget"):
+        profile_model(model, budget_s=0)
+
+
 def test_bad_precision_is_refused():
     model = build_by_name("None-VGG-None-CTC", output_channel=8, hidden_size=4, imgW=16)
     with pytest.raises(UsageError, match="fp32, bf16, fp16"):

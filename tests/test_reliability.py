@@ -426,8 +426,8 @@ def test_late_writers_check_their_output_before_the_work(tmp_path, tiny_checkpoi
     render_word("cat").save(tmp_path / "cat.png")
     (tmp_path / "log").mkdir()
     (tmp_path / "plain").write_text("x")
-    monkeypatch.setattr(demo, "read_decoded", lambda opt: pytest.fail("read the images first"))
-    monkeypatch.setattr(test_script, "load_model", lambda *a, **k: pytest.fail("loaded the model first"))
+    monkeypatch.setattr(demo, "read_decoded", lambda opt, notes=None: pytest.fail("read the images first"))
+    monkeypatch.setattr(test_script, "load_model_for_runtime", lambda *a, **k: pytest.fail("loaded the model first"))
     runs = [(demo.read_folder, ["--image_folder", tmp_path / "cat.png", "--saved_model", tiny_checkpoint,
                                 "--log_file", tmp_path / "log"], "--log_file"),
             (test_script.evaluate, ["--eval_data", tmp_path, "--saved_model", tiny_checkpoint, "--save_errors",

@@ -185,8 +185,17 @@ def test_profile_only_with_a_failing_cell(tmp_path, monkeypatch, capsys):
     summary = json.loads(Path("studies", "costs", "results.json").read_text())
     assert [c["cell"] for c in summary["cells"]] == ["None-VGG-None-CTC"]
     assert all(summary["cells"][0][k] > 0 for k in ("params_m", "gflops", "latency_ms"))
+    assert 1 <= summary["cells"][0]["latency_runs"] <= 2 and 1 <= summary["cells"][0]["throughput_runs"] <= 2
+    assert "latency_runs" in Path("studies", "costs", "results.csv").read_text().splitlines()[0]
     assert "## Failed cells" in Path("studies", "costs", "report.md").read_text()
     assert Path("studies", "costs", "costs.png").is_file()
+
+
+def test_profile_budget_is_checked_and_recorded(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        study.main(["--name", "costs", "--models", "None-VGG-None-CTC", "--profile_only", *TINY, "--profile_budget", "0"])
+    assert info.value.code == 2 and "--profile_budget" in capsys.readouterr().err
 
 
 def test_one_cell_through_submitits_local_executor(tmp_path):
