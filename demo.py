@@ -106,11 +106,15 @@ def open_reader(opt, notes: list[str] | None = None) -> Reader:
     amp = "off" if opt.amp == "auto" else opt.amp
     loaded = load_model_for_runtime(opt.saved_model, model_flags(opt), device,
                                     "torch" if opt.runtime == "auto" else opt.runtime, log=log, amp=amp)
-    if opt.runtime == "auto" and not (opt.explain or opt.char_boxes):  # those watch the PyTorch model's stages
-        from measured import choose_runtime
+    if opt.runtime == "auto":
+        from measured import Decision, choose_runtime
 
-        decision = choose_runtime(opt.saved_model, model_flags(opt), loaded.model, device, opt.amp,
-                                  len(list_images(opt.image_folder)), opt.batch_size, log)
+        if opt.explain or opt.char_boxes:
+            decision = Decision("--runtime auto", "torch", reason="--explain and --char_boxes watch the PyTorch "
+                                                                  "model's stages")
+        else:
+            decision = choose_runtime(opt.saved_model, model_flags(opt), loaded.model, device, opt.amp,
+                                      len(list_images(opt.image_folder)), opt.batch_size, log)
         log(decision.line())  # --runtime {choice} repeats it
         if notes is not None:
             notes.append(decision.line())
