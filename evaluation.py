@@ -108,7 +108,7 @@ def validation(model, loader, converter, config: ModelConfig, device,
         infer_time += time.perf_counter() - start
 
         if decoded.logits is not None:
-            loss_avg.add(sequence_loss(decoded.logits, text_for_loss, length_for_loss, config.Prediction))
+            loss_avg.add(sequence_loss(decoded.logits, text_for_loss, length_for_loss, config.Prediction, config))
         preds_str, confidences = decoded.texts, decoded.confidences
         correct, ed = score_batch(labels, preds_str, case_insensitive)
         n_correct += correct
