@@ -147,15 +147,18 @@ def greedy_ctc(logits: torch.Tensor, character: list[str]) -> list[Decoded]:
     return results
 
 
-def greedy_attention(logits: torch.Tensor, character: list[str], eos_index: int = EOS_INDEX) -> list[Decoded]:
+def greedy_attention(logits: torch.Tensor, character: list[str], eos_index: int = EOS_INDEX,
+                     with_end: bool = False) -> list[Decoded]:
     """Argmax per step, cut at the first [s] (all steps when there is none); PARSeq's [E] is ``eos_index`` 0.
 
-    Confidence: the product of the kept steps' max probabilities (an empty reading: its [s]'s).
+    Confidence: the product of the kept steps' max probabilities (an empty reading: its [s]'s); ``with_end``
+    (``--confidence_with_end``): the [s] step's too, as baudm/parseq's tokenizer (``probs[:eos_idx + 1]``).
     """
     max_probs, index = F.softmax(logits.float(), dim=2).max(dim=2)  # [B, steps]
     is_eos = index == eos_index
     first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), index.size(1))  # [B]
-    within = torch.arange(index.size(1), device=index.device) < first_eos.clamp(min=1)[:, None]
+    kept = first_eos + 1 if with_end else first_eos.clamp(min=1)  # steps in the confidence
+    within = torch.arange(index.size(1), device=index.device) < kept[:, None]
     confidences = max_probs.masked_fill(~within, 1.0).prod(dim=1).tolist()
     results = []
     for row, probs, n, confidence in zip(index.tolist(), max_probs.tolist(), first_eos.tolist(), confidences):
@@ -174,7 +177,8 @@ def greedy(logits: torch.Tensor, config) -> list[Decoded]:
         return prediction.greedy(logits, character)
     if prediction.end_index is None:
         return greedy_ctc(logits, character)
-    return greedy_attention(logits, character, eos_index=prediction.end_index)
+    return greedy_attention(logits, character, eos_index=prediction.end_index,
+                            with_end=config.confidence_with_end)
 
 
 # ----------------------------------------------------------------------------- word-list constraint

@@ -28,6 +28,44 @@ PAPER_BENCHMARKS = ["IIIT5k_3000", "SVT", "IC03_867", "IC13_1015", "IC15_2077", 
 # (MAERec's configs also evaluate incomplete_ori, the uncropped variant of incomplete).
 UNION14M_BENCHMARKS = ["curve", "multi_oriented", "artistic", "contextless", "salient", "multi_words", "general",
                        "incomplete"]
+# The six common benchmarks in both their sizes, as baudm/parseq's data/test folders name them
+# (strhub/data/module.py: TEST_BENCHMARK_SUB and TEST_BENCHMARK); IIIT5k is IIIT5k_3000 in data_lmdb_release.
+COMMON_BENCHMARKS = ["IIIT5k", "SVT", "IC13_857", "IC13_1015", "IC15_1811", "IC15_2077", "SVTP", "CUTE80"]
+COMMON_GROUPS = {"6 sets, smaller (IC13 857, IC15 1811)": ["IIIT5k", "SVT", "IC13_857", "IC15_1811", "SVTP", "CUTE80"],
+                 "6 sets, larger (IC13 1015, IC15 2077)": ["IIIT5k", "SVT", "IC13_1015", "IC15_2077", "SVTP", "CUTE80"]}
+FOLDER_ALIASES = {"IIIT5k": ("IIIT5k", "IIIT5k_3000")}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A ``test.py --benchmark`` preset: the sets (folders under --eval_data), the groups reported with their
+    combined (sample-weighted, as parseq's "Combined") and average accuracy, and the scoring protocol."""
+
+    sets: tuple[str, ...]  # () : every sub-folder (long_text)
+    help: str
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    protocol: str = ""  # "36": lower-cased alphanumerics only (--case_insensitive); "94": exact; "": the flags'
+    complete: bool = False  # every set is needed (else the sets found are read, the missing ones named)
+
+
+def _groups(groups: dict) -> tuple:
+    return tuple((name, tuple(sets)) for name, sets in groups.items())
+
+
+SUITES = {
+    "common36": Suite(tuple(COMMON_BENCHMARKS), "the six common benchmarks (IIIT5K 3000, SVT 647, IC13 857 and 1015, "
+                      "IC15 1811 and 2077, SVTP 645, CUTE 288), 36-character protocol (lower-cased, [0-9a-z] only)",
+                      _groups(COMMON_GROUPS), protocol="36", complete=True),
+    "common94": Suite(tuple(COMMON_BENCHMARKS), "the same sets, 94-character protocol (case and punctuation kept)",
+                      _groups(COMMON_GROUPS), protocol="94", complete=True),
+    "union14m": Suite(tuple(UNION14M_BENCHMARKS), "the Union14M-Benchmark subsets found (curve, multi_oriented, "
+                      "artistic, contextless, salient, multi_words, general, incomplete)"),
+    "ltb": Suite(("LTB",), "OpenOCR's long-text benchmark, the folder LTB (labels longer than the model's "
+                 "batch_max_length refused)"),
+    "ost": Suite(("weak", "heavy"), "OpenOCR's occluded scene text, the folders weak and heavy (of OST)"),
+    "long_text": Suite((), "every set under --eval_data, refusing labels longer than the model's batch_max_length"),
+}
+LONG_SUITES = ("long_text", "ltb")  # a label the model cannot hold is refused, not filtered
 
 
 @dataclass
@@ -66,6 +104,13 @@ def make_eval_loader(dataset, data: DataConfig, shuffle: bool = False) -> torch.
     return torch.utils.data.DataLoader(dataset, batch_size=data.batch_size, shuffle=shuffle,
                                        num_workers=data.workers, collate_fn=collate,
                                        pin_memory=torch.cuda.is_available())
+
+
+def group_scores(rows: dict[str, tuple[float, int]], names) -> tuple[float, float]:
+    """(combined, average) accuracy of the sets ``names`` from ``rows`` {set: (accuracy, samples)}: the combined
+    weighs each set by its samples (parseq's "Combined", the reference's total), the average does not."""
+    combined = sum(rows[n][0] * rows[n][1] for n in names) / sum(rows[n][1] for n in names)
+    return combined, sum(rows[n][0] for n in names) / len(names)
 
 
 def total_accuracy(accuracies: dict[str, float], counts: dict[str, int], names: list[str]) -> float:
@@ -108,7 +153,7 @@ def validation(model, loader, converter, config: ModelConfig, device,
         infer_time += time.perf_counter() - start
 
         if decoded.logits is not None:
-            loss_avg.add(sequence_loss(decoded.logits, text_for_loss, length_for_loss, config.Prediction))
+            loss_avg.add(sequence_loss(decoded.logits, text_for_loss, length_for_loss, config.Prediction, config))
         preds_str, confidences = decoded.texts, decoded.confidences
         correct, ed = score_batch(labels, preds_str, case_insensitive)
         n_correct += correct

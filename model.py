@@ -11,7 +11,7 @@ import torch.nn as nn
 import modules.builtin  # noqa: F401  registers the repository's stages
 import plugins
 from modules.registry import (KINDS, REGISTRY, Option, all_options, builtin, combination_stages, head,
-                              reference_choices)
+                              option_owners, reference_choices)
 from errors import UserError
 from runtime import UsageError
 from utils import DEFAULT_CHARACTER, resolve_character
@@ -117,9 +117,9 @@ class ModelConfig:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name != "options" and not (f.name in LATER_FIELDS and getattr(self, f.name) == f.default)}
         used = set(combination_stages(self))
-        for cls, option in all_options().values():
-            if builtin(cls) or cls in used:
-                out[option.name] = getattr(self, option.name)
+        for name in all_options():
+            if any(builtin(cls) or cls in used for cls in option_owners(name)):
+                out[name] = getattr(self, name)
         return out
 
     @classmethod
@@ -284,14 +284,17 @@ def build_model(config: ModelConfig, init: bool = True) -> Model:
     return model
 
 
-def sequence_loss(preds: torch.Tensor, text: torch.Tensor, length: torch.Tensor, prediction: str) -> torch.Tensor:
-    """The one loss for every head (its ``loss``), in fp32 whatever the autocast dtype of ``preds``.
+def sequence_loss(preds: torch.Tensor, text: torch.Tensor, length: torch.Tensor, prediction: str,
+                  config: ModelConfig | None = None) -> torch.Tensor:
+    """The one loss for every head (its ``loss``), in fp32 whatever the autocast dtype of ``preds``; ``config``
+    gives the head's loss options (``--ctc_reduction``), their defaults without it.
 
     CTC: ``preds`` [B, T, num_class], ``text`` [B, batch_max_length] zero-padded, ``length`` [B].
     Attn: ``text`` [B, batch_max_length + 2] ([GO] label [s] padding). PARSeq: ``text`` [B] label [E] [P]...;
     ``preds`` [K, B, L + 1, C] for K orders (training) or [B, L + 1, C].
     """
-    return head(prediction).loss(preds.float(), text, length)
+    cls = head(prediction)
+    return cls.loss(preds.float(), text, length, **(cls.loss_options(config) if config is not None else {}))
 
 
 def compute_loss(model: nn.Module, image: torch.Tensor, labels: list[str], converter, config: ModelConfig,
@@ -305,7 +308,7 @@ def compute_loss(model: nn.Module, image: torch.Tensor, labels: list[str], conve
     text, extra = head(config.Prediction).training_batch(text, length, config)
     with torch.autocast(image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         preds = model(image, text[:, :-1], **extra)  # Attn: [GO] + label, without the last column
-    return sequence_loss(preds, text, length, config.Prediction)
+    return sequence_loss(preds, text, length, config.Prediction, config)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -334,9 +337,9 @@ def add_model_arguments(parser) -> None:
         g.add_argument(f"--{kind}", choices=list(table), default=None, help=f"stage: {' | '.join(table)}")
     for name, default in ARCHITECTURE_DEFAULTS.items():
         g.add_argument(f"--{name}", type=int, default=None, help=f"default {default}")
+    for _, option in all_options().values():
+        add_option_argument(g, option)
     for cls in (cls for table in STAGES.values() for cls in table.values()):
-        for option in cls.options:
-            add_option_argument(g, option)
         for preset in cls.presets:
             g.add_argument(f"--{preset.name}", choices=list(preset.values), default=None, help=preset.help)
     g.add_argument("--rgb", action="store_true", default=None, help="use 3-channel input (sets input_channel 3)")
@@ -441,7 +444,8 @@ def inapplicable_options(given: dict, stages: dict) -> list[tuple[str, type, typ
     out = []
     for name, (cls, option) in all_options().items():
         chosen = stages.get(cls.kind)
-        if name in given and given[name] != option.default and chosen is not None and chosen != cls.name:
+        owners = [owner.name for owner in option_owners(name)]
+        if name in given and given[name] != option.default and chosen is not None and chosen not in owners:
             out.append((name, cls, STAGES[cls.kind].get(chosen)))
     for table in STAGES.values():
         for cls in table.values():
@@ -463,5 +467,6 @@ def check_stage_options(given: dict, stages: dict) -> None:
         if owner is None:
             raise UsageError(f"--output_channel sizes the convolutional extractors, not --FeatureExtraction "
                              f"{chosen.name} (its width is {chosen.own_width}): drop --output_channel")
-        raise UsageError(f"--{flag} applies to --{owner.kind} {owner.name} only, not --{owner.kind} {chosen.name}: "
-                         f"drop it, or use --{owner.kind} {owner.name}")
+        owners = " or ".join(cls.name for cls in option_owners(flag)) or owner.name  # a preset: its stage
+        raise UsageError(f"--{flag} applies to --{owner.kind} {owners} only, not --{owner.kind} {chosen.name}: "
+                         f"drop it, or use --{owner.kind} {owners}")

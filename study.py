@@ -158,26 +158,50 @@ CHECKPOINT_NAME = re.compile(r"^(?P<combination>[A-Za-z]+-[A-Za-z]+-[A-Za-z]+-[A
 
 
 def find_checkpoints(folder: str) -> dict[str, dict]:
-    """{file stem: {combination, sensitive, path}} of --checkpoints; a file named after no combination is
-    refused (its stage flags would be guessed)."""
+    """{file stem: {combination, sensitive, path}} of --checkpoints (its .pth and .pt files). A file named after
+    its combination, as the reference names them, is that combination; any other must describe itself: a
+    checkpoint of this toolkit, or another project's release that ``releases.py`` recognises (baudm/parseq's
+    ``parseq-bb5792a6.pt``), whose combination is read off it. The rest are refused (their stages would be
+    guessed)."""
     root = Path(folder)
     if not root.is_dir():
         raise UsageError(f"--checkpoints {folder} is not a folder")
     found, unfit = {}, []
-    for path in sorted(root.glob("*.pth")):
+    for path in sorted([*root.glob("*.pth"), *root.glob("*.pt")]):
         match = CHECKPOINT_NAME.match(path.stem)
-        if not match or match["combination"] not in all_names():
-            unfit.append(path.name)
+        if match and match["combination"] in all_names():
+            found[path.stem] = {"combination": match["combination"], "sensitive": bool(match["sensitive"]),
+                                "path": str(path)}
             continue
-        found[path.stem] = {"combination": match["combination"], "sensitive": bool(match["sensitive"]),
-                            "path": str(path)}
+        described = self_described(path)
+        if described is None:
+            unfit.append(path.name)
+        else:
+            found[path.stem] = {**described, "path": str(path)}
     if unfit:
         raise UsageError(f"--checkpoints {folder}: {', '.join(unfit)} fit no combination; name each file after "
                          f"its stages as the reference does (TPS-ResNet-BiLSTM-Attn.pth, "
-                         f"None-VGG-BiLSTM-CTC-case-sensitive.pth)")
+                         f"None-VGG-BiLSTM-CTC-case-sensitive.pth), or give a checkpoint that describes itself")
     if not found:
-        raise UsageError(f"--checkpoints {folder} holds no .pth file")
+        raise UsageError(f"--checkpoints {folder} holds no .pth or .pt file")
     return found
+
+
+def self_described(path: Path) -> dict | None:
+    """{combination, sensitive} of a file that says its configuration (this toolkit's checkpoint, a recognised
+    release), or None (a bare state_dict, or a file that does not read)."""
+    from checkpoint import read_checkpoint
+    from releases import ReleaseError
+
+    try:
+        config = read_checkpoint(path)["config"]
+    except ReleaseError:
+        raise  # a release recognised, that needs a flag: its message names it
+    except UserError:
+        return None
+    if not config:
+        return None
+    return {"combination": "-".join(config[kind] for kind in STAGES), "sensitive": bool(config.get("sensitive"))}
 
 
 def is_dataset(folder: Path) -> bool:
@@ -486,9 +510,10 @@ def study(argv) -> None:
     check_writable([folder] + ([Path("saved_models") / opt.name] if mode == "train" else []))
     record_protocol(folder, protocol, argv)
     if mode == "checkpoints":
-        left_out = sorted(set(find_checkpoints(opt.checkpoints)) - set(protocol["checkpoints"]))
+        every = find_checkpoints(opt.checkpoints)
+        left_out = sorted(Path(f["path"]).name for stem, f in every.items() if stem not in protocol["checkpoints"])
         if left_out:
-            log(f"--checkpoints {opt.checkpoints}: left out {', '.join(f + '.pth' for f in left_out)} (not in "
+            log(f"--checkpoints {opt.checkpoints}: left out {', '.join(left_out)} (not in "
                 f"--models {opt.models})")
     todo = [c for c in cells if cell_status(c)[0] != "done"]
     log(f"study {opt.name}: {len(cells)} cells, {len(cells) - len(todo)} finished before, {len(todo)} to run")

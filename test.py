@@ -2,6 +2,7 @@
 
     python test.py --eval_data data_lmdb_release/evaluation --benchmark_all_eval \\
         --saved_model saved_models/None-VGG-BiLSTM-CTC-Seed1111/best_accuracy.pth
+    python test.py --eval_data data/test --benchmark common36 --saved_model parseq
     python test.py --eval_data Union14M-Benchmarks --benchmark union14m --saved_model <model>
     python test.py --eval_data long_text_sets --benchmark long_text --saved_model <a long-text CTC model>
 
@@ -30,8 +31,8 @@ from decoding import DecodeOptions, add_decoding_arguments, check_decoding_flags
 from error_analysis import write_errors
 from explain import can_explain, explain_results, write_explanations
 from errors import UserError
-from evaluation import (BENCHMARKS, PAPER_BENCHMARKS, UNION14M_BENCHMARKS, ValidationResult, make_eval_loader,
-                        total_accuracy, validation)
+from evaluation import (BENCHMARKS, FOLDER_ALIASES, LONG_SUITES, PAPER_BENCHMARKS, SUITES, ValidationResult,
+                        group_scores, make_eval_loader, total_accuracy, validation)
 from fileio import check_output_folder
 from model import ModelConfig, add_model_arguments, count_parameters, model_flags
 from runtime import (UsageError, add_compile_argument, add_runtime_arguments, check_amp, check_runtime_arguments,
@@ -100,45 +101,58 @@ def benchmark_all_eval(ev: Evaluation, eval_data: str) -> dict:
             "averaged_infer_time": ms_per_image, "params_M": params}
 
 
-def suite_sets(suite: str, root: Path) -> tuple[list[str], list[str]]:
-    """(sets found, sets missing) of ``--benchmark suite`` under ``root``; long_text takes every sub-folder."""
-    if suite == "union14m":
-        names = UNION14M_BENCHMARKS
+def suite_sets(suite: str, root: Path) -> tuple[dict[str, Path], list[str]]:
+    """({set: its folder} found, sets missing) of ``--benchmark suite`` under ``root`` (a set's folder may have
+    another name: ``FOLDER_ALIASES``); long_text takes every sub-folder. A preset that needs all its sets
+    (``complete``) is refused with the missing ones named."""
+    preset = SUITES[suite]
+    if preset.sets:
+        names = list(preset.sets)
     else:
         names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    found = [n for n in names if (root / n).is_dir()]
-    for name in found:
-        if (root / name / "annotation.json").is_file() and not any(
-                f.name in ("data.mdb", "gt.txt") for f in (root / name).rglob("*")):
+    found = {}
+    for name in names:
+        folder = next((root / alias for alias in FOLDER_ALIASES.get(name, (name,)) if (root / alias).is_dir()), None)
+        if folder is not None:
+            found[name] = folder
+    missing = [n for n in names if n not in found]
+    if preset.complete and missing:
+        shown = ", ".join("/".join(FOLDER_ALIASES.get(n, (n,))) for n in missing)
+        raise FileNotFoundError(f"--benchmark {suite} needs the folders {', '.join(names)} under {root}; missing: "
+                                f"{shown} (baudm/parseq's data/test layout)")
+    for name, folder in found.items():
+        if (folder / "annotation.json").is_file() and not any(
+                f.name in ("data.mdb", "gt.txt") for f in folder.rglob("*")):
             raise FileNotFoundError(
-                f"{root / name} holds the benchmark's annotation.json but no LMDB; convert it once: python "
-                f"scripts/convert_real_dataset.py --format union14m --annotation {root / name}/annotation.json "
-                f"--images {root / name} --output {root / name}/lmdb")
+                f"{folder} holds the benchmark's annotation.json but no LMDB; convert it once: python "
+                f"scripts/convert_real_dataset.py --format union14m --annotation {folder}/annotation.json "
+                f"--images {folder} --output {folder}/lmdb")
     if not found:
         raise FileNotFoundError(f"--benchmark {suite}: no set found under {root}"
                                 + (f" (expected folders {', '.join(names)})" if names else ""))
-    return found, [n for n in names if n not in found]
+    return found, missing
 
 
 def benchmark_suite(ev: Evaluation, suite: str, eval_data: str) -> dict:
-    """``--benchmark union14m`` / ``long_text``: each set found, a table, the mean over the sets found."""
+    """``--benchmark NAME`` (``evaluation.SUITES``): each set found, a table, the mean over the sets found and the
+    combined (sample-weighted) accuracy, and those of the preset's groups (the six common benchmarks' two sizes)."""
     log = ev.log
     root = Path(eval_data)
     found, missing = suite_sets(suite, root)
     rows = {}
-    for name in found:
-        dataset, dataset_log = hierarchical_dataset(root / name, ev.data)
+    for name, folder in found.items():
+        dataset, dataset_log = hierarchical_dataset(folder, ev.data)
         log(dataset_log.rstrip("\n"))
         too_long = sum(d.stats.too_long for d in dataset.datasets)
-        if suite == "long_text" and too_long:
+        if suite in LONG_SUITES and too_long:
             # Filtering them out would score the long-text set on its short words only.
-            raise UserError(f"{root / name}: {too_long} labels are longer than the model's batch_max_length "
+            raise UserError(f"{folder}: {too_long} labels are longer than the model's batch_max_length "
                             f"{ev.config.batch_max_length}; a long-text benchmark needs them all. Train with a larger "
                             "--batch_max_length (CTC: and an --imgW of about 4-5 px per character).")
         result = ev.run(dataset, name=name)
         rows[name] = (result.accuracy, result.norm_ED, result.n_samples)
-    mean = sum(acc for acc, _, _ in rows.values()) / len(rows)
-    weighted = sum(acc * n for acc, _, n in rows.values()) / sum(n for _, _, n in rows.values())
+    counts = {name: (acc, n) for name, (acc, _, n) in rows.items()}
+    weighted, mean = group_scores(counts, list(rows))
     log("-" * 80)
     log(f"{'set':16s} {'samples':>8s} {'accuracy':>9s} {'norm_ED':>8s}")
     for name, (acc, ed, n) in rows.items():
@@ -147,12 +161,18 @@ def benchmark_suite(ev: Evaluation, suite: str, eval_data: str) -> dict:
         log(f"{name:16s} {'missing':>8s} (not under {root}; not in the average)")
     log(f"{'average':16s} {'':8s} {mean:9.3f}   (mean of the {len(rows)} sets found; weighted by samples "
         f"{weighted:0.3f})")
+    groups = {}
+    for group, names in SUITES[suite].groups:
+        combined, average = group_scores(counts, names)
+        groups[group] = {"combined": combined, "average": average, "samples": sum(counts[n][1] for n in names)}
+        log(f"{group}: combined {combined:0.3f} (weighted by samples, {groups[group]['samples']}), "
+            f"average {average:0.3f}")
     if missing:
         log(f"missing from --benchmark {suite}: {', '.join(missing)}")
     log("accuracy: " + "".join(f"{name}: {acc:0.3f}\t" for name, (acc, _, _) in rows.items())
         + f"average: {mean:0.3f}\tweighted: {weighted:0.3f}")
     return {"accuracy": {name: acc for name, (acc, _, _) in rows.items()}, "average": mean,
-            "weighted_accuracy": weighted, "missing": missing}
+            "weighted_accuracy": weighted, "groups": groups, "missing": missing}
 
 
 def result_dir(saved_model: str) -> Path:
@@ -168,10 +188,8 @@ def parse_args(argv=None):
     parser.add_argument("--eval_data", required=True,
                         help="LMDB root (or a folder with gt.txt); with --benchmark_all_eval the folder holding the ten sets")
     parser.add_argument("--benchmark_all_eval", action="store_true", help="evaluate the ten benchmark sets")
-    parser.add_argument("--benchmark", choices=["union14m", "long_text"], default=None,
-                        help="union14m: the Union14M-Benchmark subsets under --eval_data (curve, multi_oriented, "
-                             "artistic, contextless, salient, multi_words, general, incomplete); long_text: every "
-                             "set under --eval_data, refusing labels longer than the model's batch_max_length")
+    parser.add_argument("--benchmark", choices=list(SUITES), default=None,
+                        help="; ".join(f"{name}: {suite.help}" for name, suite in SUITES.items()))
     parser.add_argument("--saved_model", required=True, help="checkpoint path or pretrained model name")
     parser.add_argument("--data_filtering_off", action="store_true")
     parser.add_argument("--case_insensitive", action="store_true",
@@ -198,6 +216,9 @@ def check_args(opt) -> None:
     check_decoding_flags(opt)
     if opt.benchmark and opt.benchmark_all_eval:
         raise UsageError("--benchmark and --benchmark_all_eval each choose the sets; give one of them.")
+    if opt.benchmark and SUITES[opt.benchmark].protocol == "94" and opt.case_insensitive:
+        raise UsageError(f"--benchmark {opt.benchmark} scores case and punctuation; drop --case_insensitive, or use "
+                         "--benchmark common36")
     if opt.save_errors:
         check_output_folder(opt.save_errors, "--save_errors")  # written after the evaluation: fail before it
     if opt.explain:
@@ -246,13 +267,14 @@ def evaluate(argv=None) -> dict:
                          "PyTorch checkpoint")
     log(f"model {config.name} from {path}: {count_parameters(model) / 1e6:0.3f}M parameters, "
         f"{len(config.character)} characters, input {config.imgH}x{config.imgW}{' PAD' if config.PAD else ''}")
-    options = options_from_args(opt, config, log, case_insensitive=opt.case_insensitive)
+    case_insensitive = opt.case_insensitive or bool(opt.benchmark and SUITES[opt.benchmark].protocol == "36")
+    options = options_from_args(opt, config, log, case_insensitive=case_insensitive)
     if not options.plain_greedy:
         log(f"decoder: {options.describe()}")
     data = DataConfig.for_model(config, dynamic_width=opt.dynamic_width, data_filtering_off=opt.data_filtering_off,
                                 workers=opt.workers, batch_size=opt.batch_size)
     ev = Evaluation(model, make_converter(config.Prediction, config.character), config, data, device, amp_dtype,
-                    opt.case_insensitive, options, log, keep=bool(opt.save_errors or opt.explain))
+                    case_insensitive, options, log, keep=bool(opt.save_errors or opt.explain))
     with torch.inference_mode():
         if opt.benchmark_all_eval:
             scores = benchmark_all_eval(ev, opt.eval_data)
@@ -281,7 +303,7 @@ def write_galleries(ev: Evaluation, model: torch.nn.Module, opt) -> None:
         result = merged(ev.kept)
         explained = (explain_results(model, ev.kept, ev.config, ev.options, ev.device, ev.amp_dtype,
                                      ev.case_insensitive, wrong_only=True) if can_explain(model) else None)
-        n = write_errors(result, opt.save_errors, opt.case_insensitive, explained)
+        n = write_errors(result, opt.save_errors, ev.case_insensitive, explained)
         ev.log(f"wrote {n} wrong predictions to {opt.save_errors}")
     if opt.explain:
         explained = explain_results(model, ev.kept, ev.config, ev.options, ev.device, ev.amp_dtype, ev.case_insensitive)

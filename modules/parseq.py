@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modules.prediction import CONFIDENCE_WITH_END
 from modules.registry import Head, Option, record_view, register
 from runtime import UsageError
 from utils import PARSeqLabelConverter
@@ -109,6 +110,7 @@ class PARSeq(Head, nn.Module):
                                          f"{MAX_REFINE_ITERS})", low=0, high=MAX_REFINE_ITERS, input_only=True),
         Option("parseq_decode", "ar", "PARSeq reading: ar (autoregressive, default) or nar (all positions at once)",
                choices=("ar", "nar"), input_only=True),
+        CONFIDENCE_WITH_END,
     )
     fixed_input = ("batch_max_length",)  # its position queries
     has_own_init = True  # model.init_weights leaves it alone (trunc-normal 0.02, as the reference)

@@ -6,11 +6,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modules.registry import Head, record_view, register
+from modules.registry import Head, Option, record_view, register
 from utils import AttnLabelConverter, CTCLabelConverter
 
 GO_INDEX = 0  # '[GO]' in AttnLabelConverter
 EOS_INDEX = 1  # '[s]'
+
+# Shared by the heads that end a reading with a class (Attn's [s], PARSeq's and ViTSTR's [E]): one flag.
+CONFIDENCE_WITH_END = Option(
+    "confidence_with_end", False, "Attn, PARSeq, ViTSTR reading: the greedy confidence multiplies in the end "
+    "token's probability, as baudm/parseq's tokenizer (default: the characters' probabilities only, as the "
+    "reference)", input_only=True)
+# CTC's loss: the reference's (torch's 'mean': each sample's loss / its label length, averaged), or OpenOCR's and
+# PaddleOCR's (reduction 'none', then the mean over the batch: long labels weigh more).
+CTC_REDUCTIONS = ("mean", "sum_mean")
 
 
 class ReferenceHead(Head):
@@ -29,6 +38,10 @@ class CTC(ReferenceHead, nn.Linear):
     ``bias``) that takes the attention decoder's call signature and ignores what it does not use."""
 
     name = "CTC"
+    options = (Option("ctc_reduction", "mean", "CTC training: the loss's reduction: mean (the reference's: each "
+                                               "sample's loss / its label length, averaged) or sum_mean (each sample's "
+                                               "sum, averaged over the batch: OpenOCR's, PaddleOCR's)",
+                      choices=CTC_REDUCTIONS, input_only=True),)
     converter = CTCLabelConverter
     beam = "logits"  # the prefix beam search over the frames' probabilities
     views = ("frames",)
@@ -42,10 +55,18 @@ class CTC(ReferenceHead, nn.Linear):
         return {"num_class": state_dict["weight"].shape[0]}
 
     @staticmethod
-    def loss(preds, text, length):
-        """``text`` [B, batch_max_length] zero-padded, ``length`` [B]; every sample uses all T frames."""
+    def loss(preds, text, length, reduction: str = "mean"):
+        """``text`` [B, batch_max_length] zero-padded, ``length`` [B]; every sample uses all T frames.
+        ``reduction``: one of ``CTC_REDUCTIONS`` (``--ctc_reduction``)."""
         frames = torch.full((preds.size(0),), preds.size(1), dtype=torch.int32)
-        return F.ctc_loss(preds.log_softmax(2).permute(1, 0, 2), text, frames, length, zero_infinity=True)
+        log_probs = preds.log_softmax(2).permute(1, 0, 2)  # [T, B, C]
+        if reduction == "sum_mean":
+            return F.ctc_loss(log_probs, text, frames, length, reduction="none", zero_infinity=True).mean()
+        return F.ctc_loss(log_probs, text, frames, length, zero_infinity=True)
+
+    @classmethod
+    def loss_options(cls, config) -> dict:
+        return {"reduction": config.ctc_reduction}
 
     def read_every_step(self, features, num_steps: int):
         return self(features)
@@ -68,6 +89,7 @@ class Attention(ReferenceHead, nn.Module):
     """
 
     name = "Attn"
+    options = (CONFIDENCE_WITH_END,)
     converter = AttnLabelConverter
     end_index, end_layer, class_rows = EOS_INDEX, "generator", ("generator",)
     beam = "decoder"  # the beam search runs attention_cell one step at a time (decoding.attention_beam_search)

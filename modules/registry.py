@@ -191,8 +191,13 @@ class Head(Stage):
 
     @staticmethod
     def loss(preds, text, length):
-        """The loss of ``preds`` (fp32) against the encoded labels."""
+        """The loss of ``preds`` (fp32) against the encoded labels (and ``loss_options``' keywords)."""
         raise NotImplementedError
+
+    @classmethod
+    def loss_options(cls, config) -> dict:
+        """The keyword arguments its ``loss`` takes from the configuration (its own options: CTC's reduction)."""
+        return {}
 
     def read_every_step(self, features, num_steps: int):
         """The inference reading with no data-dependent control flow (an exported graph's): every step run."""
@@ -213,10 +218,14 @@ def register(cls: type) -> type:
     current = REGISTRY[cls.kind].get(cls.name)
     if current is not None and current is not cls and stage_id(current) != stage_id(cls):
         raise TypeError(f"--{cls.kind} {cls.name} is registered twice: by {stage_id(current)} and {stage_id(cls)}")
-    taken = {o.name: s for s in all_stages() if s.name != cls.name or s.kind != cls.kind for o in s.options}
+    # An option may be shared by stages of one kind (--drop_path: ViT's and SVTR's) when they declare it alike:
+    # one flag, one configuration field.
+    taken = {o.name: (s, o) for s in all_stages() if s.name != cls.name or s.kind != cls.kind for o in s.options}
     for option in cls.options:
-        if option.name in taken:
-            raise TypeError(f"{cls.__name__}: option {option.name!r} is already {taken[option.name].name}'s")
+        owner, declared = taken.get(option.name, (None, None))
+        if owner is not None and (owner.kind != cls.kind or declared != option):
+            raise TypeError(f"{cls.__name__}: option {option.name!r} is already {owner.name}'s"
+                            + (", declared otherwise" if owner.kind == cls.kind else ""))
     table = REGISTRY[cls.kind]
     table[cls.name] = cls
     # The reference's stages first, then the others in the order they registered: the same order however the
@@ -249,8 +258,17 @@ def all_stages() -> list[type]:
 
 
 def all_options() -> dict[str, tuple[type, Option]]:
-    """Every registered stage option: its name → (the stage class, the option)."""
-    return {o.name: (cls, o) for cls in all_stages() for o in cls.options}
+    """Every registered stage option: its name → (the first stage class that declares it, the option)."""
+    out = {}
+    for cls in all_stages():
+        for o in cls.options:
+            out.setdefault(o.name, (cls, o))
+    return out
+
+
+def option_owners(name: str) -> list[type]:
+    """The stages that declare option ``name`` (several, of one kind, for a shared option)."""
+    return [cls for cls in all_stages() if any(o.name == name for o in cls.options)]
 
 
 def reference_choices() -> dict[str, tuple[str, ...]]:
@@ -269,4 +287,4 @@ def combination_stages(config) -> list[type]:
 
 
 __all__ = ["KINDS", "SHAPES", "VIEWS", "REGISTRY", "Option", "Preset", "Stage", "Head", "register", "record_view", "stage", "head",
-           "all_stages", "all_options", "reference_choices", "builtin", "combination_stages"]
+           "all_stages", "all_options", "option_owners", "reference_choices", "builtin", "combination_stages"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from modules.registry import Stage, register
-from modules.vit import Mlp, init_linear_layers
+from modules.vit import DROP_PATH, DropPath, Mlp, drop_path_rates, init_linear_layers
 from runtime import UsageError
 
 # SVTR-Tiny (the paper's Table 1 and OpenOCR's configs/rec/svtrs/svtrnet_ctc_syn.yml).
@@ -86,16 +86,17 @@ class Block(nn.Module):
     """Mixing block: x + mixer(norm1(x)), then x + mlp(norm2(x)); what the reference computes with SVTR-Tiny's
     ``prenorm: False`` (its ``prenorm: True`` normalises after each residual sum instead)."""
 
-    def __init__(self, dim: int, num_heads: int, mixer: str, HW: tuple[int, int]):
+    def __init__(self, dim: int, num_heads: int, mixer: str, HW: tuple[int, int], drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.mixer = Attention(dim, num_heads, mixer, HW)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, dim * 4)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mixer(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.mixer(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class SubSample(nn.Module):
@@ -119,6 +120,7 @@ class SVTR(Stage, nn.Module):
     """
 
     kind, name = "FeatureExtraction", "SVTR"
+    options = (DROP_PATH,)
     own_width = f"SVTR-Tiny's {OUT_CHANNELS}"
     min_input = (DOWNSAMPLE, FRAME_WIDTH)
     fixed_input = ("imgH", "imgW")  # the learned position embedding
@@ -127,15 +129,16 @@ class SVTR(Stage, nn.Module):
 
     def __init__(self, input_channel: int, imgH: int, imgW: int, embed_dims: tuple[int, ...] = EMBED_DIMS,
                  depths: tuple[int, ...] = DEPTHS, heads: tuple[int, ...] = HEADS, mixers: tuple[str, ...] = MIXERS,
-                 out_channels: int = OUT_CHANNELS):
+                 out_channels: int = OUT_CHANNELS, drop_path: float = 0.0):
         super().__init__()
         self.HW = (imgH // 4, imgW // 4)
         grids = [self.HW, (self.HW[0] // 2, self.HW[1]), (self.HW[0] // 4, self.HW[1])]
         self.patch_embed = PatchEmbed(input_channel, embed_dims[0])
         self.pos_embed = nn.Parameter(torch.zeros(1, self.HW[0] * self.HW[1], embed_dims[0]))
         mixer = iter(mixers)  # one per block, in order through the three stages
+        rates = iter(drop_path_rates(drop_path, sum(depths)))  # rising through all three stages, as OpenOCR's
         self.blocks1, self.blocks2, self.blocks3 = (
-            nn.ModuleList(Block(embed_dims[s], heads[s], next(mixer), grids[s]) for _ in range(depths[s]))
+            nn.ModuleList(Block(embed_dims[s], heads[s], next(mixer), grids[s], next(rates)) for _ in range(depths[s]))
             for s in range(3))
         self.sub_sample1 = SubSample(embed_dims[0], embed_dims[1])
         self.sub_sample2 = SubSample(embed_dims[1], embed_dims[2])
@@ -149,7 +152,7 @@ class SVTR(Stage, nn.Module):
 
     @classmethod
     def from_config(cls, config, input_size: int) -> "SVTR":
-        return cls(config.input_channel, config.imgH, config.imgW)
+        return cls(config.input_channel, config.imgH, config.imgW, drop_path=config.drop_path)
 
     @classmethod
     def output_width(cls, config, input_size: int) -> int:

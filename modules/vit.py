@@ -28,6 +28,38 @@ def init_linear_layers(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+# Shared by ViT and SVTR (one flag, one configuration field): stochastic depth, as timm's drop_path_rate and
+# OpenOCR's. It changes no weight, so it may differ from a checkpoint's (fine-tuning with another rate).
+DROP_PATH = Option("drop_path", 0.0, "ViT, SVTR: stochastic depth in training, the last block's rate (the blocks' "
+                                     "rates rise linearly from 0, as timm and OpenOCR); 0 = none",
+                   low=0.0, high=1.0, input_only=True)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (timm's ``DropPath``): in training, each sample's residual branch is dropped with
+    probability ``rate`` and kept ones are scaled by 1 / (1 - rate); the identity in eval. No parameters, so the
+    state_dict keys are those without it."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.size(0),) + (1,) * (x.dim() - 1)).bernoulli_(keep)  # [B, 1, ...]: one draw per sample
+        return x * mask / keep if keep > 0 else x * mask
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:g}"
+
+
+def drop_path_rates(rate: float, blocks: int) -> list[float]:
+    """Each block's rate, rising linearly from 0 to ``rate`` (timm's and OpenOCR's ``linspace(0, rate, depth)``)."""
+    return torch.linspace(0, rate, blocks).tolist() if blocks > 1 else [rate] * blocks
+
+
 class PatchEmbed(nn.Module):
     """[B, Cin, H, W] → [B, N, C]: one strided convolution, a patch per output position."""
 
@@ -66,16 +98,17 @@ class Mlp(nn.Sequential):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: int = 4):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int = 4, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = SelfAttention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, dim * mlp_ratio)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 @register
@@ -95,6 +128,7 @@ class ViT(Stage, nn.Module):
         Option("vit_patch_w", 8, "ViT: patch width in pixels (PARSeq 8); must divide --imgW", low=1),
         Option("vit_class_token", False, "ViT: a learned class token before the patch tokens, as timm's default "
                                          "(ViTSTR's; PARSeq has none)"),
+        DROP_PATH,
     )
     presets = (Preset("vit_size", {k: dict(zip(("vit_embed_dim", "vit_depth", "vit_heads"), v))
                                    for k, v in VIT_SIZES.items()},
@@ -108,7 +142,7 @@ class ViT(Stage, nn.Module):
 
     def __init__(self, input_channel: int, imgH: int, imgW: int, patch: tuple[int, int] = (4, 8),
                  embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: int = 4,
-                 class_token: bool = False):
+                 class_token: bool = False, drop_path: float = 0.0):
         super().__init__()
         self.patch_embed = PatchEmbed(input_channel, embed_dim, patch)
         num_patches = (imgH // patch[0]) * (imgW // patch[1])
@@ -116,7 +150,8 @@ class ViT(Stage, nn.Module):
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.class_token = class_token
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + class_token, embed_dim))
-        self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio, rate)
+                                      for rate in drop_path_rates(drop_path, depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.output_size = embed_dim
         self.reset_parameters()
@@ -124,7 +159,8 @@ class ViT(Stage, nn.Module):
     @classmethod
     def from_config(cls, config, input_size: int) -> "ViT":
         return cls(config.input_channel, config.imgH, config.imgW, (config.vit_patch_h, config.vit_patch_w),
-                   config.vit_embed_dim, config.vit_depth, config.vit_heads, class_token=config.vit_class_token)
+                   config.vit_embed_dim, config.vit_depth, config.vit_heads, class_token=config.vit_class_token,
+                   drop_path=config.drop_path)
 
     @classmethod
     def output_width(cls, config, input_size: int) -> int:

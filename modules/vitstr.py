@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from modules.parseq import EOS_INDEX
+from modules.prediction import CONFIDENCE_WITH_END
 from modules.registry import Head, register
 from runtime import UsageError
 from utils import PARSeqLabelConverter
@@ -23,6 +24,7 @@ class ViTSTR(Head, nn.Module):
     """[B, T, input_size] → logits [B, batch_max_length + 1, num_class]; T must be at least batch_max_length + 2."""
 
     name = "ViTSTR"
+    options = (CONFIDENCE_WITH_END,)
     has_own_init = True  # trunc-normal 0.02, as baudm/parseq's init_weights
     fixed_width = "its reading (the first batch_max_length + 2 frames) is"  # an exported graph: one width
     converter = PARSeqLabelConverter

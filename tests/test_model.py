@@ -159,5 +159,5 @@ def test_unknown_stage_name_lists_choices():
 def test_config_round_trips_as_plain_types():
     config = ModelConfig("TPS", "ResNet", "BiLSTM", "Attn", character="ab\\] -€")
     d = config.to_dict()
-    assert all(isinstance(v, (str, int, bool)) for v in d.values())
+    assert all(isinstance(v, (str, int, float, bool)) for v in d.values())
     assert ModelConfig.from_dict(d) == config

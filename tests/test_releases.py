@@ -221,3 +221,75 @@ def test_vitstr_release_reads_as_parseq_vitstr(tmp_path):
     read = demo.read_images(demo.parse_args(["--image_folder", *images, "--saved_model", str(tmp_path / "vitstr-small.pt"),
                                              "--vit_heads", "2", "--device", "cpu"]))
     assert [text for _, text, _ in read] == expected
+
+
+# --- the user's other paths with a release file -------------------------------------------------------------
+
+PARSEQ_HEADS = {"vit_heads": 2, "parseq_dec_heads": 2}  # the reduced model's, not in its weights
+
+
+def test_onnx_export_of_a_parseq_release_reads_as_pytorch(tmp_path):
+    """export.py's ONNX graph (fp32) of a converted release gives PyTorch's logits (test_onnx.py's 1e-4). The file is
+    a tiny one in the release's layout (3 positions, one block each side): the 25 positions of parseq_reference.pt
+    unroll into a graph that takes minutes to export."""
+    from decoding import decode
+    from model import build_model, config_from_name
+    from onnx_model import OnnxModel, export_onnx
+
+    torch.manual_seed(0)
+    config = config_from_name("None-ViT-None-PARSeq", input_channel=3, vit_embed_dim=32, vit_depth=1, vit_heads=1,
+                              batch_max_length=3)
+    own = build_model(config).state_dict()
+    torch.save({k.replace("FeatureExtraction.", "encoder.").replace("Prediction.", ""): v for k, v in own.items()},
+               tmp_path / "parseq-tiny-layout.pt")
+    loaded = load_model(tmp_path / "parseq-tiny-layout.pt")
+    assert read_checkpoint(tmp_path / "parseq-tiny-layout.pt")["release"]["source"] == "baudm/parseq"
+    path = export_onnx(loaded.model, tmp_path / "parseq.onnx")
+    onnx_model = OnnxModel(path)
+    assert onnx_model.config == loaded.config
+    image = torch.rand(3, 3, 32, 128) * 2 - 1
+    with torch.inference_mode():
+        eager, exported = decode(loaded.model, image, loaded.config), decode(onnx_model, image, loaded.config)
+    assert (eager.logits - exported.logits).abs().max() < 1e-4
+    assert eager.texts == exported.texts
+
+
+def test_fine_tuning_a_release_to_another_character_set_remaps_by_character(parseq_ref, tmp_path):
+    """--FT --character: the release's classes (its own order) carried to the new set by character."""
+    path = parseq_file(parseq_ref, tmp_path)
+    release = load_model(path, PARSEQ_HEADS)
+    new = "zyx-abc"
+    tuned = load_model(path, {**PARSEQ_HEADS, "character": new}, fine_tune=True)
+    assert tuned.config.character == new and tuned.model.Prediction.head.out_features == len(new) + 1
+    old, state = release.model.state_dict(), tuned.model.state_dict()
+    old_index = {c: i + 1 for i, c in enumerate(release.config.character)}  # [E] first
+    for j, c in enumerate(new, 1):
+        if c in old_index:
+            assert torch.equal(state["Prediction.head.weight"][j], old["Prediction.head.weight"][old_index[c]])
+    assert torch.equal(state["Prediction.head.weight"][0], old["Prediction.head.weight"][0])  # [E]
+    with pytest.raises(Exception, match="--FT"):
+        load_model(path, {**PARSEQ_HEADS, "character": new})
+
+
+def test_study_evaluates_a_folder_of_release_files(parseq_ref, svtr_ref, tmp_path, monkeypatch):
+    """study.py --checkpoints DIR: a release file, named as its project names it, takes its combination from what
+    releases.py recognises."""
+    import json
+
+    import study
+    from helpers import make_word_lmdb
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "released").mkdir()
+    parseq_file(parseq_ref, tmp_path / "released")
+    openocr_file(svtr_ref, tmp_path / "released")
+    make_word_lmdb(tmp_path / "eval" / "setA", 4, max_len=6)
+    study.main(["--name", "released", "--checkpoints", "released", "--eval_data", "eval/setA", *map(str, [
+        "--vit_heads", 2, "--parseq_dec_heads", 2, "--workers", 0, "--device", "cpu", "--batch_size", 4,
+        "--profile_warmup", 1, "--profile_repeats", 1])])
+    summary = json.loads((tmp_path / "studies" / "released" / "results.json").read_text())
+    cells = {c["cell"]: c for c in summary["cells"]}
+    assert set(cells) == {"parseq-small", "svtr_tiny_best"}
+    assert cells["parseq-small"]["combination"] == "None-ViT-None-PARSeq"
+    assert cells["svtr_tiny_best"]["combination"] == "None-SVTR-None-CTC"
+    assert all(set(c["accuracy"]) == {"setA"} for c in cells.values())
