@@ -177,7 +177,7 @@ def study_exit(argv: list[str], capsys) -> tuple[int, str]:
 
 @pytest.mark.parametrize("extra, message", [
     (["--models", "XYZ-*", "--profile_only"], "'XYZ-*' names no combination"),
-    (["--checkpoints", "empty", "--eval_data", "."], "--checkpoints empty holds no .pth file"),
+    (["--checkpoints", "empty", "--eval_data", "."], "--checkpoints empty holds no .pth or .pt file"),
     (["--checkpoints", "nothere", "--eval_data", "."], "--checkpoints nothere is not a folder"),
     (["--profile_only", "--eval_data", "nothere", "--checkpoints", "x"], "--profile_only and --checkpoints"),
     (["--models", "None-VGG-None-CTC", "--eval_data", "nothere", "--train_data", "t", "--valid_data", "v"],
