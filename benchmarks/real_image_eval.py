@@ -3,7 +3,7 @@
 Generates a fresh synthetic tree (``create_synth_dataset.py``), trains a narrow CRNN on it
 (None-VGG-BiLSTM-CTC, output_channel 128, hidden 128, Adam one-cycle 2e-3, batch 64, on the CPU)
 and scores the checkpoint on the real word crops beside the repository, case-insensitive
-alphanumeric, printing one table. The defaults are the recipe issue 13 started from (40,000
+alphanumeric, printing one table. The defaults are the first real-image recipe (40,000
 images, 3,500 fp32 iterations); ``quickstart.sh``'s recipe today is::
 
     flock /tmp/cpu_heavy.lock python -m benchmarks.real_image_eval --tag quickstart \\

@@ -1,5 +1,5 @@
 """Flags are checked at the door: a bad value exits 2 naming the flag and its range, before any
-data or model is read and before the experiment folder exists (issue 11)."""
+data or model is read and before the experiment folder exists."""
 from __future__ import annotations
 
 import types

@@ -1,4 +1,4 @@
-"""Bad input meets a clear message or a counted skip, never a traceback (issue 11).
+"""Bad input meets a clear message or a counted skip, never a traceback.
 
 Line breaks in gt.txt, labels and file names that are not UTF-8, paths of the wrong kind, and a
 seeded fuzz test of the gt.txt parser and the label filter.

@@ -1,4 +1,4 @@
-"""Dependable at the newest edges (issue 32): the quickstart's settings and data, the study's records and
+"""Dependable at the newest edges: the quickstart's settings and data, the study's records and
 folders, flags whose values name things, the toolkit's own caches, and user errors told apart from bugs.
 
 Each slip ends in one ``error:`` line naming the flag, variable or file with the exit status of

@@ -1,4 +1,4 @@
-"""Full disks, kills and a second run: failures say what happened and lose nothing (issue 11)."""
+"""Full disks, kills and a second run: failures say what happened and lose nothing."""
 from __future__ import annotations
 
 import errno

@@ -1,4 +1,4 @@
-"""Every Pillow mode reaches the model as the picture a person sees (issue 11).
+"""Every Pillow mode reaches the model as the picture a person sees.
 
 Each test image is the same picture, an ink ramp from black to white, stored in another mode:
 scaled for 16/32-bit samples, as black ink with transparency on a transparent sheet, through a

@@ -1,4 +1,4 @@
-"""Dependable at the new edges (issue 20): converters, ONNX files, outputs, flags, hangs, --resume.
+"""Dependable at the new edges: converters, ONNX files, outputs, flags, hangs, --resume.
 
 Each class of broken-but-realistic input ends in one ``error:`` line naming the file (exit 1, or 2
 for a flag), or in a counted skip; never a traceback, a hang or a destroyed input. Every test here
