@@ -177,3 +177,14 @@ def release_weights(layout: dict[str, tuple], seed: int = 0) -> dict[str, torch.
         else:
             out[key] = 0.1 * noise
     return out
+
+
+class FakeClock:
+    """A clock for timing code under test: each read advances it by ``seconds`` (a timed step is two reads)."""
+
+    def __init__(self, seconds: float):
+        self.now, self.step = 0.0, seconds
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now

@@ -7,6 +7,7 @@ import torch
 
 import measured
 import runtime
+from helpers import FakeClock
 
 
 @pytest.fixture(autouse=True)
@@ -53,15 +54,6 @@ def test_a_damaged_cache_is_measured_again(cache):
 def test_one_candidate_is_chosen_without_timing():
     decision = measured.decide("q", {}, {"off": lambda: pytest.fail("timed")}, reason="bf16 is emulated")
     assert decision.choice == "off" and decision.line() == "q: off (bf16 is emulated)"
-
-
-class FakeClock:
-    def __init__(self, seconds: float):
-        self.now, self.step = 0.0, seconds
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
 
 
 @pytest.mark.parametrize("step_s, steps", [(0.5, 6), (10.0, 3), (0.001, 50)])

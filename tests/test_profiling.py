@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from helpers import FakeClock
 from model import REFERENCE_NAMES, build_model, config_from_name
 from modules.transformation import TPS_SpatialTransformerNetwork
 from modules.vit import SelfAttention
@@ -117,17 +118,6 @@ def test_profile_values_are_positive_and_finite(tiny_profile):
 def test_the_profile_records_how_many_runs_each_figure_rests_on(tiny_profile):
     # at most the counts asked (repeats=3, throughput_repeats 5 by default), fewer past the 10 s budget
     assert 1 <= tiny_profile.latency_runs <= 3 and 1 <= tiny_profile.throughput_runs <= 5
-
-
-class FakeClock:
-    """Each read (a clock call before and one after) takes ``seconds``; the warm-up's reads too."""
-
-    def __init__(self, seconds: float):
-        self.now, self.step = 0.0, seconds
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
 
 
 @pytest.mark.parametrize("read_s, budget_s, repeats, runs", [
