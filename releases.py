@@ -36,7 +36,7 @@ OPENOCR_CHARSETS = {94: SENSITIVE_CHARACTER, 95: SENSITIVE_CHARACTER + " ", 36: 
                     37: DEFAULT_CHARACTER + " "}
 
 
-KNOWN = "baudm/parseq's PARSeq and ViTSTR files, OpenOCR's SVTR-Tiny + CTC"
+KNOWN = "baudm/parseq's PARSeq, ViTSTR, TRBA, TRBC and CRNN files, OpenOCR's SVTR-Tiny + CTC"
 
 
 class ReleaseError(UserError):
@@ -73,7 +73,7 @@ def recognise(obj, hints: dict | None = None) -> Recognised | None:
     weights alone cannot (a character set not among the release's own).
     """
     hints = hints or {}
-    for read in (read_parseq, read_vitstr, read_openocr_svtr):
+    for read in (read_parseq, read_vitstr, read_trba, read_crnn, read_openocr_svtr):
         found = read(obj, hints)
         if found is not None:
             return found
@@ -179,6 +179,98 @@ def read_vitstr(obj, hints: dict) -> Recognised | None:
               "vit_patch_h": patch_h, "vit_patch_w": patch_w, "vit_class_token": True}
     converted = {("Prediction." if k.startswith("head.") else "FeatureExtraction.") + k: v for k, v in state.items()}
     return Recognised(family, "baudm/parseq", "state_dict", config, converted)
+
+
+def read_trba(obj, hints: dict) -> Recognised | None:
+    """baudm/parseq's TRBA and TRBC (``strhub/models/trba``): the reference's TPS-ResNet-BiLSTM-Attn and -CTC,
+    ``model.``-prefixed, RGB 32 x 128. TRBC's keys are the reference's own; TRBA's decoder embeds the previous
+    character (``char_embeddings``, 256 wide) where the reference feeds it one-hot, and orders its classes
+    ``[E]``, the characters, ``[B]``, ``[P]`` where the reference has ``[GO]``, ``[s]``, the characters. The
+    embedding is folded into the LSTM's input columns (``W @ E.T``: the same products), the classes reordered,
+    and ``[P]`` dropped (padding: never a target, so never read)."""
+    state = tensors_only(obj)
+    if state is None:
+        return None
+    attn = "model.Prediction.char_embeddings.weight" in state or "Prediction.char_embeddings.weight" in state
+    if not attn and "model.Prediction.weight" not in state:
+        return None  # an unprefixed TRBC is the reference's own layout: checkpoint.py reads it with its flags
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    if not all(k in state for k in ("Transformation.LocalizationNetwork.localization_fc2.bias",
+                                    "Transformation.GridGenerator.P_hat", "FeatureExtraction.ConvNet.conv0_1.weight",
+                                    "SequenceModeling.0.rnn.weight_hh_l0")):
+        return None
+    points = state["Transformation.GridGenerator.P_hat"].shape[0]  # imgH x imgW sampling points
+    if hints.get("imgH") and hints.get("imgW"):
+        imgH, imgW = hints["imgH"], hints["imgW"]
+        if imgH * imgW != points:
+            raise ReleaseError(f"this TRBA/TRBC file's TPS grid has {points} points, which --imgH {imgH} --imgW {imgW} "
+                               "does not give")
+    elif points == 32 * 128:
+        imgH, imgW = 32, 128
+    else:
+        raise ReleaseError(f"this TRBA/TRBC file's TPS grid has {points} points (imgH x imgW), not the release's "
+                           "32 x 128: pass the --imgH and --imgW it was trained with")
+    convs = [k for k, v in state.items() if k.startswith("FeatureExtraction.") and v.dim() == 4]
+    config = {"Transformation": "TPS", "FeatureExtraction": "ResNet", "SequenceModeling": "BiLSTM",
+              "Prediction": "Attn" if attn else "CTC", "imgH": imgH, "imgW": imgW,
+              "num_fiducial": state["Transformation.LocalizationNetwork.localization_fc2.bias"].shape[0] // 2,
+              "input_channel": state["FeatureExtraction.ConvNet.conv0_1.weight"].shape[1],
+              "output_channel": state[convs[-1]].shape[0],
+              "hidden_size": state["SequenceModeling.0.rnn.weight_hh_l0"].shape[1],
+              "batch_max_length": hints.get("batch_max_length", 25)}  # parseq's max_label_length: not in weights
+    if not attn:
+        config["character"] = character_for(state["Prediction.weight"].shape[0] - 1, PARSEQ_CHARSETS, hints,
+                                            "this TRBC file")
+        return Recognised("TRBC", "baudm/parseq", "state_dict", finish(config), state)
+    embeddings = state.pop("Prediction.char_embeddings.weight")  # [E, chars, B, P] x 256
+    num_chars = embeddings.shape[0] - 3
+    config["character"] = character_for(num_chars, PARSEQ_CHARSETS, hints, "this TRBA file")
+    order = [num_chars + 1, 0, *range(1, num_chars + 1)]  # [GO] = parseq's [B], [s] = its [E], the characters
+    for key in ("Prediction.generator.weight", "Prediction.generator.bias"):
+        state[key] = state[key][order]
+    weight = state["Prediction.attention_cell.rnn.weight_ih"]  # [4 hidden, context + 256]
+    context = weight.shape[1] - embeddings.shape[1]
+    state["Prediction.attention_cell.rnn.weight_ih"] = torch.cat(
+        [weight[:, :context], weight[:, context:] @ embeddings[order].T], dim=1)
+    return Recognised("TRBA", "baudm/parseq", "state_dict", finish(config), state)
+
+
+def read_crnn(obj, hints: dict) -> Recognised | None:
+    """baudm/parseq's CRNN (``strhub/models/crnn``, crnn.pytorch's network): ``cnn.*`` (the VGG), ``rnn.0``
+    and ``rnn.1`` (two bidirectional LSTM layers, the second's projection giving the classes, blank first),
+    ``model.``-prefixed; here ``--FeatureExtraction CRNN --SequenceModeling CRNNLSTM --Prediction CTC``.
+    Its height is fixed at 32 (the features must end one row high); its width is not in the weights (the
+    release's 128 unless --imgW says another)."""
+    state = tensors_only(obj)
+    if state is None:
+        return None
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    if not all(k in state for k in ("cnn.conv0.weight", "cnn.conv6.weight", "rnn.0.rnn.weight_hh_l0",
+                                    "rnn.1.linear.weight")):
+        return None
+    converted = {}
+    for key, value in state.items():
+        if key.startswith("cnn."):
+            converted["FeatureExtraction." + key] = value
+        elif key.startswith("rnn.1.linear."):
+            converted["Prediction." + key.removeprefix("rnn.1.linear.")] = value
+        elif key.startswith("rnn."):
+            converted["SequenceModeling." + key.removeprefix("rnn.")] = value
+        else:
+            raise ReleaseError(f"this CRNN file has a key {key!r} that baudm/parseq's CRNN does not: it is another "
+                               "network; pass the flags it was trained with to read it as a state_dict of theirs")
+    config = {"Transformation": "None", "FeatureExtraction": "CRNN", "SequenceModeling": "CRNNLSTM",
+              "Prediction": "CTC", "imgH": 32, "imgW": hints.get("imgW") or 128,
+              "input_channel": state["cnn.conv0.weight"].shape[1], "output_channel": state["cnn.conv6.weight"].shape[0],
+              "hidden_size": state["rnn.0.rnn.weight_hh_l0"].shape[1], "batch_max_length": hints.get("batch_max_length", 25),
+              "character": character_for(state["rnn.1.linear.weight"].shape[0] - 1, PARSEQ_CHARSETS, hints,
+                                         "this CRNN file")}
+    return Recognised("CRNN", "baudm/parseq", "state_dict", finish(config), converted)
+
+
+def finish(config: dict) -> dict:
+    """The case sensitivity its character set implies."""
+    return {**config, "sensitive": config["character"] != config["character"].lower()}
 
 
 # --- OpenOCR ---------------------------------------------------------------------------------------------

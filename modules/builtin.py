@@ -7,6 +7,7 @@ import modules.transformation  # noqa: F401  None, TPS
 import modules.feature_extraction  # noqa: F401  VGG, RCNN, ResNet
 import modules.vit  # noqa: F401  ViT
 import modules.svtr  # noqa: F401  SVTR
+import modules.crnn  # noqa: F401  CRNN (a feature and a sequence stage)
 import modules.sequence_modeling  # noqa: F401  None, BiLSTM
 import modules.prediction  # noqa: F401  CTC, Attn
 import modules.parseq  # noqa: F401  PARSeq

@@ -2,6 +2,7 @@
 hand, not by the tests).
 
     python scripts/make_release_fixtures.py --openocr /path/to/OpenOCR-checkout   # needs timm 0.9.16 too
+    python scripts/make_release_fixtures.py --parseq /path/to/parseq-checkout     # parseq_baselines_release.pt
 
 ViTSTR (``vitstr_release.pt``): timm's ``VisionTransformer`` as baudm/parseq's ``strhub/models/vitstr`` builds it
 (reduced: width 32, depth 2, 2 heads, 4 x 8 patches on 32 x 128, 36 characters), its forward as
@@ -16,6 +17,13 @@ characters of ``EN_symbol_dict.txt`` + blank), its weights are drawn from a seed
 32 x 100, /255, -0.5, /0.5; the resize here is ``dataset.resize_bilinear``, since cv2 is not a dependency). The
 fixture keeps the file layout (every key and shape of OpenOCR's ``state_dict``), the uint8 input and the
 reference's probabilities (its CTCDecoder applies softmax in eval mode).
+
+baudm/parseq's baselines (``parseq_baselines_release.pt``): ``strhub/models/trba/model.py``'s TRBA and TRBC and
+``strhub/models/crnn/model.py``'s CRNN, imported from the checkout's files alone (they need torch and numpy, not
+Lightning), reduced where their constructors allow (ResNet 64 wide, LSTMs 32, 36 characters; CRNN's VGG is fixed at
+512), weights from ``tests/helpers.parseq_baseline_weights`` (``model.``-prefixed, as the systems' state_dict), read
+as the systems' ``forward`` reads in eval mode (TRBA: from ``[B]``, 25 characters), on the same crops preprocessed
+as parseq does (RGB, bicubic to 32 x 128).
 """
 from __future__ import annotations
 
@@ -28,10 +36,11 @@ import torch
 import _root  # noqa: F401  the repository root on sys.path
 
 sys.path.insert(1, str(_root.ROOT / "tests"))
-from helpers import SVTR_TINY, release_weights  # noqa: E402  (the test draws the same weights)
+from helpers import SVTR_TINY, parseq_baseline_weights, release_weights  # noqa: E402  (the test draws the same weights)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "openocr_svtr_release.pt"
 VITSTR_FIXTURE = FIXTURE.with_name("vitstr_release.pt")
+BASELINES_FIXTURE = FIXTURE.with_name("parseq_baselines_release.pt")
 VITSTR_SMALL = {"img_size": (32, 128), "patch_size": (4, 8), "depth": 2, "mlp_ratio": 4, "qkv_bias": True,
                 "embed_dim": 32, "num_heads": 2, "num_classes": 37}
 
@@ -55,12 +64,68 @@ def write_vitstr(images: list[str]) -> None:
     print(f"wrote {VITSTR_FIXTURE}: {len(paths)} crops, logits {tuple(logits.shape)}")
 
 
+def parseq_module(checkout: Path, name: str):
+    """``strhub.<name>`` imported from its file alone (``strhub/models/__init__.py`` would import Lightning)."""
+    import importlib.util
+    import types
+
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        package = "strhub." + ".".join(parts[:i])
+        sys.modules.setdefault("strhub", types.ModuleType("strhub"))
+        if package not in sys.modules:
+            sys.modules[package] = types.ModuleType(package)
+            sys.modules[package].__path__ = []
+    spec = importlib.util.spec_from_file_location(f"strhub.{name}", checkout / "strhub" / (name.replace(".", "/") + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"strhub.{name}"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_parseq_baselines(checkout: Path, images: list[str]) -> None:
+    from dataset import AlignCollate, DataConfig, RawDataset
+    from utils import DEFAULT_CHARACTER
+
+    parseq_module(checkout, "models.modules")
+    for part in ("transformation", "feature_extraction", "prediction"):
+        parseq_module(checkout, f"models.trba.{part}")
+    trba, crnn = parseq_module(checkout, "models.trba.model"), parseq_module(checkout, "models.crnn.model")
+    chars = len(DEFAULT_CHARACTER)
+    references = {"trba": trba.TRBA(32, 128, chars + 3, 20, 3, output_channel=64, hidden_size=32),  # [E] ... [B] [P]
+                  "trbc": trba.TRBA(32, 128, chars + 1, 20, 3, output_channel=64, hidden_size=32, use_ctc=True),
+                  "crnn": crnn.CRNN(32, 3, chars + 1, 32)}
+    data = DataConfig(imgH=32, imgW=128, rgb=True)
+    items = [item for item in RawDataset(images, data) if item is not None]
+    batch, paths = AlignCollate.for_data(data)(items)
+    out = {"seed": 0, "charset": DEFAULT_CHARACTER, "images": ((batch + 1) / 2 * 255).round().to(torch.uint8),
+           "names": [Path(p).name for p in paths]}
+    for name, reference in references.items():
+        layout = {"model." + k: tuple(v.shape) for k, v in reference.state_dict().items()}
+        weights = parseq_baseline_weights(name, layout)
+        reference.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
+        with torch.inference_mode():
+            if name == "trba":  # TRBA.forward: text = [B] (bos_id = chars + 1), max_length 25
+                logits = reference.eval()(batch, 25, torch.full([1], chars + 1, dtype=torch.long))
+            else:
+                logits = reference.eval()(batch) if name == "crnn" else reference.eval()(batch, None)
+        out[name] = {"layout": layout, "logits": logits}
+        print(f"{name}: logits {tuple(logits.shape)}")
+    torch.save(out, BASELINES_FIXTURE)
+    print(f"wrote {BASELINES_FIXTURE}: {len(paths)} crops")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--openocr", required=True, help="a checkout of github.com/Topdu/OpenOCR")
+    parser.add_argument("--openocr", help="a checkout of github.com/Topdu/OpenOCR")
+    parser.add_argument("--parseq", type=Path, help="a checkout of github.com/baudm/parseq")
     real = Path(__file__).resolve().parents[2] / "shared/data/real"
     parser.add_argument("--images", nargs="+", default=[str(real / "parseq_demo/images"), str(real / "dtrb_demo/images")])
     opt = parser.parse_args()
+    if opt.parseq:
+        write_parseq_baselines(opt.parseq, opt.images)
+    if not opt.openocr:
+        return
     sys.path.insert(0, opt.openocr)
     from openrec.modeling.base_recognizer import BaseRecognizer
 

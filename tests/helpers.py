@@ -179,6 +179,30 @@ def release_weights(layout: dict[str, tuple], seed: int = 0) -> dict[str, torch.
     return out
 
 
+def parseq_baseline_weights(name: str, layout: dict[str, tuple], seed: int = 0) -> dict[str, torch.Tensor]:
+    """``release_weights`` for baudm/parseq's TRBA, TRBC or CRNN (``name``), with two changes that keep a random
+    model's reading meaningful: TPS's localisation starts from the release's initial fiducial points (RARE's, as
+    parseq's code sets them) with small weights, so the grid depends on the image without folding it; TRBA's
+    padding class ``[P]`` (the last) gets a bias of -100, as training leaves it (never a target, never read).
+    TPS's grid constants (``P_hat``, ``inv_delta_C``) are what every file of theirs holds, not random."""
+    from modules.transformation import GridGenerator
+
+    weights = release_weights(layout, seed)
+    fc2 = "model.Transformation.LocalizationNetwork.localization_fc2"
+    if f"{fc2}.bias" in weights:
+        grid = GridGenerator(layout[f"{fc2}.bias"][0] // 2, (32, 128))
+        for buffer in ("P_hat", "inv_delta_C"):
+            weights[f"model.Transformation.GridGenerator.{buffer}"] = getattr(grid, buffer).clone()
+        half = weights[f"{fc2}.bias"].shape[0] // 4
+        x = torch.linspace(-1.0, 1.0, half)
+        top, bottom = torch.stack([x, torch.linspace(0.0, -1.0, half)], 1), torch.stack([x, torch.linspace(1.0, 0.0, half)], 1)
+        weights[f"{fc2}.bias"] = torch.cat([top, bottom]).flatten()
+        weights[f"{fc2}.weight"] = weights[f"{fc2}.weight"] * 0.1
+    if name == "trba":
+        weights["model.Prediction.generator.bias"][-1] = -100.0
+    return weights
+
+
 class FakeClock:
     """A clock for timing code under test: each read advances it by ``seconds`` (a timed step is two reads)."""
 

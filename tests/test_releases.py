@@ -19,7 +19,7 @@ import onnx_infer
 from checkpoint import CheckpointError, load_model, read_checkpoint
 from dataset import RawDataset, DataConfig, resize_bilinear
 from evaluation import make_eval_loader
-from helpers import SVTR_TINY, release_weights
+from helpers import SVTR_TINY, parseq_baseline_weights, release_weights
 from releases import ReleaseError
 from utils import DEFAULT_CHARACTER, SENSITIVE_CHARACTER
 
@@ -93,7 +93,7 @@ def test_parseq_state_dict_reads_as_parseq(parseq_ref, tmp_path, caplog):
         ends = (row == 0).nonzero()
         expected.append("".join(parseq_ref["config"]["charset"][i - 1] for i in row[:ends[0, 0] if len(ends) else None]))
     read = demo.read_images(demo.parse_args(["--image_folder", str(folder), "--saved_model", str(path),
-                                             "--vit_heads", "2", "--parseq_dec_heads", "2", "--device", "cpu"]))
+                                             "--vit_heads", "2", "--parseq_dec_heads", "2", "--device", "cpu", "--workers", "0"]))
     assert [text for _, text, _ in read] == expected
 
 
@@ -136,7 +136,7 @@ def test_openocr_svtr_reads_as_openocr(svtr_ref, tmp_path, wrapped):
     expected = []
     for row in svtr_ref["probs"].argmax(-1).tolist():
         expected.append("".join(SENSITIVE_CHARACTER[c - 1] for t, c in enumerate(row) if c and (t == 0 or c != row[t - 1])))
-    read = demo.read_images(demo.parse_args(["--image_folder", *images, "--saved_model", str(path), "--device", "cpu"]))
+    read = demo.read_images(demo.parse_args(["--image_folder", *images, "--saved_model", str(path), "--device", "cpu", "--workers", "0"]))
     assert [text for _, text, _ in read] == expected
 
 
@@ -219,7 +219,7 @@ def test_vitstr_release_reads_as_parseq_vitstr(tmp_path):
         row = row[:row.index(0)] if 0 in row else row
         expected.append("".join(DEFAULT_CHARACTER[c - 1] for c in row))
     read = demo.read_images(demo.parse_args(["--image_folder", *images, "--saved_model", str(tmp_path / "vitstr-small.pt"),
-                                             "--vit_heads", "2", "--device", "cpu"]))
+                                             "--vit_heads", "2", "--device", "cpu", "--workers", "0"]))
     assert [text for _, text, _ in read] == expected
 
 
@@ -293,3 +293,121 @@ def test_study_evaluates_a_folder_of_release_files(parseq_ref, svtr_ref, tmp_pat
     assert cells["parseq-small"]["combination"] == "None-ViT-None-PARSeq"
     assert cells["svtr_tiny_best"]["combination"] == "None-SVTR-None-CTC"
     assert all(set(c["accuracy"]) == {"setA"} for c in cells.values())
+
+
+# --- baudm/parseq's baselines: TRBA, TRBC, CRNN ---------------------------------------------------------------
+
+BASELINES = {"trba": ("TRBA", "TPS-ResNet-BiLSTM-Attn"), "trbc": ("TRBC", "TPS-ResNet-BiLSTM-CTC"),
+             "crnn": ("CRNN", "None-CRNN-CRNNLSTM-CTC")}
+
+
+@pytest.fixture(scope="module")
+def baselines_ref():
+    return torch.load(FIXTURES / "parseq_baselines_release.pt", weights_only=True)
+
+
+def baseline_file(ref, name: str, folder: Path) -> Path:
+    """The reduced model in the layout of the release's ``<name>-*.pt``: the system's state_dict, ``model.``-prefixed."""
+    path = folder / f"{name}-small.pt"
+    torch.save(parseq_baseline_weights(name, ref[name]["layout"]), path)
+    return path
+
+
+def parseq_readings(name: str, logits: torch.Tensor, charset: str) -> list[str]:
+    """What parseq's tokenizers read from its logits: Attn up to ``[E]`` (class 0), CTC collapsed without blanks."""
+    texts = []
+    for row in logits.argmax(-1).tolist():
+        if name == "trba":
+            row = row[:row.index(0)] if 0 in row else row
+            texts.append("".join(charset[c - 1] for c in row))
+        else:
+            texts.append("".join(charset[c - 1] for t, c in enumerate(row) if c and (t == 0 or c != row[t - 1])))
+    return texts
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_parseq_baseline_reads_as_parseq(baselines_ref, name, tmp_path):
+    """demo.py --saved_model FILE, no other flag: the family said, the logits parseq's code gave, the same words."""
+    if not REAL.is_dir():
+        pytest.skip(f"{REAL} is absent: the real crops the fixture was made from")
+    path = baseline_file(baselines_ref, name, tmp_path)
+    family, combination = BASELINES[name]
+    ckpt = read_checkpoint(path)
+    assert ckpt["release"]["description"] == (f"a {family} state_dict from baudm/parseq: 36 characters, RGB 32x128, "
+                                              "bicubic resize, (x - 0.5) / 0.5")
+    config = ckpt["config"]
+    assert "-".join(config[k] for k in ("Transformation", "FeatureExtraction", "SequenceModeling", "Prediction")) \
+        == combination
+    images = [str(REAL / "parseq_demo" / "images"), str(REAL / "dtrb_demo" / "images")]
+    inputs, logits = pipeline_outputs(path, images)
+    assert torch.equal(((inputs + 1) / 2 * 255).round().to(torch.uint8), baselines_ref["images"])
+    reference = baselines_ref[name]["logits"]
+    if name == "trba":  # parseq's classes [E], characters, [B], [P]; here [GO], [s], characters
+        reference = reference[..., [reference.shape[-1] - 2, 0, *range(1, reference.shape[-1] - 2)]]
+        for ours, theirs in zip(logits, reference):  # ours stop at [s]; theirs run all 26 steps
+            steps = theirs.argmax(-1).tolist()
+            end = steps.index(1) + 1 if 1 in steps else len(steps)
+            assert (ours[:end] - theirs[:end]).abs().max() < TOLERANCE
+    else:
+        assert (logits - reference).abs().max() < TOLERANCE
+    expected = parseq_readings(name, baselines_ref[name]["logits"], baselines_ref["charset"])
+    read = demo.read_images(demo.parse_args(["--image_folder", *images, "--saved_model", str(path), "--device", "cpu", "--workers", "0"]))
+    assert [text for _, text, _ in read] == expected
+
+
+def test_parseq_baseline_of_another_size_needs_its_flags(baselines_ref, tmp_path):
+    """A TRBA whose TPS grid is not 32 x 128, or whose classes are not a release set: one line naming the flag."""
+    state = parseq_baseline_weights("trba", baselines_ref["trba"]["layout"])
+    state["model.Transformation.GridGenerator.P_hat"] = torch.zeros(32 * 100, 23)
+    torch.save(state, tmp_path / "trba-32x100.pt")
+    with pytest.raises(ReleaseError, match="4096|32 x 128.*--imgH"):
+        read_checkpoint(tmp_path / "trba-32x100.pt")
+    assert read_checkpoint(tmp_path / "trba-32x100.pt", {"imgH": 32, "imgW": 100})["config"]["imgW"] == 100
+    state = parseq_baseline_weights("crnn", baselines_ref["crnn"]["layout"])
+    for key in ("model.rnn.1.linear.weight", "model.rnn.1.linear.bias"):
+        state[key] = state[key][:11]  # blank and 10 characters
+    torch.save(state, tmp_path / "crnn-digits.pt")
+    with pytest.raises(ReleaseError, match="predicts 10 characters.*--character"):
+        read_checkpoint(tmp_path / "crnn-digits.pt")
+    assert read_checkpoint(tmp_path / "crnn-digits.pt", {"character": "0123456789"})["config"]["character"] == "0123456789"
+
+
+def test_fine_tuning_trba_keeps_its_special_classes(baselines_ref, tmp_path):
+    """--FT --character on a converted TRBA: [GO] and [s] (parseq's [B] and [E]) and the kept characters carry over,
+    their one-hot input columns with them."""
+    path = baseline_file(baselines_ref, "trba", tmp_path)
+    release = load_model(path)
+    new = "zyx-abc"
+    tuned = load_model(path, {"character": new}, fine_tune=True)
+    old, state = release.model.state_dict(), tuned.model.state_dict()
+    assert state["Prediction.generator.weight"].shape[0] == len(new) + 2
+    for row in (0, 1):
+        assert torch.equal(state["Prediction.generator.weight"][row], old["Prediction.generator.weight"][row])
+    old_index = {c: i + 2 for i, c in enumerate(release.config.character)}
+    context = state["Prediction.attention_cell.rnn.weight_ih"].shape[1] - len(new) - 2
+    for j, c in enumerate(new, 2):
+        if c in old_index:
+            assert torch.equal(state["Prediction.generator.weight"][j], old["Prediction.generator.weight"][old_index[c]])
+            assert torch.equal(state["Prediction.attention_cell.rnn.weight_ih"][:, context + j],
+                               old["Prediction.attention_cell.rnn.weight_ih"][:, context + old_index[c]])
+
+
+def test_crnn_release_exports_to_onnx_and_int8(baselines_ref, tmp_path):
+    """export.py on a release file: fp32 ONNX through the parity gate, then int8 (calibrated on real crops) read by
+    demo.py, which reads the same words as PyTorch (int8: all but one crop at most)."""
+    if not REAL.is_dir():
+        pytest.skip(f"{REAL} is absent: the real crops to calibrate and read")
+    import export
+
+    path = baseline_file(baselines_ref, "crnn", tmp_path)
+    images = REAL / "parseq_demo" / "images"
+    export.main(["--saved_model", str(path), "--format", "onnx", "--output", str(tmp_path / "crnn.onnx")])
+    export.main(["--saved_model", str(path), "--format", "onnx", "--output", str(tmp_path / "crnn_int8.onnx"),
+                 "--quantize", "int8", "--calib_data", str(images), "--calib_size", "16", "--on_drop", "warn"])
+    read = {text for _, text, _ in demo.read_images(demo.parse_args(
+        ["--image_folder", str(images), "--saved_model", str(path), "--device", "cpu", "--workers", "0"]))}
+    for onnx in ("crnn.onnx", "crnn_int8.onnx"):
+        ran = demo.read_images(demo.parse_args(["--image_folder", str(images), "--saved_model",
+                                                str(tmp_path / onnx), "--device", "cpu", "--workers", "0"]))
+        same = sum(text in read for _, text, _ in ran)
+        assert same == len(ran) if onnx == "crnn.onnx" else same >= len(ran) - 1
