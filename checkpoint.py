@@ -346,7 +346,8 @@ def load_model(saved_model: str | os.PathLike, flags: dict | None = None, device
 
 def check_release(ckpt: dict, registered: dict, name: str, path: Path) -> None:
     """A release file found under a registered name must be that release's model (not another family's)."""
-    keys = ("FeatureExtraction", "Prediction", "imgH", "imgW", "vit_embed_dim", "vit_patch_h")
+    keys = ("Transformation", "FeatureExtraction", "SequenceModeling", "Prediction", "imgH", "imgW", "vit_embed_dim",
+            "vit_patch_h")
     got = ModelConfig.from_dict(ckpt["config"])
     expected = ModelConfig.from_dict(registered)
     if any(getattr(got, k) != getattr(expected, k) for k in keys):
@@ -357,7 +358,8 @@ def check_release(ckpt: dict, registered: dict, name: str, path: Path) -> None:
 
 def release_hints(flags: dict) -> dict:
     """The flags that choose what a release file's weights do not say (``releases.recognise``'s hints)."""
-    hints = {k: flags[k] for k in ("imgH", "imgW", "vit_heads", "parseq_dec_heads") if flags.get(k) is not None}
+    hints = {k: flags[k] for k in ("imgH", "imgW", "vit_heads", "parseq_dec_heads", "batch_max_length")
+             if flags.get(k) is not None}
     if flags.get("character") is not None:
         hints["character"] = resolve_character(flags["character"], bool(flags.get("sensitive")))
     return hints

