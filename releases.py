@@ -73,7 +73,7 @@ def recognise(obj, hints: dict | None = None) -> Recognised | None:
     weights alone cannot (a character set not among the release's own).
     """
     hints = hints or {}
-    for read in (read_parseq, read_vitstr, read_trba, read_crnn, read_openocr_svtr):
+    for read in (read_parseq, read_vitstr, read_trba, read_crnn, refuse_abinet, read_openocr_svtr):
         found = read(obj, hints)
         if found is not None:
             return found
@@ -266,6 +266,19 @@ def read_crnn(obj, hints: dict) -> Recognised | None:
               "character": character_for(state["rnn.1.linear.weight"].shape[0] - 1, PARSEQ_CHARSETS, hints,
                                          "this CRNN file")}
     return Recognised("CRNN", "baudm/parseq", "state_dict", finish(config), converted)
+
+
+def refuse_abinet(obj, hints: dict) -> None:
+    """baudm/parseq's ABINet (``vision.*``, ``language.*``, ``alignment.*``): recognised, to say so, and refused."""
+    state = tensors_only(obj)
+    if state is None:
+        return None
+    prefixes = {k.removeprefix("model.").split(".")[0] for k in state}
+    if {"vision", "alignment"} <= prefixes or {"vision", "language"} <= prefixes:
+        raise ReleaseError("this is an ABINet state_dict (baudm/parseq's abinet: a ResNet-45 vision model, a "
+                           "bidirectional language model and iterative alignment); this toolkit has no ABINet stages, "
+                           "so it cannot read it. Its other releases (parseq, parseq-tiny, vitstr, trba, crnn) it reads")
+    return None
 
 
 def finish(config: dict) -> dict:

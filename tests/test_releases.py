@@ -429,3 +429,12 @@ def test_a_baseline_under_another_release_name_is_refused(baselines_ref, tmp_pat
     torch.save(parseq_baseline_weights("crnn", baselines_ref["crnn"]["layout"]), tmp_path / "trba-cfaed284.pt")
     with pytest.raises(CheckpointError, match="registered as 'trba'.*a CRNN state_dict.*TPS-ResNet-BiLSTM-Attn"):
         load_model("trba")
+
+
+def test_abinet_is_named_and_refused(tmp_path):
+    """parseq's ABINet has no stages here: its file is named as what it is, not asked for stage flags."""
+    torch.save({"model.vision.backbone.conv1.weight": torch.zeros(32, 3, 3, 3),
+                "model.language.proj.weight": torch.zeros(512, 95), "model.alignment.w_att.weight": torch.zeros(512, 1024)},
+               tmp_path / "abinet-1d1e373e.pt")
+    with pytest.raises(ReleaseError, match="ABINet state_dict.*no ABINet stages"):
+        load_model(tmp_path / "abinet-1d1e373e.pt")
