@@ -33,6 +33,9 @@ UNION14M_BENCHMARKS = ["curve", "multi_oriented", "artistic", "contextless", "sa
 COMMON_BENCHMARKS = ["IIIT5k", "SVT", "IC13_857", "IC13_1015", "IC15_1811", "IC15_2077", "SVTP", "CUTE80"]
 COMMON_GROUPS = {"6 sets, smaller (IC13 857, IC15 1811)": ["IIIT5k", "SVT", "IC13_857", "IC15_1811", "SVTP", "CUTE80"],
                  "6 sets, larger (IC13 1015, IC15 2077)": ["IIIT5k", "SVT", "IC13_1015", "IC15_2077", "SVTP", "CUTE80"]}
+# OpenOCR's Long Text Benchmark, as its tools/eval_rec_all_long_simple.py reads it: ltb/ultra_long_<band>_list.txt
+# (SimpleDataSet label lists, ``img/...<TAB>label``); one folder per list here (create_lmdb_dataset.py --gtFile).
+LTB_BANDS = ["ultra_long_26_35", "ultra_long_36_55", "ultra_long_56"]
 FOLDER_ALIASES = {"IIIT5k": ("IIIT5k", "IIIT5k_3000")}
 
 
@@ -60,8 +63,8 @@ SUITES = {
                       _groups(COMMON_GROUPS), protocol="94", complete=True),
     "union14m": Suite(tuple(UNION14M_BENCHMARKS), "the Union14M-Benchmark subsets found (curve, multi_oriented, "
                       "artistic, contextless, salient, multi_words, general, incomplete)"),
-    "ltb": Suite(("LTB",), "OpenOCR's long-text benchmark, the folder LTB (labels longer than the model's "
-                 "batch_max_length refused)"),
+    "ltb": Suite(tuple(LTB_BANDS), "OpenOCR's long-text benchmark in its three length bands (ultra_long_26_35, "
+                 "ultra_long_36_55, ultra_long_56; labels longer than the model's batch_max_length refused)"),
     "ost": Suite(("weak", "heavy"), "OpenOCR's occluded scene text, the folders weak and heavy (of OST)"),
     "long_text": Suite((), "every set under --eval_data, refusing labels longer than the model's batch_max_length"),
 }

@@ -67,7 +67,7 @@ def test_the_94_protocol_refuses_case_insensitive(bench):
                                                        "common94", "--case_insensitive"]))
 
 
-@pytest.mark.parametrize("preset, folders", [("ost", ["heavy"]), ("ltb", ["LTB"])])
+@pytest.mark.parametrize("preset, folders", [("ost", ["heavy"]), ("ltb", ["ultra_long_26_35", "ultra_long_56"])])
 def test_folder_suites_read_what_is_present(bench, tmp_path, monkeypatch, preset, folders):
     root, checkpoint = bench
     monkeypatch.chdir(tmp_path)
