@@ -54,17 +54,14 @@ class CRNN_FeatureExtractor(ConvNetStage, nn.Module):
         return self.cnn(x)
 
 
-class UnprojectedLSTM(nn.Module):
-    """A bidirectional LSTM layer without the projection: [B, T, input_size] → [B, T, 2 * hidden_size]."""
+class UnprojectedLSTM(BidirectionalLSTM):
+    """A bidirectional LSTM layer without the projection: [B, T, input_size] → [B, T, 2 * hidden_size]. A
+    ``BidirectionalLSTM`` whose ``linear`` is the identity, so that whatever handles that layer (the ONNX
+    export's LSTM node) handles this one too."""
 
     def __init__(self, input_size: int, hidden_size: int):
-        super().__init__()
-        self.rnn = nn.LSTM(input_size, hidden_size, bidirectional=True, batch_first=True)
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.is_cuda:
-            self.rnn.flatten_parameters()
-        return self.rnn(input)[0]
+        super().__init__(input_size, hidden_size, 2 * hidden_size)
+        self.linear = nn.Identity()
 
 
 @register

@@ -32,9 +32,9 @@ def tiny_config(name: str, **changes):
 def test_the_registry_holds_every_stage():
     assert list(STAGES) == list(KINDS)
     names = {cls.name for cls in all_stages()}
-    assert {"None", "TPS", "VGG", "RCNN", "ResNet", "ViT", "SVTR", "BiLSTM", "CTC", "Attn", "PARSeq", "ViTSTR",
+    assert {"None", "TPS", "VGG", "RCNN", "ResNet", "ViT", "SVTR", "CRNN", "BiLSTM", "CRNNLSTM", "CTC", "Attn", "PARSeq", "ViTSTR",
             "MobileNetV3", "TCN"} <= names
-    assert len(COMBINATIONS) == 2 * 6 * 3 * 4
+    assert len(COMBINATIONS) == 2 * 7 * 4 * 4
 
 
 @pytest.mark.parametrize("name", COMBINATIONS)
