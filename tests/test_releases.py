@@ -271,7 +271,7 @@ def test_fine_tuning_a_release_to_another_character_set_remaps_by_character(pars
         load_model(path, {**PARSEQ_HEADS, "character": new})
 
 
-def test_study_evaluates_a_folder_of_release_files(parseq_ref, svtr_ref, tmp_path, monkeypatch):
+def test_study_evaluates_a_folder_of_release_files(parseq_ref, svtr_ref, baselines_ref, tmp_path, monkeypatch):
     """study.py --checkpoints DIR: a release file, named as its project names it, takes its combination from what
     releases.py recognises."""
     import json
@@ -283,13 +283,15 @@ def test_study_evaluates_a_folder_of_release_files(parseq_ref, svtr_ref, tmp_pat
     (tmp_path / "released").mkdir()
     parseq_file(parseq_ref, tmp_path / "released")
     openocr_file(svtr_ref, tmp_path / "released")
+    baseline_file(baselines_ref, "crnn", tmp_path / "released")
     make_word_lmdb(tmp_path / "eval" / "setA", 4, max_len=6)
     study.main(["--name", "released", "--checkpoints", "released", "--eval_data", "eval/setA", *map(str, [
         "--vit_heads", 2, "--parseq_dec_heads", 2, "--workers", 0, "--device", "cpu", "--batch_size", 4,
         "--profile_warmup", 1, "--profile_repeats", 1])])
     summary = json.loads((tmp_path / "studies" / "released" / "results.json").read_text())
     cells = {c["cell"]: c for c in summary["cells"]}
-    assert set(cells) == {"parseq-small", "svtr_tiny_best"}
+    assert set(cells) == {"parseq-small", "svtr_tiny_best", "crnn-small"}
+    assert cells["crnn-small"]["combination"] == "None-CRNN-CRNNLSTM-CTC"
     assert cells["parseq-small"]["combination"] == "None-ViT-None-PARSeq"
     assert cells["svtr_tiny_best"]["combination"] == "None-SVTR-None-CTC"
     assert all(set(c["accuracy"]) == {"setA"} for c in cells.values())
