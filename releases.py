@@ -203,8 +203,8 @@ def read_trba(obj, hints: dict) -> Recognised | None:
     if hints.get("imgH") and hints.get("imgW"):
         imgH, imgW = hints["imgH"], hints["imgW"]
         if imgH * imgW != points:
-            raise ReleaseError(f"this TRBA/TRBC file's TPS grid has {points} points, which --imgH {imgH} --imgW {imgW} "
-                               "does not give")
+            raise ReleaseError(f"this TRBA/TRBC file's TPS grid has {points} points, which --imgH {imgH} "
+                               f"--imgW {imgW} does not give")
     elif points == 32 * 128:
         imgH, imgW = 32, 128
     else:
@@ -261,8 +261,10 @@ def read_crnn(obj, hints: dict) -> Recognised | None:
                                "network; pass the flags it was trained with to read it as a state_dict of theirs")
     config = {"Transformation": "None", "FeatureExtraction": "CRNN", "SequenceModeling": "CRNNLSTM",
               "Prediction": "CTC", "imgH": 32, "imgW": hints.get("imgW") or 128,
-              "input_channel": state["cnn.conv0.weight"].shape[1], "output_channel": state["cnn.conv6.weight"].shape[0],
-              "hidden_size": state["rnn.0.rnn.weight_hh_l0"].shape[1], "batch_max_length": hints.get("batch_max_length", 25),
+              "input_channel": state["cnn.conv0.weight"].shape[1],
+              "output_channel": state["cnn.conv6.weight"].shape[0],
+              "hidden_size": state["rnn.0.rnn.weight_hh_l0"].shape[1],
+              "batch_max_length": hints.get("batch_max_length", 25),
               "character": character_for(state["rnn.1.linear.weight"].shape[0] - 1, PARSEQ_CHARSETS, hints,
                                          "this CRNN file")}
     return Recognised("CRNN", "baudm/parseq", "state_dict", finish(config), converted)
@@ -276,8 +278,9 @@ def refuse_abinet(obj, hints: dict) -> None:
     prefixes = {k.removeprefix("model.").split(".")[0] for k in state}
     if {"vision", "alignment"} <= prefixes or {"vision", "language"} <= prefixes:
         raise ReleaseError("this is an ABINet state_dict (baudm/parseq's abinet: a ResNet-45 vision model, a "
-                           "bidirectional language model and iterative alignment); this toolkit has no ABINet stages, "
-                           "so it cannot read it. Its other releases (parseq, parseq-tiny, vitstr, trba, crnn) it reads")
+                           "bidirectional language model and iterative alignment); this toolkit has no ABINet "
+                           "stages, so it cannot read it. Its other releases (parseq, parseq-tiny, vitstr, trba, "
+                           "crnn) it reads")
     return None
 
 

@@ -83,4 +83,5 @@ class CRNNLSTM(Stage, nn.Sequential):
         return {"hidden_size": state_dict["0.rnn.weight_hh_l0"].shape[1]}
 
     def __init__(self, input_size: int, hidden_size: int):
-        super().__init__(BidirectionalLSTM(input_size, hidden_size, hidden_size), UnprojectedLSTM(hidden_size, hidden_size))
+        super().__init__(BidirectionalLSTM(input_size, hidden_size, hidden_size),
+                         UnprojectedLSTM(hidden_size, hidden_size))

@@ -26,6 +26,7 @@ from utils import DEFAULT_CHARACTER, SENSITIVE_CHARACTER
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 TOLERANCE = 1e-5
+ON_CPU = ["--device", "cpu", "--workers", "0"]  # demo.py's reading here: no loader processes
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_parseq_state_dict_reads_as_parseq(parseq_ref, tmp_path, caplog):
         ends = (row == 0).nonzero()
         expected.append("".join(parseq_ref["config"]["charset"][i - 1] for i in row[:ends[0, 0] if len(ends) else None]))
     read = demo.read_images(demo.parse_args(["--image_folder", str(folder), "--saved_model", str(path),
-                                             "--vit_heads", "2", "--parseq_dec_heads", "2", "--device", "cpu", "--workers", "0"]))
+                                             "--vit_heads", "2", "--parseq_dec_heads", "2", *ON_CPU]))
     assert [text for _, text, _ in read] == expected
 
 
@@ -136,7 +137,7 @@ def test_openocr_svtr_reads_as_openocr(svtr_ref, tmp_path, wrapped):
     expected = []
     for row in svtr_ref["probs"].argmax(-1).tolist():
         expected.append("".join(SENSITIVE_CHARACTER[c - 1] for t, c in enumerate(row) if c and (t == 0 or c != row[t - 1])))
-    read = demo.read_images(demo.parse_args(["--image_folder", *images, "--saved_model", str(path), "--device", "cpu", "--workers", "0"]))
+    read = demo.read_images(demo.parse_args(["--image_folder", *images, "--saved_model", str(path), *ON_CPU]))
     assert [text for _, text, _ in read] == expected
 
 
@@ -219,7 +220,7 @@ def test_vitstr_release_reads_as_parseq_vitstr(tmp_path):
         row = row[:row.index(0)] if 0 in row else row
         expected.append("".join(DEFAULT_CHARACTER[c - 1] for c in row))
     read = demo.read_images(demo.parse_args(["--image_folder", *images, "--saved_model", str(tmp_path / "vitstr-small.pt"),
-                                             "--vit_heads", "2", "--device", "cpu", "--workers", "0"]))
+                                             "--vit_heads", "2", *ON_CPU]))
     assert [text for _, text, _ in read] == expected
 
 
@@ -309,7 +310,7 @@ def baselines_ref():
 
 
 def baseline_file(ref, name: str, folder: Path) -> Path:
-    """The reduced model in the layout of the release's ``<name>-*.pt``: the system's state_dict, ``model.``-prefixed."""
+    """The reduced model in the layout of the release's ``<name>-*.pt``: the system's state_dict (``model.``...)."""
     path = folder / f"{name}-small.pt"
     torch.save(parseq_baseline_weights(name, ref[name]["layout"]), path)
     return path
@@ -353,7 +354,7 @@ def test_parseq_baseline_reads_as_parseq(baselines_ref, name, tmp_path):
     else:
         assert (logits - reference).abs().max() < TOLERANCE
     expected = parseq_readings(name, baselines_ref[name]["logits"], baselines_ref["charset"])
-    read = demo.read_images(demo.parse_args(["--image_folder", *images, "--saved_model", str(path), "--device", "cpu", "--workers", "0"]))
+    read = demo.read_images(demo.parse_args(["--image_folder", *images, "--saved_model", str(path), *ON_CPU]))
     assert [text for _, text, _ in read] == expected
 
 
@@ -371,7 +372,8 @@ def test_parseq_baseline_of_another_size_needs_its_flags(baselines_ref, tmp_path
     torch.save(state, tmp_path / "crnn-digits.pt")
     with pytest.raises(ReleaseError, match="predicts 10 characters.*--character"):
         read_checkpoint(tmp_path / "crnn-digits.pt")
-    assert read_checkpoint(tmp_path / "crnn-digits.pt", {"character": "0123456789"})["config"]["character"] == "0123456789"
+    digits = read_checkpoint(tmp_path / "crnn-digits.pt", {"character": "0123456789"})
+    assert digits["config"]["character"] == "0123456789"
 
 
 def test_fine_tuning_trba_keeps_its_special_classes(baselines_ref, tmp_path):
@@ -389,7 +391,8 @@ def test_fine_tuning_trba_keeps_its_special_classes(baselines_ref, tmp_path):
     context = state["Prediction.attention_cell.rnn.weight_ih"].shape[1] - len(new) - 2
     for j, c in enumerate(new, 2):
         if c in old_index:
-            assert torch.equal(state["Prediction.generator.weight"][j], old["Prediction.generator.weight"][old_index[c]])
+            assert torch.equal(state["Prediction.generator.weight"][j],
+                               old["Prediction.generator.weight"][old_index[c]])
             assert torch.equal(state["Prediction.attention_cell.rnn.weight_ih"][:, context + j],
                                old["Prediction.attention_cell.rnn.weight_ih"][:, context + old_index[c]])
 
@@ -407,10 +410,10 @@ def test_crnn_release_exports_to_onnx_and_int8(baselines_ref, tmp_path):
     export.main(["--saved_model", str(path), "--format", "onnx", "--output", str(tmp_path / "crnn_int8.onnx"),
                  "--quantize", "int8", "--calib_data", str(images), "--calib_size", "16", "--on_drop", "warn"])
     read = {text for _, text, _ in demo.read_images(demo.parse_args(
-        ["--image_folder", str(images), "--saved_model", str(path), "--device", "cpu", "--workers", "0"]))}
+        ["--image_folder", str(images), "--saved_model", str(path), *ON_CPU]))}
     for onnx in ("crnn.onnx", "crnn_int8.onnx"):
         ran = demo.read_images(demo.parse_args(["--image_folder", str(images), "--saved_model",
-                                                str(tmp_path / onnx), "--device", "cpu", "--workers", "0"]))
+                                                str(tmp_path / onnx), *ON_CPU]))
         same = sum(text in read for _, text, _ in ran)
         assert same == len(ran) if onnx == "crnn.onnx" else same >= len(ran) - 1
 
@@ -424,7 +427,8 @@ def test_a_baseline_under_another_release_name_is_refused(baselines_ref, tmp_pat
     import pretrained
 
     monkeypatch.setenv("STR_PRETRAINED_DIR", str(tmp_path))
-    monkeypatch.setitem(pretrained.REGISTRY, "trba", dataclasses.replace(pretrained.REGISTRY["trba"], sha256_prefix=None))
+    unchecked = dataclasses.replace(pretrained.REGISTRY["trba"], sha256_prefix=None)
+    monkeypatch.setitem(pretrained.REGISTRY, "trba", unchecked)
     torch.save(parseq_baseline_weights("trba", baselines_ref["trba"]["layout"]), tmp_path / "trba-cfaed284.pt")
     loaded = load_model("trba")
     assert loaded.config.name == "TPS-ResNet-BiLSTM-Attn" and loaded.config.hidden_size == 32
@@ -436,7 +440,8 @@ def test_a_baseline_under_another_release_name_is_refused(baselines_ref, tmp_pat
 def test_abinet_is_named_and_refused(tmp_path):
     """parseq's ABINet has no stages here: its file is named as what it is, not asked for stage flags."""
     torch.save({"model.vision.backbone.conv1.weight": torch.zeros(32, 3, 3, 3),
-                "model.language.proj.weight": torch.zeros(512, 95), "model.alignment.w_att.weight": torch.zeros(512, 1024)},
+                "model.language.proj.weight": torch.zeros(512, 95),
+                "model.alignment.w_att.weight": torch.zeros(512, 1024)},
                tmp_path / "abinet-1d1e373e.pt")
     with pytest.raises(ReleaseError, match="ABINet state_dict.*no ABINet stages"):
         load_model(tmp_path / "abinet-1d1e373e.pt")
