@@ -417,8 +417,18 @@ def load_model_for_runtime(saved_model: str | os.PathLike, flags: dict | None, d
         except OnnxModelError as e:  # the toolkit's own file, not the user's: rebuilt, not reported
             log(f"the --runtime onnx cache file {cached} is damaged ({e}); exporting it again")
     log(f"exporting {saved_model} to ONNX once: {cached}")
-    export_onnx(load_model(saved_model, flags, "cpu", log=log, allow_onnx=False).model, cached)
+    model = load_model(saved_model, flags, "cpu", log=log, allow_onnx=False).model
+    export_onnx(model, cached, trimmed=trimmable(model.config))
     return load_onnx_model(cached, flags, device, False, log)
+
+
+def trimmable(config: ModelConfig) -> bool:
+    """Whether a reading can skip the repeated padding of ``config``'s batches (trimming.py): its feature
+    extractor declares its column window and its graph takes any width."""
+    from model import width_fixed_by
+    from trimming import column_window
+
+    return column_window(config) is not None and width_fixed_by(config) is None
 
 
 def onnx_cache_path(saved_model: str | os.PathLike, flags: dict) -> Path:
@@ -433,7 +443,8 @@ def onnx_cache_path(saved_model: str | os.PathLike, flags: dict) -> Path:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    digest.update(json.dumps([flags, ONNX_VERSION, DEFAULT_OPSET], sort_keys=True, default=str).encode())
+    # "trimmed": the cache's graphs take trimming.py's cut where the model allows it (files before did not)
+    digest.update(json.dumps([flags, ONNX_VERSION, DEFAULT_OPSET, "trimmed"], sort_keys=True, default=str).encode())
     return cache_folder("onnx") / f"{path.stem}-{digest.hexdigest()[:16]}.onnx"  # checked before the export
 
 

@@ -28,7 +28,9 @@ from evaluation import make_eval_loader
 from explain import Explained, explain_batch, write_explanations
 from fileio import check_output_file, check_output_folder
 from model import add_model_arguments, model_flags
-from runtime import UsageError, add_runtime_arguments, check_amp, check_runtime_arguments, get_logger, resolve_device, run_cli
+from runtime import (UsageError, add_runtime_arguments, check_amp, check_runtime_arguments, get_logger, reading_workers,
+                     resolve_device, run_cli)
+from trimming import by_aspect_ratio, trimmed_reader
 from utils import printable
 
 DEFAULT_MODEL = "english_g2"
@@ -48,7 +50,7 @@ def parse_args(argv=None):
                              "per character, CTC's frames), DIR/spans.json and DIR/index.html (docs/explain.md)")
     parser.add_argument("--char_boxes", action="store_true",
                         help="print each character's horizontal span in the image's pixels (x0-x1)")
-    add_runtime_arguments(parser)
+    add_runtime_arguments(parser, reading=True)
     add_decoding_arguments(parser, readout=True)
     add_model_arguments(parser)
     return parser.parse_args(argv)
@@ -68,7 +70,7 @@ def read_decoded(opt, notes: list[str] | None = None) -> list[tuple[str, Decoded
         for image_tensors, paths in reader.loader:
             results += zip(paths, decode(reader.model, image_tensors.to(reader.device), reader.config,
                                          reader.options, reader.amp_dtype).results)
-    return results
+    return sorted(results, key=lambda result: reader.position[result[0]])  # the folder's order
 
 
 def read_explained(opt, notes: list[str] | None = None) -> list[Explained]:
@@ -94,11 +96,12 @@ class Reader:
     loader: torch.utils.data.DataLoader
     device: torch.device
     amp_dtype: torch.dtype | None
+    position: dict  # path → its place in the folder's order (the loader may read in another)
 
 
 def open_reader(opt, notes: list[str] | None = None) -> Reader:
     """The model, decoding options and image loader of demo.py's flags (``--runtime auto``: the runtime this
-    machine measured faster, its line appended to ``notes``)."""
+    machine measured faster; ``--workers auto``: runtime.reading_workers; their lines appended to ``notes``)."""
     check_decoding_flags(opt, opt.topk)  # a bad flag fails before the model loads
     device = resolve_device(opt.device)
     dtype = check_amp(opt.amp, device)
@@ -122,10 +125,20 @@ def open_reader(opt, notes: list[str] | None = None) -> Reader:
             loaded = load_model_for_runtime(opt.saved_model, model_flags(opt), device, "onnx", log=log)
     config = loaded.config
     options = options_from_args(opt, config, log, topk=opt.topk)
-    data = DataConfig.for_model(config, dynamic_width=opt.dynamic_width, workers=opt.workers,
+    workers, why = reading_workers(opt.workers, device)
+    if opt.workers == "auto":
+        log(why)
+        if notes is not None:
+            notes.append(why)
+    data = DataConfig.for_model(config, dynamic_width=opt.dynamic_width, workers=workers,
                                 batch_size=opt.batch_size)
-    return Reader(loaded.model, config, options, make_eval_loader(RawDataset(opt.image_folder, data), data), device,
-                  dtype)
+    dataset = RawDataset(opt.image_folder, data)
+    position = {path: i for i, path in reversed(list(enumerate(dataset.image_path_list)))}
+    model = trimmed_reader(loaded.model, config)
+    if model is not loaded.model:  # batches of alike widths trim alike (trimming.py); the table keeps the order
+        log("reading without recomputing each batch's repeated padding (exact: trimming.py)")
+        dataset.image_path_list = by_aspect_ratio(dataset.image_path_list)
+    return Reader(model, config, options, make_eval_loader(dataset, data), device, dtype, position)
 
 
 def format_table(results, details: list[list[str]] | None = None) -> str:

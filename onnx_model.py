@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -127,9 +128,17 @@ class ExportModule(nn.Module):
         self.num_steps = model.config.batch_max_length + 1
         self.sequence_modeling = export_form(model.SequenceModeling)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, cut: torch.Tensor | None = None,
+                repeat: torch.Tensor | None = None) -> torch.Tensor:
+        """image → logits; with ``cut`` (int64 [1]) and ``repeat`` ([k + 1], only its length counts): feature
+        column ``cut`` repeated k more times before the sequence model (trimming.py's trimmed reading)."""
+        from trimming import repeat_column
+
         m = self.model
-        contextual = self.sequence_modeling(m.visual_features(image))  # [B, T, hidden or C]
+        visual = m.visual_features(image)
+        if cut is not None:
+            visual = repeat_column(visual, cut, repeat.size(0) - 1)
+        contextual = self.sequence_modeling(visual)  # [B, T, hidden or C]
         return m.Prediction.read_every_step(contextual, self.num_steps)  # [B, T or steps, num_class]
 
 
@@ -155,11 +164,12 @@ def check_opset(config: ModelConfig, opset: int) -> None:
 
 
 def export_onnx(model: Model, output: str | os.PathLike, opset: int = DEFAULT_OPSET,
-                dynamic_width: bool | None = None) -> Path:
+                dynamic_width: bool | None = None, trimmed: bool = False) -> Path:
     """Write ``model`` as a single self-describing .onnx file (no external data); → its path.
 
     Batch is dynamic; width too unless the model has TPS (its sampling grid is fixed at imgW) or
-    ``dynamic_width=False``.
+    ``dynamic_width=False``. ``trimmed``: two more inputs, ``cut`` and ``repeat``, for trimming.py's
+    reading (the --runtime onnx cache of a model whose feature extractor declares its column window).
     """
     config = model.config
     check_opset(config, opset)
@@ -170,11 +180,18 @@ def export_onnx(model: Model, output: str | os.PathLike, opset: int = DEFAULT_OP
         raise OnnxExportError(f"{fixed_by.name} cannot take a dynamic width: {fixed_by.fixed_width} built for imgW "
                               f"{config.imgW}. Export it with a fixed width")
     module, example, dims = export_inputs(model, dynamic_width)
+    examples, names, shapes = (example,), ["image"], {"image": dims}
+    if trimmed:
+        if not dynamic_width:
+            raise OnnxExportError(f"{config.name}: a trimmed reading needs a graph of dynamic width")
+        examples += (torch.tensor([3]), torch.zeros(5))
+        names += ["cut", "repeat"]
+        shapes.update(cut=None, repeat={0: torch.export.Dim("repeat", min=1)})
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
-        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=max(opset, EXPORTER_OPSET),
-                                    input_names=["image"], output_names=["logits"],
-                                    dynamic_shapes={"image": dims}, optimize=True, verbose=False,
+        program = torch.onnx.export(module, examples, dynamo=True, opset_version=max(opset, EXPORTER_OPSET),
+                                    input_names=names, output_names=["logits"],
+                                    dynamic_shapes=shapes, optimize=True, verbose=False,
                                     custom_translation_table={torch.ops.str_toolkit.onnx_bilstm.default:
                                                               onnx_bilstm_translation})
     proto = program.model_proto
@@ -305,9 +322,28 @@ def first_line(error: BaseException) -> str:
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The ``str_toolkit`` metadata of an .onnx file written by :func:`export_onnx`, once the file is
-    known to be a checked ONNX graph whose output classes match the metadata's character set."""
+    known to be a checked ONNX graph whose output classes match the metadata's character set (``onnx``'s
+    checker; ``OnnxModel`` asks ONNX Runtime's loader instead, without importing ``onnx``)."""
     import onnx
 
+    path = check_onnx_file(path)
+    try:
+        proto = onnx.load_model(path, load_external_data=False)
+        onnx.checker.check_model(proto)
+    except Exception as e:  # noqa: BLE001 - protobuf and the checker raise many types; re-raised with the reason
+        raise OnnxModelError(f"{path} is not a readable ONNX model ({first_line(e)}): a truncated or damaged "
+                             "file? Export it again with export.py") from e
+
+    def dims(values, name: str) -> list[int]:
+        found = [v for v in values if v.name == name]
+        return [d.dim_value for d in found[0].type.tensor_type.shape.dim] if found else []
+
+    return parse_metadata(path, {p.key: p.value for p in proto.metadata_props}, dims(proto.graph.input, "image"),
+                          dims(proto.graph.output, "logits"))
+
+
+def check_onnx_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, once it is an existing, non-empty regular file (else OnnxModelError, naming it)."""
     from fileio import special_kind
 
     path = Path(path)
@@ -318,13 +354,12 @@ def read_metadata(path: str | os.PathLike) -> dict:
     if path.stat().st_size == 0:
         raise OnnxModelError(f"{path} is empty (0 bytes): an interrupted copy or export? Export it again with "
                              "`python export.py --saved_model <checkpoint> --format onnx`")
-    try:
-        proto = onnx.load_model(path, load_external_data=False)
-        onnx.checker.check_model(proto)
-    except Exception as e:  # noqa: BLE001 - protobuf and the checker raise many types; re-raised with the reason
-        raise OnnxModelError(f"{path} is not a readable ONNX model ({first_line(e)}): a truncated or damaged "
-                             "file? Export it again with export.py") from e
-    props = {p.key: p.value for p in proto.metadata_props}
+    return path
+
+
+def parse_metadata(path: Path, props: dict[str, str], image: list[int], logits: list[int]) -> dict:
+    """The toolkit's metadata among a graph's ``props``, checked against its ``image`` input and ``logits``
+    output dimensions (0 where symbolic)."""
     if METADATA_KEY not in props:
         raise OnnxModelError(f"{path} has no '{METADATA_KEY}' metadata, so its character set and input size "
                              "are unknown: it was not written by this toolkit's export.py. Export the model "
@@ -338,22 +373,18 @@ def read_metadata(path: str | os.PathLike) -> dict:
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise OnnxModelError(f"{path}: its '{METADATA_KEY}' metadata is not a model configuration of this "
                              f"toolkit ({e}); re-export the model with export.py") from e
-    check_classes(path, proto, config)
+    check_classes(path, image, logits, config)
     return info
 
 
-def check_classes(path: Path, proto, config: ModelConfig) -> None:
+def check_classes(path: Path, image: list[int], logits: list[int], config: ModelConfig) -> None:
     """The graph's image input and logits must have the sizes the metadata gives: [batch, input_channel,
     imgH, W] in, [batch, steps, num_class] out. Otherwise decoding would index characters that do not
     exist (or never read some), or every batch would fail inside ONNX Runtime."""
-    inputs = [i for i in proto.graph.input if i.name == "image"]
-    outputs = [o for o in proto.graph.output if o.name == "logits"]
-    image = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
-    logits = [d.dim_value for d in outputs[0].type.tensor_type.shape.dim] if outputs else []
     if len(image) != 4 or len(logits) != 3:
         raise OnnxModelError(f"{path} has no 'image' input [batch, channels, height, width] and 'logits' output "
                              "[batch, steps, classes]; re-export it with export.py")
-    # dim_value is 0 where a dimension is symbolic (batch, a dynamic width): nothing to compare there
+    # 0 where a dimension is symbolic (batch, a dynamic width): nothing to compare there
     if logits[2] and logits[2] != config.num_class:
         raise OnnxModelError(f"{path}: the graph predicts {logits[2]} classes but its metadata's character set "
                              f"({len(config.character)} characters, {config.Prediction}) gives {config.num_class}; "
@@ -362,6 +393,19 @@ def check_classes(path: Path, proto, config: ModelConfig) -> None:
         if image[axis] and image[axis] != value:
             raise OnnxModelError(f"{path}: the graph takes images with {image[axis]} at axis {axis} but its metadata "
                                  f"says {name} {value}; re-export the model with export.py")
+
+
+def session_metadata(path: Path, session) -> dict:
+    """``read_metadata``'s answer from an ONNX Runtime session of ``path`` (its loader checked the graph)."""
+    def dims(values, name: str) -> list[int]:
+        found = [v for v in values if v.name == name]
+        return [d if isinstance(d, int) else 0 for d in found[0].shape] if found else []
+
+    return parse_metadata(path, dict(session.get_modelmeta().custom_metadata_map),
+                          dims(session.get_inputs(), "image"), dims(session.get_outputs(), "logits"))
+
+
+TRIMMED_INPUTS = ["image", "cut", "repeat"]
 
 
 class OnnxModel:
@@ -375,16 +419,7 @@ class OnnxModel:
                  warn: bool = True):
         import onnxruntime as ort
 
-        self.source = Path(path)
-        info = read_metadata(self.source)
-        warning = int8_saturation_warning(info) if warn else None
-        if warning:
-            from runtime import get_logger
-
-            get_logger("onnx").warning(f"warning: {self.source}: {warning}")
-        self.config = ModelConfig.from_dict(info["config"])
-        self.dynamic_width = bool(info.get("dynamic_width"))
-        self.num_parameters = int(info.get("parameters", 0))
+        self.source = check_onnx_file(path)
         providers = ["CPUExecutionProvider"]
         if torch.device(device).type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -398,12 +433,22 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(self.source), options, providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime's errors have no common public base
-            raise OnnxModelError(f"{self.source}: ONNX Runtime cannot load this graph ({first_line(e)}); "
-                                 "re-export it with export.py") from e
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or inputs[0].name != "image":
-            raise OnnxModelError(f"{self.source} takes {[i.name for i in inputs]}, not one 'image' input; "
-                                 "re-export it with export.py")
+            raise OnnxModelError(f"{self.source} is not a readable ONNX model, or ONNX Runtime cannot run it "
+                                 f"({first_line(e)}): a truncated or damaged file? Export it again with "
+                                 "export.py") from e
+        info = session_metadata(self.source, self.session)
+        warning = int8_saturation_warning(info) if warn else None
+        if warning:
+            from runtime import get_logger
+
+            get_logger("onnx").warning(f"warning: {self.source}: {warning}")
+        self.config = ModelConfig.from_dict(info["config"])
+        self.dynamic_width = bool(info.get("dynamic_width"))
+        self.num_parameters = int(info.get("parameters", 0))
+        inputs = [i.name for i in self.session.get_inputs()]
+        if inputs not in (["image"], TRIMMED_INPUTS):
+            raise OnnxModelError(f"{self.source} takes {inputs}, not one 'image' input; re-export it with export.py")
+        self.trimmed = inputs == TRIMMED_INPUTS  # trimming.py's reading: cut and repeat
 
     def check_input(self, image: torch.Tensor) -> None:
         c = self.config
@@ -419,13 +464,20 @@ class OnnxModel:
         if self.dynamic_width and image.size(3) < MIN_WIDTH:
             raise ValueError(f"{self.source} takes widths from {MIN_WIDTH} pixels; the batch is {image.size(3)}")
 
-    def __call__(self, image: torch.Tensor, text: torch.Tensor | None = None, is_train: bool = False) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, text: torch.Tensor | None = None, is_train: bool = False,
+                 cut: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """→ logits; ``cut`` (a graph exported ``trimmed``): (feature column, repeats), trimming.TrimmedReader's."""
         if is_train:
             raise UserError("an exported ONNX model runs inference only; train the PyTorch checkpoint instead")
         self.check_input(image)
         array = image.detach().to("cpu", torch.float32).contiguous().numpy()
+        feed = {"image": array}
+        if self.trimmed:
+            feed.update(cut=np.array([cut[0]], dtype=np.int64), repeat=np.zeros(cut[1] + 1, dtype=np.float32))
+        elif cut[1]:
+            raise ValueError(f"{self.source} has no 'cut' input: it reads whole batches")
         try:
-            (logits,) = self.session.run(["logits"], {"image": array})
+            (logits,) = self.session.run(["logits"], feed)
         except Exception as e:  # noqa: BLE001 - onnxruntime's errors have no common public base
             raise OnnxModelError(f"{self.source}: ONNX Runtime failed on a batch {list(array.shape)} "
                                  f"({first_line(e)}); re-export the model with export.py") from e

@@ -58,11 +58,31 @@ AMP_CHOICES = ("off", "bf16", "fp16")
 AMP_FLAGS = ("auto", *AMP_CHOICES)
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser, batch_help: str = "batch size") -> None:
-    """How a script runs (not what model it runs): the same flags and defaults in every script."""
+READING_WORKERS_HELP = ("data loading workers; auto (the default): 4 on a GPU, and on a CPU the cores the model's "
+                        "threads leave free, at most 4 (0 on 2 cores: loader processes would take turns with the "
+                        "model's threads; docs/cpus.md)")
+
+
+def workers_flag(text: str) -> int | str:
+    """``--workers``' type for reading: a count, or ``auto`` (``reading_workers``)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count of workers or 'auto', got {text!r}") from None
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, batch_help: str = "batch size",
+                          reading: bool = False) -> None:
+    """How a script runs (not what model it runs): the same flags and defaults in every script. ``reading``
+    (test.py, demo.py): ``--workers`` defaults to ``auto`` (``reading_workers``); training keeps 4."""
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--workers", type=int, default=4, help="data loading workers")
+    if reading:
+        g.add_argument("--workers", type=workers_flag, default="auto", help=READING_WORKERS_HELP)
+    else:
+        g.add_argument("--workers", type=int, default=4, help="data loading workers")
     g.add_argument("--batch_size", type=int, default=192, help=batch_help)
     g.add_argument("--amp", choices=AMP_FLAGS, default="off",
                    help="autocast precision (fp16 needs CUDA; bf16 on recent GPUs, and on CPUs with AVX512-BF16 or AMX). "
@@ -100,8 +120,37 @@ def check_runtime_arguments(opt) -> None:
     and its range. The decoding flags (``--beam_size`` ...) are decoding.check_decoding_flags'."""
     if opt.batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, got {opt.batch_size}")
-    if opt.workers < 0:
+    if opt.workers != "auto" and opt.workers < 0:
         raise UsageError(f"--workers must be 0 (load in the main process) or more, got {opt.workers}")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a Slurm or taskset allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def reading_workers(workers: int | str, device: torch.device | str, threads: int | None = None,
+                    cores: int | None = None) -> tuple[int, str]:
+    """``--workers`` for reading images (test.py, demo.py) → (loader worker processes, the line saying why).
+
+    ``auto``: the reference's 4 where a GPU computes; on a CPU the loader's processes and the model's
+    ``threads`` (torch's and ONNX Runtime's intra-op threads, one per core) share the ``cores``, so the loader
+    gets the cores the threads leave free, at most 4. On 2 cores that is 0: english_g2 read 2,000 crops in
+    21.9 s with 0 workers, 22.7 s with 1, 23.6 s with 4 (docs/cpus.md)."""
+    import torch
+
+    if workers != "auto":
+        return int(workers), f"--workers {workers}"
+    if torch.device(device).type == "cuda":
+        return 4, "--workers auto: 4 (the GPU computes; the CPU's cores load the images)"
+    cores = usable_cores() if cores is None else cores
+    threads = torch.get_num_threads() if threads is None else threads
+    chosen = max(0, min(4, cores - threads))
+    return chosen, (f"--workers auto: {chosen} (this CPU's {cores} cores less the model's {threads} threads, "
+                    "at most 4: loader processes on the model's cores slow it)")
 
 
 # What the user can fix: the toolkit's own user errors (UsageError, CheckpointError, ... are UserErrors), a

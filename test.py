@@ -36,7 +36,8 @@ from evaluation import (BENCHMARKS, FOLDER_ALIASES, LONG_SUITES, PAPER_BENCHMARK
 from fileio import check_output_folder
 from model import ModelConfig, add_model_arguments, count_parameters, model_flags
 from runtime import (UsageError, add_compile_argument, add_runtime_arguments, check_amp, check_runtime_arguments,
-                     compile_model, get_logger, resolve_device, run_cli)
+                     compile_model, get_logger, reading_workers, resolve_device, run_cli)
+from trimming import trimmed_reader
 from utils import AttnLabelConverter, CTCLabelConverter, make_converter
 
 
@@ -203,7 +204,7 @@ def parse_args(argv=None):
                              "DIR/index.html (sort / filter by confidence, correct / wrong, error kind, set)")
     parser.add_argument("--baiduCTC", action="store_true", help=argparse.SUPPRESS)  # accepted, has no effect
     parser.add_argument("--runtime", choices=RUNTIME_FLAGS, default="auto", help=RUNTIME_HELP)
-    add_runtime_arguments(parser)
+    add_runtime_arguments(parser, reading=True)
     add_compile_argument(parser)
     add_decoding_arguments(parser)
     add_model_arguments(parser)
@@ -271,10 +272,13 @@ def evaluate(argv=None) -> dict:
     options = options_from_args(opt, config, log, case_insensitive=case_insensitive)
     if not options.plain_greedy:
         log(f"decoder: {options.describe()}")
+    workers, why = reading_workers(opt.workers, device)
+    if opt.workers == "auto":
+        log(why)
     data = DataConfig.for_model(config, dynamic_width=opt.dynamic_width, data_filtering_off=opt.data_filtering_off,
-                                workers=opt.workers, batch_size=opt.batch_size)
-    ev = Evaluation(model, make_converter(config.Prediction, config.character), config, data, device, amp_dtype,
-                    case_insensitive, options, log, keep=bool(opt.save_errors or opt.explain))
+                                workers=workers, batch_size=opt.batch_size)
+    ev = Evaluation(trimmed_reader(model, config), make_converter(config.Prediction, config.character), config, data,
+                    device, amp_dtype, case_insensitive, options, log, keep=bool(opt.save_errors or opt.explain))
     with torch.inference_mode():
         if opt.benchmark_all_eval:
             scores = benchmark_all_eval(ev, opt.eval_data)

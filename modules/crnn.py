@@ -22,6 +22,7 @@ class CRNN_FeatureExtractor(ConvNetStage, nn.Module):
 
     name, reference = "CRNN", False
     min_input = (32, 4)
+    column_window = (4, 27, 26)  # its receptive field: 54 pixels
     min_output_channel = 8
 
     def __init__(self, input_channel: int, output_channel: int = 512):

@@ -34,6 +34,7 @@ class VGG_FeatureExtractor(ConvNetStage, nn.Module):
 
     name = "VGG"
     min_input = (32, 8)  # found by running it on ever smaller inputs (tests/test_arguments.py checks both sides)
+    column_window = (4, 19, 26)  # its receptive field: 46 pixels
     min_output_channel = 8
 
     def __init__(self, input_channel: int, output_channel: int = 512):

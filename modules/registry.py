@@ -117,6 +117,11 @@ class Stage:
     name_defaults: ClassVar[dict[str, Any]] = {}  # sizes a combination name implies (ViT: imgW 128)
     has_own_init: ClassVar[bool] = False  # model.init_weights leaves it to its own initialisation
     views: ClassVar[tuple[str, ...]] = ()  # what it can show of a reading (keys of VIEWS): explain.py draws them
+    # FeatureExtraction: (stride, left, right) when its output column j depends only on the input columns
+    # stride*j - left to stride*j + right and its column count is the width / stride plus a constant (a
+    # convolutional network). A reading then computes a padded batch's replicated columns once (trimming.py);
+    # None: every column is computed. tests/test_trimming.py checks each declaration against the module.
+    column_window: ClassVar[tuple[int, int, int] | None] = None
 
     @classmethod
     def from_config(cls, config, input_size: int):
