@@ -176,3 +176,27 @@ def test_demo_reads_the_folder_in_its_order_with_the_trimmed_cache(tmp_path, mon
     assert any(seen)
     assert [(p, t) for p, t, _ in by_onnx] == [(p, t) for p, t, _ in by_torch]
     assert [int(Path(p).stem) for p, _, _ in by_onnx] == list(range(len(WORDS)))  # read by width, told in order
+
+
+# --- benchmarks/bench_original.py: the original's demo.py against this one's -----------------------------
+
+def test_the_original_is_given_its_own_flags_and_refused_other_models(tmp_path):
+    from benchmarks.bench_original import check_original, original_flags, read_table
+    from runtime import UsageError
+
+    config = ModelConfig("None", "VGG", "BiLSTM", "CTC", imgH=64, imgW=256, output_channel=256, hidden_size=256,
+                         batch_max_length=34, PAD=True, character="ab c€")
+    flags = original_flags(config, tmp_path / "w.pth", tmp_path / "images")
+    given = dict(zip(flags[::2], flags[1::2]))
+    assert given["--character"] == "ab c€" and given["--imgW"] == "256" and flags[-1] == "--PAD"
+    assert "--rgb" not in flags
+    (tmp_path / "dtrb" / "modules").mkdir(parents=True)
+    with pytest.raises(UsageError, match="no demo.py"):
+        check_original(tmp_path / "dtrb", config)
+    (tmp_path / "dtrb" / "demo.py").write_text("")
+    check_original(tmp_path / "dtrb", config)
+    with pytest.raises(UsageError, match="its own 24 combinations"):
+        check_original(tmp_path / "dtrb", ModelConfig(**{**config.to_dict(), "FeatureExtraction": "CRNN"}))
+    table = ("-" * 80 + "\nimage_path               \tpredicted_labels         \tconfidence score\n" + "-" * 80
+             + f"\n{tmp_path}/images/a/1.png      \thello                    \t0.9981\n")
+    assert read_table(table, tmp_path / "images") == {"a/1.png": "hello"}
