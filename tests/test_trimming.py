@@ -39,11 +39,13 @@ def window_violations(extractor: str, height: int, width: int, window=None, seed
         used = (grad.abs().sum((0, 1, 2)) > 0).nonzero().flatten()
         lo, hi = int(used.min()), int(used.max())
         if lo < stride * j - left or hi > stride * j + right:
-            found.append(f"column {j} reads input columns {lo}..{hi}, outside {stride * j - left}..{stride * j + right}")
+            found.append(f"column {j} reads input columns {lo}..{hi}, "
+                         f"outside {stride * j - left}..{stride * j + right}")
     with torch.no_grad():
         narrower = model.visual_features(torch.zeros(1, 1, height, width - 3 * stride, dtype=torch.float64))
     if narrower.size(1) != visual.size(1) - 3:
-        found.append(f"{3 * stride} columns fewer give {visual.size(1) - narrower.size(1)} feature columns fewer, not 3")
+        found.append(f"{3 * stride} columns fewer give {visual.size(1) - narrower.size(1)} feature columns fewer, "
+                     "not 3")
     return found
 
 
