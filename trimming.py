@@ -143,9 +143,13 @@ class TrimmedReader:
     def groups(self, image: torch.Tensor) -> list[tuple[list[int], Cut | None]]:
         return plan_groups(padding_starts(image).tolist(), image.size(3), self.window, self.min_width)
 
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """PyTorch: the contextual features [B, T, C] of the full batch (the attention beam search's input)."""
-        return self._run(image, self._encode)
+    @property
+    def encode(self):
+        """PyTorch: image → the contextual features [B, T, C] of the full batch (the attention beam search's
+        input). An ONNX graph has none (AttributeError): decoding.decode then refuses the beam search."""
+        if self.onnx:
+            raise AttributeError("encode")
+        return lambda image: self._run(image, self._encode)
 
     def __call__(self, image: torch.Tensor, text: torch.Tensor | None = None, is_train: bool = False):
         if is_train:

@@ -138,6 +138,13 @@ def test_the_exported_graph_takes_the_cut(tmp_path, prediction):
     assert torch.equal(trimmed.argmax(2), whole.argmax(2))
     with pytest.raises(ValueError, match="no 'cut' input"):
         plain(images, cut=(3, 2))
+    assert not hasattr(reader, "encode")  # an exported Attn runs its greedy loop only: no beam search
+    if prediction == "Attn":
+        from decoding import DecodeOptions, decode
+        from runtime import UsageError
+
+        with pytest.raises(UsageError, match="cannot do: use the PyTorch checkpoint for beam"):
+            decode(reader, images, config, DecodeOptions(decoder="beam", beam_size=2))
 
 
 def test_a_batch_with_nothing_to_trim_is_read_once(monkeypatch):
