@@ -221,25 +221,39 @@ class Model(nn.Module):
             getattr(self, name).eval()
         return self
 
-    def visual_features(self, input: torch.Tensor) -> torch.Tensor:
-        """Stages 1-2 and the mean over the height: input [B, C, imgH, W] → visual features [B, T, C]."""
+    def visual_features(self, input: torch.Tensor, cut: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """Stages 1-2 and the mean over the height: input [B, C, imgH, W] → visual features [B, T, C]. ``cut``
+        (column, repeats): feature column ``column`` repeated ``repeats`` more times (trimming.py's reading of
+        images whose repeated padding columns were removed)."""
         x = self.Transformation(input)
         visual = self.FeatureExtraction(x)  # [B, C, H', T]
-        return self.AdaptiveAvgPool(visual.permute(0, 3, 1, 2)).squeeze(3)  # [B, T, C]
+        features = self.AdaptiveAvgPool(visual.permute(0, 3, 1, 2)).squeeze(3)  # [B, T, C]
+        if cut[1]:
+            features = repeat_column(features, torch.tensor([cut[0]], device=features.device), cut[1])
+        return features
 
-    def encode(self, input: torch.Tensor) -> torch.Tensor:
-        """Stages 1-3: input [B, C, imgH, W] → contextual features [B, T, hidden or C]."""
-        return self.SequenceModeling(self.visual_features(input)).contiguous()
+    def encode(self, input: torch.Tensor, cut: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """Stages 1-3: input [B, C, imgH, W] → contextual features [B, T, hidden or C] (``cut``: visual_features')."""
+        return self.SequenceModeling(self.visual_features(input, cut)).contiguous()
 
     def forward(self, input: torch.Tensor, text: torch.Tensor | None = None, is_train: bool = True,
-                perms: torch.Tensor | None = None) -> torch.Tensor:
+                perms: torch.Tensor | None = None, cut: tuple[int, int] = (0, 0)) -> torch.Tensor:
         """input [B, C, imgH, W] → logits: CTC [B, T, num_class], Attn and PARSeq [B, batch_max_length + 1, num_class].
 
         ``text`` (the encoded labels, [GO]/[B]-first) is used only by Attn and PARSeq in training (teacher
-        forcing); ``perms`` [K, L + 2] only by PARSeq in training (then the logits are [K, B, L + 1, num_class]).
+        forcing); ``perms`` [K, L + 2] only by PARSeq in training (then the logits are [K, B, L + 1, num_class]);
+        ``cut``: ``visual_features``'.
         """
-        return self.Prediction(self.encode(input), text, is_train, batch_max_length=self.config.batch_max_length,
+        return self.Prediction(self.encode(input, cut), text, is_train, batch_max_length=self.config.batch_max_length,
                                perms=perms)
+
+
+def repeat_column(visual: torch.Tensor, column: torch.Tensor, repeats) -> torch.Tensor:
+    """visual features [B, T, C] with column ``column`` (an int64 tensor [1]) repeated ``repeats`` more times
+    (an int, or a size of the exported graph) → [B, T + repeats, C]; (0, 0) gives ``visual``."""
+    r = torch.arange(visual.size(1) + repeats, device=visual.device)
+    index = torch.where(r < column, r, torch.where(r < column + repeats, column, r - repeats))
+    return visual.index_select(1, index)
 
 
 def init_weights(model: nn.Module) -> None:

@@ -29,7 +29,7 @@ import torch.nn as nn
 import plugins
 from errors import UserError
 from fileio import atomic_write
-from model import Model, ModelConfig, count_parameters, width_fixed_by
+from model import Model, ModelConfig, count_parameters, repeat_column, width_fixed_by
 from modules.registry import combination_stages, head
 from modules.sequence_modeling import BidirectionalLSTM
 from runtime import UsageError
@@ -132,8 +132,6 @@ class ExportModule(nn.Module):
                 repeat: torch.Tensor | None = None) -> torch.Tensor:
         """image → logits; with ``cut`` (int64 [1]) and ``repeat`` ([k + 1], only its length counts): feature
         column ``cut`` repeated k more times before the sequence model (trimming.py's trimmed reading)."""
-        from trimming import repeat_column
-
         m = self.model
         visual = m.visual_features(image)
         if cut is not None:

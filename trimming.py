@@ -60,14 +60,6 @@ class Cut:
         return torch.cat([image[..., :self.start], image[..., self.start + self.removed:]], dim=3)
 
 
-def repeat_column(visual: torch.Tensor, column: torch.Tensor, repeats) -> torch.Tensor:
-    """visual features [B, T, C] with column ``column`` (an int64 tensor [1]) repeated ``repeats`` more times
-    (an int, or a size of the exported graph) → [B, T + repeats, C]; (0, 0) gives ``visual``."""
-    r = torch.arange(visual.size(1) + repeats, device=visual.device)
-    index = torch.where(r < column, r, torch.where(r < column + repeats, column, r - repeats))
-    return visual.index_select(1, index)
-
-
 def plan_cut(padding_start: int, width: int, window: tuple[int, int, int], min_width: int) -> Cut | None:
     """The widest cut for images whose repeated columns start at ``padding_start`` (None: nothing to gain)."""
     stride, left, right = window
@@ -149,22 +141,13 @@ class TrimmedReader:
         input). An ONNX graph has none (AttributeError): decoding.decode then refuses the beam search."""
         if self.onnx:
             raise AttributeError("encode")
-        return lambda image: self._run(image, self._encode)
+        return lambda image: self._run(image, self.model.encode)
 
     def __call__(self, image: torch.Tensor, text: torch.Tensor | None = None, is_train: bool = False):
         if is_train:
             raise ValueError("TrimmedReader reads; train the model itself")
-        if self.onnx:
-            return self._run(image, lambda part, cut: self.model(part, cut=cut))
-        return self._run(image, lambda part, cut: self.model.Prediction(
-            self._encode(part, cut), None if text is None else text[:part.size(0)], False,
-            batch_max_length=self.config.batch_max_length))
-
-    def _encode(self, part: torch.Tensor, cut: tuple[int, int]) -> torch.Tensor:
-        visual = self.model.visual_features(part)
-        if cut[1]:
-            visual = repeat_column(visual, torch.tensor([cut[0]], device=part.device), cut[1])
-        return self.model.SequenceModeling(visual).contiguous()
+        return self._run(image, lambda part, cut: self.model(part, None if text is None else text[:part.size(0)],
+                                                              False, cut=cut))
 
     def _run(self, image: torch.Tensor, forward) -> torch.Tensor:
         """``forward(images, (column, repeats))`` over each group, the results put back in the batch's order."""
